@@ -1,0 +1,63 @@
+"""Plain text files -> `text` samples, split at paragraph boundaries into documents of bounded size."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlcorpus.driver import DocInput, Filtered
+from vlcorpus.sample import Sample
+
+
+@dataclass
+class TextConfig:
+    max_chars: int = 20_000  # one sample at most; longer files are split at blank lines
+    min_chars: int = 200  # shorter pieces are dropped (counted as too_short)
+    max_file_mb: float = 512.0
+
+    def __post_init__(self) -> None:
+        if self.min_chars < 0 or self.max_chars <= self.min_chars:
+            raise ValueError("need 0 <= min_chars < max_chars")
+
+
+def split_paragraphs(text: str, max_chars: int) -> Iterator[str]:
+    """Greedy packing of blank-line-separated paragraphs; a paragraph longer than max_chars is cut at line ends."""
+    chunk: list[str] = []
+    size = 0
+    for para in re.split(r"\n\s*\n", text):
+        para = para.strip()
+        while len(para) > max_chars:
+            cut = para.rfind("\n", 0, max_chars)
+            cut = cut if cut > 0 else max_chars
+            yield para[:cut].strip()
+            para = para[cut:].strip()
+        if chunk and size + len(para) + 2 > max_chars:
+            yield "\n\n".join(chunk)
+            chunk, size = [], 0
+        if para:
+            chunk.append(para)
+            size += len(para) + 2
+    if chunk:
+        yield "\n\n".join(chunk)
+
+
+def render(doc: DocInput, cfg: TextConfig, stats: Counter) -> Iterator[Sample]:
+    path = Path(doc.path)
+    if path.stat().st_size > cfg.max_file_mb * 1024**2:
+        raise Filtered(f"file is larger than {cfg.max_file_mb:g} MB")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text: {e}") from None
+    part = 0
+    for piece in split_paragraphs(text.replace("\r\n", "\n"), cfg.max_chars):
+        if len(piece) < cfg.min_chars:
+            stats["too_short"] += 1
+            continue
+        yield Sample(category="text", source="text", doc=doc.doc, part=part, origin=doc.origin,
+                     segments=[{"text": piece}], meta={"chars": len(piece)})
+        part += 1

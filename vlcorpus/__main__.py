@@ -1,0 +1,5 @@
+import sys
+
+from vlcorpus.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""`vlcorpus`: one command, subcommands grouped by what they do. Each command lives in its own module, which
+declares `COMMAND = (group, name)` (or `(name,)`), `HELP`, `add_arguments(parser)` and `main(args) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vlcorpus.config import ConfigError
+
+GROUPS = {
+    "render": "render documents into page images and text (Ray job)",
+    "extract": "extract image/code pairs (Ray job)",
+    "import": "import a published dataset format into a corpus category (Ray job)",
+    "build": "build derived datasets from a corpus",
+    "mix": "build the mixture of a training stage",
+    "report": "write an HTML report of a corpus or mixture",
+    "train": "train the model",
+    "train-tokenizer": "train a byte-level BPE tokenizer on a corpus",
+    "inspect": "print counts and samples of a shard or folder",
+    "run": "run the whole chain from raw sources to a trained model",
+}
+
+MODULES = [
+    "pipelines.text",
+    "vlcorpus.inspect",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlcorpus", description="vision-language pretraining corpora and training")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = [importlib.import_module(m) for m in MODULES]
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for mod in commands:
+        group, *name = mod.COMMAND
+        if not name:
+            p = top.add_parser(group, help=mod.HELP, description=mod.HELP)
+        else:
+            if group not in groups:
+                gp = top.add_parser(group, help=GROUPS[group], description=GROUPS[group])
+                groups[group] = gp.add_subparsers(dest="kind", required=True, metavar="KIND")
+            p = groups[group].add_parser(name[0], help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.main(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The ledger: `<out>/_ledger/<source>.jsonl`, one line per input document and attempt.
+
+It is the commit log of a pipeline: a document is done when its `ok`/`filtered` line is on disk, and a shard
+counts only when every document in it has an `ok` line naming it (see `driver.reconcile`). The latest line per
+document wins; a torn last line (crash mid-append) is ignored.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STATUSES = ("ok", "filtered", "failed")
+DONE = ("ok", "filtered")
+
+
+@dataclass
+class Entry:
+    doc: str
+    origin: str
+    status: str
+    samples: int = 0
+    shards: list[str] = field(default_factory=list)  # "<category>/<name>.tar"
+    error_class: str | None = None
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    run: str = ""
+    time: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"ledger status {self.status!r} is not one of {STATUSES}")
+
+
+class Ledger:
+    """Append-only JSONL per source, with an exclusive lock so two runs never write the same source at once."""
+
+    def __init__(self, out: str | Path, source: str):
+        self.dir = Path(out) / "_ledger"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / f"{source}.jsonl"
+        self._lock_file = None
+
+    def lock(self) -> None:
+        self._lock_file = open(self.dir / f".{self.path.stem}.lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another run is writing {self.path}; wait for it to finish or use another --out"
+            ) from None
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def latest(self) -> dict[str, Entry]:
+        """The last complete line for each document."""
+        entries: dict[str, Entry] = {}
+        if not self.path.exists():
+            return entries
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # torn by a crash mid-append: that commit never happened
+                e = Entry(**json.loads(line))
+                entries[e.doc] = e
+        return entries
+
+    def append(self, entries: Iterable[Entry]) -> None:
+        """Append entries in one write + fsync: a batch of documents commits together or not at all."""
+        now = time.time()
+        lines = []
+        for e in entries:
+            e.time = e.time or now
+            lines.append(json.dumps(asdict(e), ensure_ascii=False) + "\n")
+        if not lines:
+            return
+        self._drop_torn_tail()
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _drop_torn_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            data = f.read()
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def summarize(entries: Iterable[Entry]) -> dict[str, int]:
+    """Documents per status and samples written, for the end-of-job line."""
+    out = {s: 0 for s in STATUSES} | {"samples": 0}
+    for e in entries:
+        out[e.status] += 1
+        out["samples"] += e.samples
+    return out

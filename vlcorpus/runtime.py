@@ -1,0 +1,28 @@
+"""Starting or joining Ray: one call, the same under a local run, `--address` and `ray job submit`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("vlcorpus.runtime")
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` (or `RAY_ADDRESS`, which `ray job submit` sets); else start an embedded local Ray.
+
+    Workers import the installed project (`ray_cluster.yaml` installs it on every node), so no runtime_env is shipped.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        if num_cpus is not None:
+            raise ValueError("--num-cpus applies to a local Ray only; a cluster's size is set by the cluster")
+        ray.init(address=address, logging_level=logging.WARNING)
+        log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        log.info("started a local Ray: %s", ray.cluster_resources())

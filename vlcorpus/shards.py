@@ -1,0 +1,263 @@
+"""Atomic WebDataset shards with sidecars, and the reader that turns them back into `Sample`s.
+
+A shard appears only when complete: it is written to a hidden temporary name, fsynced and renamed; then its
+sidecar `<stem>.json` (samples, bytes, sha256, text tokens, images, docs) is written the same way. So a sidecar
+never points at missing data and a crash leaves at most a `.tmp` file that `clean_partial` removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+
+from vlcorpus.sample import Sample
+
+DEFAULT_MAX_BYTES = 256 * 1024**2
+DEFAULT_MAX_SAMPLES = 10_000
+TMP_SUFFIX = ".tmp"
+
+
+class ChecksumError(IOError):
+    """A shard whose bytes no longer match the sha256 its sidecar recorded."""
+
+
+@dataclass
+class ShardInfo:
+    """The sidecar of one shard; `index.json` lists these."""
+
+    shard: str
+    samples: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    text_tokens: int = 0
+    images: int = 0
+    docs: list[str] = field(default_factory=list)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8"))
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it, so a shard is never read twice."""
+
+    def __init__(self, f: io.BufferedWriter):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.sha.update(b)
+        self.size += len(b)
+        return self.f.write(b)
+
+
+class ShardWriter:
+    """Write samples into `<folder>/<prefix>-<NNNNNN>.tar`, rolling to a new shard at `max_bytes` or `max_samples`.
+
+    Like `webdataset.ShardWriter`, plus: contract validation, a fixed mtime (same samples -> same bytes),
+    temporary name + fsync + rename, and a sidecar per shard. `close()` returns the finished shards' infos.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        prefix: str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+        start_index: int = 0,
+    ):
+        if "." in prefix or "/" in prefix:
+            raise ValueError(f"shard prefix {prefix!r} must not contain '.' or '/'")
+        if max_bytes <= 0 or max_samples <= 0:
+            raise ValueError("max_bytes and max_samples must be positive")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.max_bytes, self.max_samples = prefix, max_bytes, max_samples
+        self.index = start_index
+        self.finished: list[ShardInfo] = []
+        self._tar: wds.TarWriter | None = None
+
+    def write(self, sample: Sample) -> str:
+        """Append one sample; return the name of the shard it went into."""
+        members = sample.to_wds()
+        if self._tar is None:
+            self._open()
+        assert self._info is not None
+        self._tar.write(members)
+        info = self._info
+        info.samples += 1
+        info.text_tokens += sample.text_tokens
+        info.images += len(sample.images)
+        if sample.doc not in self._docs:
+            self._docs.add(sample.doc)
+            info.docs.append(sample.doc)
+        name = info.shard
+        if self._hasher.size >= self.max_bytes or info.samples >= self.max_samples:
+            self._finish()
+        return name
+
+    def _open(self) -> None:
+        name = f"{self.prefix}-{self.index:06d}.tar"
+        self.index += 1
+        self._final = self.folder / name
+        self._tmp = self.folder / f".{name}{TMP_SUFFIX}"
+        self._file = open(self._tmp, "wb")
+        self._hasher = _HashingFile(self._file)
+        self._tar = wds.TarWriter(self._hasher, encoder=False, mtime=0.0)
+        self._info = ShardInfo(shard=name)
+        self._docs: set[str] = set()
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._info is not None
+        self._tar.close()  # closes the tarfile; our underlying file stays open
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._info.bytes = self._hasher.size
+        self._info.sha256 = self._hasher.sha.hexdigest()
+        os.replace(self._tmp, self._final)
+        fsync_dir(self.folder)
+        atomic_write_json(sidecar_path(self._final), asdict(self._info))
+        self.finished.append(self._info)
+        self._tar, self._info = None, None
+
+    def close(self) -> list[ShardInfo]:
+        if self._tar is not None:
+            self._finish()
+        return self.finished
+
+    def abort(self) -> None:
+        """Drop the shard being written (finished shards stay)."""
+        if self._tar is not None:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar, self._info = None, None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def sidecar_path(shard: Path) -> Path:
+    return shard.with_suffix(".json")
+
+
+def read_sidecar(shard: Path) -> ShardInfo:
+    return ShardInfo(**json.loads(sidecar_path(shard).read_text("utf-8")))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_shard(shard: Path) -> ShardInfo:
+    """Raise ChecksumError unless the shard exists and matches its sidecar's size and sha256."""
+    shard = Path(shard)
+    if not shard.exists():
+        raise ChecksumError(f"{shard}: shard is missing")
+    if not sidecar_path(shard).exists():
+        raise ChecksumError(f"{shard}: sidecar {sidecar_path(shard).name} is missing")
+    info = read_sidecar(shard)
+    size = shard.stat().st_size
+    if size != info.bytes:
+        raise ChecksumError(f"{shard}: {size} bytes on disk, sidecar says {info.bytes}")
+    digest = file_sha256(shard)
+    if digest != info.sha256:
+        raise ChecksumError(f"{shard}: sha256 {digest[:12]}… does not match the sidecar's {info.sha256[:12]}…")
+    return info
+
+
+def iter_members(shard: str | Path) -> Iterator[dict]:
+    """The raw WebDataset member dicts of one tar, grouped by key exactly as `webdataset` does."""
+    with open(shard, "rb") as f:
+        stream = [{"stream": f, "url": str(shard)}]
+        yield from wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(stream))
+
+
+def read_shard(shard: str | Path, verify: bool = False) -> Iterator[Sample]:
+    if verify:
+        verify_shard(Path(shard))
+    for members in iter_members(shard):
+        yield Sample.from_wds(members)
+
+
+def shard_paths(path: str | Path) -> list[Path]:
+    """A shard, a category folder, or a corpus folder (every category under it), as a sorted list of tars."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such shard or folder")
+    return sorted(p for p in path.rglob("*.tar") if not p.name.startswith("."))
+
+
+def read_samples(paths: Iterable[str | Path], verify: bool = False) -> Iterator[Sample]:
+    for p in paths:
+        yield from read_shard(p, verify=verify)
+
+
+def write_index(category_dir: Path) -> list[ShardInfo]:
+    """Rebuild `<category>/index.json` from the sidecars on disk (the sidecars are the truth)."""
+    infos = [read_sidecar(p) for p in sorted(category_dir.glob("*.tar")) if sidecar_path(p).exists()]
+    summary = {
+        "category": category_dir.name,
+        "shards": [asdict(i) for i in infos],
+        "samples": sum(i.samples for i in infos),
+        "bytes": sum(i.bytes for i in infos),
+        "text_tokens": sum(i.text_tokens for i in infos),
+        "images": sum(i.images for i in infos),
+    }
+    atomic_write_json(category_dir / "index.json", summary)
+    return infos
+
+
+def read_index(category_dir: str | Path) -> dict:
+    path = Path(category_dir) / "index.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{category_dir}: no index.json (not a corpus category folder, or never finished)")
+    return json.loads(path.read_text("utf-8"))
+
+
+def clean_partial(folder: Path) -> list[Path]:
+    """Remove temporary files a crashed writer left behind; return what was removed."""
+    removed = [p for p in folder.glob(f".*{TMP_SUFFIX}")]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
