@@ -1,0 +1,35 @@
+"""Small real fixtures shared by tests: JPEG/PNG bytes made with PIL and samples of every shape."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from vlcorpus.sample import Sample
+
+
+def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def doc_sample(doc: str = "paper-1", part: int = 0, text: str = "Page text with $x^2$.") -> Sample:
+    return Sample(
+        category="doc_ocr", source="arxiv", doc=doc, part=part, origin=f"{doc}.pdf",
+        segments=[{"image": "0.jpg"}, {"text": text}], images={"0.jpg": image_bytes()}, meta={"page": part},
+    )
+
+
+def sft_sample(doc: str = "conv-1") -> Sample:
+    return Sample(
+        category="sft_taxonomy", source="sft", doc=doc, part=0, origin="convs.json",
+        segments=[
+            {"role": "user", "image": "0.png"},
+            {"role": "user", "text": "What is written here?"},
+            {"role": "assistant", "text": "Hello."},
+        ],
+        images={"0.png": image_bytes("PNG")},
+        taxonomy=["Recognition", "OCR and Transcription", "Printed Text Transcription"],
+    )

@@ -1,0 +1,37 @@
+"""Renderers with known behaviour for driver tests: they succeed, raise, hang, hog memory or break the contract,
+decided by the document's id. Module-level so that spawned children and Ray workers can import them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from vlcorpus.driver import DocInput, Filtered
+from vlcorpus.sample import Sample
+
+
+def render(doc: DocInput, cfg: dict, stats: Counter):
+    name = doc.doc
+    if name.startswith("raise"):
+        raise ValueError(f"cannot parse {name}")
+    if name.startswith("hang"):
+        while True:
+            time.sleep(1)
+    if name.startswith("hog"):
+        hoard = []
+        while True:
+            hoard.append(bytearray(64 * 1024**2))
+    if name.startswith("filter"):
+        raise Filtered("scanned document without a text layer")
+    if name.startswith("offcontract"):
+        yield Sample(category="doc_ocr", source="stub", doc=name, part=0, origin=doc.origin, segments=[{"image": "0.jpg"}])
+        return
+    if cfg.get("pid_dir"):
+        Path(cfg["pid_dir"], f"{os.getppid()}.pid").write_text(name)
+    time.sleep(cfg.get("sleep", 0))
+    for part in range(cfg.get("parts", 2)):
+        stats["pages"] += 1
+        yield Sample(category="text", source="stub", doc=name, part=part, origin=doc.origin,
+                     segments=[{"text": f"{name} part {part} " * 10}])

@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import stub_renderers
+from vlcorpus.driver import Bounds, DocInput, Options, Stage, run_pipeline
+from vlcorpus.ledger import Ledger
+from vlcorpus.shards import read_samples, shard_paths, verify_shard
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def docs(*names: str) -> list[DocInput]:
+    return [DocInput(doc=n, origin=f"in/{n}", path=f"/nonexistent/{n}") for n in names]
+
+
+def stage(batch_size: int = 3, **cfg) -> Stage:
+    return Stage(source="stub", render=stub_renderers.render, config=cfg, batch_size=batch_size)
+
+
+def keys(out: Path) -> list[str]:
+    return [s.key for s in read_samples(shard_paths(out / "text"))]
+
+
+def test_every_document_lands_in_the_ledger_and_bad_ones_do_not_stop_the_job(tmp_path):
+    names = ["a", "raise1", "hang1", "hog1", "filter1", "offcontract1", "b"]
+    opts = Options(out=tmp_path, bounds=Bounds(timeout_s=5, memory_gb=1.0))
+    counts = run_pipeline(stage(batch_size=4), docs(*names), opts)
+    latest = Ledger(tmp_path, "stub").latest()
+    assert set(latest) == set(names)
+    assert counts == {"ok": 2, "filtered": 1, "failed": 4, "samples": 4}
+    assert latest["a"].status == "ok" and latest["a"].samples == 2 and latest["a"].counts == {"pages": 2}
+    assert latest["raise1"].error_class == "ValueError" and "cannot parse raise1" in latest["raise1"].error
+    assert latest["hang1"].error_class == "Timeout" and "5 s" in latest["hang1"].error
+    assert latest["hog1"].error_class in ("MemoryError", "ProcessDied")
+    assert latest["filter1"].status == "filtered" and "text layer" in latest["filter1"].error
+    assert latest["offcontract1"].error_class == "ContractError" and "segments" in latest["offcontract1"].error
+    got = keys(tmp_path)
+    assert len(got) == len(set(got)) == 4
+    for shard in shard_paths(tmp_path / "text"):
+        verify_shard(shard)
+    index = json.loads((tmp_path / "text" / "index.json").read_text())
+    assert index["samples"] == 4
+
+
+def test_rerun_skips_done_documents_and_retries_failed_on_request(tmp_path):
+    opts = Options(out=tmp_path, bounds=Bounds(timeout_s=10, memory_gb=2.0))
+    run_pipeline(stage(), docs("a", "b", "raise1"), opts)
+    first = sorted(keys(tmp_path))
+    counts = run_pipeline(stage(), docs("a", "b", "raise1", "c"), Options(out=tmp_path))
+    assert counts["ok"] == 1 and counts["failed"] == 0  # only c was pending
+    after = keys(tmp_path)
+    assert set(first) < set(after) and len(after) == len(set(after)) == 6
+    retried = run_pipeline(stage(), docs("a", "b", "raise1", "c"), Options(out=tmp_path, retry_failed=True))
+    assert retried["failed"] == 1 and retried["ok"] == 0
+    assert len(Ledger(tmp_path, "stub").path.read_text().splitlines()) == 5
+
+
+def test_duplicate_document_ids_stop_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="given twice"):
+        run_pipeline(stage(), docs("a", "a"), Options(out=tmp_path))
+
+
+def test_killed_ray_worker_is_retried_and_no_sample_is_duplicated(tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    killed: list[int] = []
+
+    def kill_first_worker():
+        deadline = time.time() + 120
+        while not killed and time.time() < deadline:
+            for f in pid_dir.glob("*.pid"):
+                pid = int(f.stem)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_worker)
+    killer.start()
+    names = [f"d{i}" for i in range(8)]
+    counts = run_pipeline(stage(batch_size=4, pid_dir=str(pid_dir), sleep=0.5), docs(*names), Options(out=tmp_path / "out"))
+    killer.join()
+    assert killed, "no Ray worker was killed"
+    assert counts["ok"] == 8
+    got = keys(tmp_path / "out")
+    assert len(got) == len(set(got)) == 16
+
+
+CRASH_SCRIPT = """
+import sys
+from tests import stub_renderers
+from vlcorpus.driver import DocInput, Options, Stage, run_pipeline
+from vlcorpus.runtime import init_ray
+init_ray(num_cpus=1)
+docs = [DocInput(doc=f"d{i:02d}", origin=f"d{i:02d}", path="-") for i in range(int(sys.argv[2]))]
+run_pipeline(Stage(source="stub", render=stub_renderers.render, config={"sleep": 0.3}, batch_size=2),
+             docs, Options(out=sys.argv[1], max_shard_samples=3))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_job_then_rerun_gives_every_input_exactly_once(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(out), "16"], env=env, start_new_session=True)
+    ledger = out / "_ledger" / "stub.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and (not ledger.exists() or len(ledger.read_text().splitlines()) < 4):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(ledger.read_text().splitlines())
+    assert 4 <= committed < 16, "the kill did not land mid-job"
+    counts = run_pipeline(stage(batch_size=2), docs(*[f"d{i:02d}" for i in range(16)]), Options(out=out))
+    assert counts["ok"] == 16 - committed
+    got = keys(out)
+    assert len(got) == len(set(got)) == 32
+    assert not list(out.rglob(".*.tmp"))
+    for shard in shard_paths(out / "text"):
+        verify_shard(shard)

@@ -1,0 +1,113 @@
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from tests.helpers import doc_sample
+from vlcorpus.sample import Sample
+from vlcorpus.shards import (
+    ChecksumError,
+    ShardWriter,
+    clean_partial,
+    read_index,
+    read_shard,
+    read_sidecar,
+    shard_paths,
+    verify_shard,
+    write_index,
+)
+
+
+def write_samples(folder: Path, n: int, **kw) -> list:
+    with ShardWriter(folder, "arxiv-run1-00000", **kw) as w:
+        for i in range(n):
+            w.write(doc_sample(doc=f"d{i // 3}", part=i % 3, text=f"text {i} " * 20))
+    return w.finished
+
+
+def test_rolls_by_samples_and_bytes_with_sidecars(tmp_path):
+    infos = write_samples(tmp_path, 10, max_samples=4)
+    assert [i.samples for i in infos] == [4, 4, 2]
+    assert [p.name for p in shard_paths(tmp_path)] == [i.shard for i in infos]
+    side = read_sidecar(tmp_path / infos[0].shard)
+    assert side.docs == ["d0", "d1"] and side.images == 4 and side.text_tokens > 0
+    assert side.bytes == (tmp_path / infos[0].shard).stat().st_size
+    by_bytes = write_samples(tmp_path / "b", 10, max_bytes=3000)
+    assert len(by_bytes) > 2 and sum(i.samples for i in by_bytes) == 10
+
+
+def test_same_samples_give_byte_identical_shards(tmp_path):
+    a = write_samples(tmp_path / "a", 5)
+    b = write_samples(tmp_path / "b", 5)
+    assert a[0].sha256 == b[0].sha256
+
+
+def test_plain_webdataset_reads_our_tars(tmp_path):
+    write_samples(tmp_path, 6)
+    urls = [str(p) for p in shard_paths(tmp_path)]
+    rows = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert len(rows) == 6
+    first = rows[0]
+    assert set(first) >= {"__key__", "json", "0.jpg"}
+    assert first["0.jpg"].size == (32, 24)
+    assert first["json"]["category"] == "doc_ocr"
+    assert [r["__key__"] for r in rows] == [s.key for s in read_shard(urls[0])]
+
+
+def test_reader_yields_samples_and_verifies_checksums(tmp_path):
+    infos = write_samples(tmp_path, 3)
+    shard = tmp_path / infos[0].shard
+    samples = list(read_shard(shard, verify=True))
+    assert [s.part for s in samples] == [0, 1, 2] and isinstance(samples[0], Sample)
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="sha256"):
+        list(read_shard(shard, verify=True))
+    shard.unlink()
+    with pytest.raises(ChecksumError, match="missing"):
+        verify_shard(shard)
+
+
+def test_index_lists_shards_and_totals(tmp_path):
+    write_samples(tmp_path, 7, max_samples=3)
+    write_index(tmp_path)
+    index = read_index(tmp_path)
+    assert index["samples"] == 7 and len(index["shards"]) == 3
+    assert json.loads((tmp_path / "index.json").read_text())["images"] == 7
+
+
+def test_writer_refuses_dotted_prefix(tmp_path):
+    with pytest.raises(ValueError, match="prefix"):
+        ShardWriter(tmp_path, "a.b")
+
+
+def _write_forever(folder: str) -> None:
+    with ShardWriter(folder, "arxiv-crash-00000", max_samples=5) as w:
+        i = 0
+        while True:
+            w.write(doc_sample(doc=f"d{i}", text="x" * 5000))
+            i += 1
+
+
+def test_killed_writer_leaves_no_partial_tar_nor_dangling_sidecar(tmp_path):
+    proc = multiprocessing.get_context("spawn").Process(target=_write_forever, args=(str(tmp_path),))
+    proc.start()
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("*.tar"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    for tar in tmp_path.glob("*.tar"):  # every visible shard is complete and verified (or has no sidecar yet)
+        if tar.with_suffix(".json").exists():
+            assert len(list(read_shard(tar, verify=True))) == 5
+    for side in tmp_path.glob("*.json"):
+        assert side.with_suffix(".tar").exists()
+    leftovers = clean_partial(tmp_path)
+    assert all(p.name.startswith(".") for p in leftovers)
+    assert not list(tmp_path.glob(".*.tmp"))
