@@ -1,0 +1,82 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from vlcorpus.cli import build_parser, main
+from vlcorpus.config import ConfigError, load_config
+from vlcorpus.ledger import Entry, Ledger
+
+
+@dataclass
+class Inner:
+    size: int = 1024
+
+
+@dataclass
+class Cfg:
+    dpi: float = 72.0
+    fmt: str = "jpg"
+    tags: list[str] = field(default_factory=list)
+    inner: Inner = field(default_factory=Inner)
+    limit: int | None = None
+
+
+def test_config_file_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("dpi: 100\ninner: {size: 512}\n")
+    cfg = load_config(Cfg, f, ["fmt=png", "tags=[a, b]", "inner.size=256", "limit=3"])
+    assert cfg == Cfg(dpi=100.0, fmt="png", tags=["a", "b"], inner=Inner(256), limit=3)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["dpy=3"], "unknown key"), (["fmt=3"], "fmt: expected str"), (["inner.sise=1"], "inner.sise"), (["dpi"], "key=value")],
+)
+def test_bad_config_stops_with_what_to_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Cfg, None, overrides)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Cfg, tmp_path / "nope.yaml")
+
+
+def test_ledger_ignores_a_torn_last_line_and_repairs_it_on_append(tmp_path):
+    ledger = Ledger(tmp_path, "src")
+    ledger.append([Entry(doc="a", origin="a", status="ok", samples=1)])
+    with open(ledger.path, "a") as f:
+        f.write('{"doc": "b", "origin": "b", "sta')  # a crash mid-append
+    assert list(ledger.latest()) == ["a"]
+    ledger.append([Entry(doc="c", origin="c", status="failed", error_class="X", error="boom")])
+    latest = ledger.latest()
+    assert list(latest) == ["a", "c"] and latest["c"].error == "boom"
+
+
+def test_second_run_on_the_same_ledger_is_refused(tmp_path):
+    first, second = Ledger(tmp_path, "src"), Ledger(tmp_path, "src")
+    first.lock()
+    with pytest.raises(RuntimeError, match="another run"):
+        second.lock()
+    first.unlock()
+
+
+def test_every_command_group_has_help(capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--help"])
+    assert e.value.code == 0
+    assert "inspect" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["import", "text", "--help"])
+    assert "--retry-failed" in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    assert "no such shard or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["import", "text", str(tmp_path)])  # --out missing
+    assert e.value.code == 2
+    assert "--out" in capsys.readouterr().err
