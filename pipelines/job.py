@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,7 +48,7 @@ def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace) 
         max_shard_samples=args.max_shard_samples,
         limit=args.limit,
     )
-    stage = Stage(**{**stage.__dict__, "batch_size": args.batch_size})
+    stage = dataclasses.replace(stage, batch_size=args.batch_size)
     init_ray(args.address, args.num_cpus)
     counts = run_pipeline(stage, inputs, opts)
     print(f"{stage.source}: {counts['ok']} ok, {counts['filtered']} filtered, {counts['failed']} failed, "
