@@ -126,3 +126,33 @@ def test_sigkill_mid_job_then_rerun_gives_every_input_exactly_once(tmp_path):
     assert not list(out.rglob(".*.tmp"))
     for shard in shard_paths(out / "text"):
         verify_shard(shard)
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A 3 MB tmpfs: a real disk-full condition (needs root, as in CI)."""
+    mnt = tmp_path / "vol"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_stops_with_a_clear_error_and_a_rerun_completes(small_volume):
+    from vlcorpus.driver import OutputFull
+
+    out = small_volume / "out"
+    names = [f"d{i:02d}" for i in range(12)]
+    filler = small_volume / "filler"
+    filler.write_bytes(b"\0" * (2 * 1024**2 + 512 * 1024))
+    big = stage(batch_size=2, parts=20)
+    with pytest.raises(OutputFull, match="no space left"):
+        run_pipeline(big, docs(*names), Options(out=out))
+    assert not list(out.rglob(".*.tmp"))
+    for shard in shard_paths(out / "text"):
+        verify_shard(shard)
+    filler.unlink()
+    run_pipeline(big, docs(*names), Options(out=out))
+    got = keys(out)
+    assert len(got) == len(set(got)) == 12 * 20

@@ -9,6 +9,7 @@ import logging
 import sys
 
 from vlcorpus.config import ConfigError
+from vlcorpus.driver import OutputFull
 
 GROUPS = {
     "render": "render documents into page images and text (Ray job)",
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OutputFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

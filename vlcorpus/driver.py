@@ -15,6 +15,7 @@ or files it did not get) with the resources it declares. `run_pipeline` does the
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import resource
@@ -47,6 +48,10 @@ class DocInput:
     origin: str
     path: str
     related: dict[str, str] = field(default_factory=dict)  # e.g. {"pdf": ...} next to a LaTeX source
+
+
+class OutputFull(RuntimeError):
+    """The output volume is full: an environment failure that stops the job, never a document's fault."""
 
 
 class Filtered(Exception):
@@ -303,6 +308,9 @@ def run_pipeline(stage: Stage, inputs: Iterable[DocInput], opts: Options) -> dic
                     entries = ray.get(done[0])
                 except (ray.exceptions.RayError, OSError) as e:
                     _drop_batch(opts.out, batch_prefix(stage.source, opts.run_id, batch))
+                    if _is_full(getattr(e, "cause", e)):
+                        raise OutputFull(f"no space left writing shards under {opts.out}: free space and run again "
+                                         "(finished batches are committed; this one was removed)") from None
                     entries = [
                         Entry(doc=d.doc, origin=d.origin, status="failed", error_class=type(e).__name__,
                               error=f"the batch's Ray worker failed after its retries: {str(e)[:500]}", run=opts.run_id)
@@ -317,6 +325,10 @@ def run_pipeline(stage: Stage, inputs: Iterable[DocInput], opts: Options) -> dic
                     last_index = time.monotonic()
         reconcile(opts.out, stage.source, ledger)
         _write_indexes(opts.out)
+    except OSError as e:
+        if _is_full(e):
+            raise OutputFull(f"no space left under {opts.out} ({e}): free space and run again") from None
+        raise
     finally:
         ledger.unlock()
     counts = summarize(committed)
@@ -334,6 +346,10 @@ def _submitter(stage: Stage, opts: Options, cpus: int) -> Callable[[list[DocInpu
     actor_cls = ray.remote(BatchActor).options(num_cpus=stage.cpus, memory=memory, max_restarts=-1, max_task_retries=3)
     actors = [actor_cls.remote(stage, opts) for _ in range(cpus)]
     return lambda docs, batch: actors[batch % len(actors)].process.remote(docs, batch)
+
+
+def _is_full(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _drop_batch(out: Path, prefix: str) -> None:
