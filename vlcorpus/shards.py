@@ -67,14 +67,15 @@ def atomic_write_json(path: Path, obj: object) -> None:
 
 
 class _HashingFile(io.RawIOBase):
-    """A write-only file that gathers writes into large blocks and hashes each block on a helper thread while the
-    next one is encoded (hashlib releases the GIL), so the checksum costs no extra pass and little extra time."""
+    """A write-only file that hashes what passes through it on a helper thread, a few MB at a time, while the tar
+    stream goes on encoding (hashlib releases the GIL): the checksum costs no second pass over the shard."""
 
     BLOCK = 4 * 1024**2
 
     def __init__(self, f: io.BufferedWriter):
         self.f, self.sha, self.size = f, hashlib.sha256(), 0
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._chunk_bytes = 0
         self._hasher = ThreadPoolExecutor(max_workers=1)
         self._pending: Future | None = None
 
@@ -82,26 +83,24 @@ class _HashingFile(io.RawIOBase):
         return True
 
     def write(self, b) -> int:  # type: ignore[override]
-        self._buf += b
-        self.size += len(b)
-        if len(self._buf) >= self.BLOCK:
-            self._flush_block()
-        return len(b)
+        n = self.f.write(b)
+        self._chunks.append(b)
+        self._chunk_bytes += n
+        self.size += n
+        if self._chunk_bytes >= self.BLOCK:
+            self._hash_chunks()
+        return n
 
-    def _flush_block(self) -> None:
-        block = bytes(self._buf)
-        self._buf.clear()
+    def _hash_chunks(self) -> None:
         if self._pending is not None:
             self._pending.result()
-        self._pending = self._hasher.submit(self.sha.update, block)
-        self.f.write(block)
+        chunks, self._chunks, self._chunk_bytes = self._chunks, [], 0
+        self._pending = self._hasher.submit(lambda: [self.sha.update(c) for c in chunks])
 
     def finish(self) -> str:
-        """Write what is buffered and return the sha256 of everything written."""
-        if self._buf:
-            self._flush_block()
-        if self._pending is not None:
-            self._pending.result()
+        """The sha256 of everything written."""
+        self._hash_chunks()
+        self._pending.result()
         self._hasher.shutdown()
         return self.sha.hexdigest()
 
