@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import webdataset as wds
 
 from vlcorpus.sample import Sample
 
@@ -132,7 +131,7 @@ class ShardWriter:
         self.prefix, self.max_bytes, self.max_samples = prefix, max_bytes, max_samples
         self.index = start_index
         self.finished: list[ShardInfo] = []
-        self._tar: wds.TarWriter | None = None
+        self._tar = None  # a webdataset.TarWriter while a shard is open
 
     def write(self, sample: Sample) -> str:
         """Append one sample; return the name of the shard it went into."""
@@ -160,6 +159,8 @@ class ShardWriter:
         self._tmp = self.folder / f".{name}{TMP_SUFFIX}"
         self._file = open(self._tmp, "wb")
         self._hasher = _HashingFile(self._file)
+        import webdataset as wds  # here, not at the top: webdataset imports torch, which renderer processes do not need
+
         self._tar = wds.TarWriter(self._hasher, encoder=False, mtime=0.0)
         self._info = ShardInfo(shard=name)
         self._docs: set[str] = set()
