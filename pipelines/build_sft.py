@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     atomic_write_json(plan_path, assign)
     shard_inputs = [DocInput(doc=str(p.relative_to(staging)), origin=str(p.relative_to(staging)), path=str(p)) for p in staged]
     for split, out in (("train", args.out), ("eval", args.out / EVAL)):
-        stage = Stage(source="sft", render=sft_split.render, config=sft_split.SplitConfig(plan=str(plan_path), split=split),
+        stage = Stage(source="sft" if split == "train" else "sft_eval", render=sft_split.render, config=sft_split.SplitConfig(plan=str(plan_path), split=split),
                       batch_size=args.batch_size)
         counts[split] = _rebuild(args, out, stage, shard_inputs)
     report["jobs"] = counts

@@ -31,6 +31,11 @@ def jsonl_pieces(path: Path, lines_per_doc: int) -> list[tuple[int, int, int]]:
     return [(start, end, first) for (start, first), end in zip(cuts, ends) if end > start]
 
 
+def _is_shard_json(p: Path) -> bool:
+    """A sidecar (`<shard>.json`) or `index.json` of a WebDataset shard folder: metadata, not records."""
+    return p.suffix == ".json" and (p.with_suffix(".tar").exists() or (p.name == "index.json" and any(p.parent.glob("*.tar"))))
+
+
 def record_inputs(input_path: Path, suffixes: tuple[str, ...] = RECORD_SUFFIXES, lines_per_doc: int = 2000) -> list[DocInput]:
     """Every record file under `input_path` (or the file itself), split into pieces; ids are `<relpath>#<piece>`."""
     import pyarrow.parquet as pq
@@ -40,7 +45,8 @@ def record_inputs(input_path: Path, suffixes: tuple[str, ...] = RECORD_SUFFIXES,
     input_path = input_path.resolve()
     root = input_path.parent if input_path.is_file() else input_path
     files = [input_path] if input_path.is_file() else sorted(
-        p for p in input_path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes) and not p.name.startswith(".")
+        p for p in input_path.rglob("*")
+        if p.is_file() and p.name.lower().endswith(suffixes) and not p.name.startswith(".") and not _is_shard_json(p)
     )
     inputs: list[DocInput] = []
     for p in files:

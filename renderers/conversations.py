@@ -53,8 +53,8 @@ class SftConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.min_confidence <= 1 or not 0 <= self.eval_fraction < 1:
             raise ValueError("min_confidence must be in [0, 1] and eval_fraction in [0, 1)")
-        if self.max_upsample < 1 or self.max_per_leaf < 1 or self.target_per_leaf < 0 or self.eval_max_per_leaf < 0:
-            raise ValueError("max_upsample and max_per_leaf must be >= 1; target_per_leaf and eval_max_per_leaf >= 0")
+        if self.max_upsample < 1 or self.eval_max_per_leaf < 0 or not 0 <= self.target_per_leaf <= self.max_per_leaf:
+            raise ValueError("need max_upsample >= 1, eval_max_per_leaf >= 0 and 0 <= target_per_leaf <= max_per_leaf")
         if self.classifier not in ("embedding", "keyword"):
             raise ValueError(f"classifier {self.classifier!r}: use 'embedding' or 'keyword'")
 

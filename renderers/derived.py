@@ -48,7 +48,7 @@ def task_of(s: Sample) -> tuple[tuple[str, ...], str] | None:
 
 def render(doc: DocInput, cfg: SftConfig, stats: Counter) -> Iterator[Sample]:
     taxonomy = taxonomy_for(cfg.taxonomy)
-    for s in read_shard(doc.path):
+    for pos, s in enumerate(read_shard(doc.path)):
         task = task_of(s)
         if task is None:
             stats["not_derivable"] += 1
@@ -64,7 +64,7 @@ def render(doc: DocInput, cfg: SftConfig, stats: Counter) -> Iterator[Sample]:
         index, prompt = pick(taxonomy.leaf(leaf).prompts, s.key)
         stats[f"derived_{leaf[-1].lower().replace(' ', '_')}"] += 1
         yield Sample(
-            category="sft_taxonomy", source="derived", doc=f"{s.category}:{s.key}", part=0, origin=doc.origin,
+            category="sft_taxonomy", source="derived", doc=doc.doc, part=pos, origin=doc.origin,
             segments=[{"role": "user", "image": name}, {"role": "user", "text": prompt}, {"role": "assistant", "text": answer}],
             images={name: data}, taxonomy=list(leaf),
             meta={"label_source": "derived", "confidence": 1.0, "derived_from": s.key, "prompt_index": index},

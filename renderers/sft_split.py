@@ -6,7 +6,7 @@
    images occur nowhere else and whose user text occurs nowhere else; a derived item is eligible through its
    leaf's `eval_prompts` pool instead (its prompt is swapped). So eval never shares an image or prompt with train.
 3. train: capped at `max_per_leaf` (seeded down-sampling), and leaves under `target_per_leaf` are up-sampled
-   towards it by whole copies, at most `max_upsample` times each item. `Others` is neither evaluated nor up-sampled.
+   towards it by whole copies, at most `max_upsample` times each item and never past the cap. `Others` is neither evaluated nor up-sampled.
 Categories other than `sft_taxonomy` are deduplicated and go to train as they are.
 `render` then copies the staged samples a plan selects into the final shards (one staged shard per input).
 """
@@ -110,7 +110,7 @@ def plan(items: list[Item], cfg: SftConfig) -> tuple[dict[str, dict], dict]:
         train = train[: cfg.max_per_leaf]
         total = len(train)
         if train and not others and len(train) < cfg.target_per_leaf:
-            total = min(cfg.target_per_leaf, len(train) * cfg.max_upsample)
+            total = min(cfg.target_per_leaf, len(train) * cfg.max_upsample, cfg.max_per_leaf)
         for i, it in enumerate(train):
             assign[it.key] = {"split": "train", "copies": total // len(train) + (1 if i < total % len(train) else 0)}
         rows.append({"leaf": list(leaf), "available": len(group), "duplicates": duplicates[leaf], "eval": len(eval_items),
@@ -159,7 +159,11 @@ def _load_plan(path: str) -> dict[str, dict]:
 
 
 def render(doc: DocInput, cfg: SplitConfig, stats: Counter) -> Iterator[Sample]:
+    """The planned samples of one staged shard (copies included), re-keyed under this input: `doc` is the shard,
+    `part` counts what this split writes from it, `meta.staged_key` names the staged sample."""
     assign = _load_plan(cfg.plan)
+    source = "sft" if cfg.split == "train" else "sft_eval"
+    part = 0
     for s in read_shard(doc.path):
         a = assign.get(s.key)
         if a is None:
@@ -167,14 +171,15 @@ def render(doc: DocInput, cfg: SplitConfig, stats: Counter) -> Iterator[Sample]:
             continue
         if a["split"] != cfg.split:
             continue
-        s.meta["split"] = cfg.split
+        segments = s.segments
         if "eval_prompt" in a:
-            i = next(i for i, x in enumerate(s.segments) if x["role"] == "user" and "text" in x)
-            s.segments[i] = {"role": "user", "text": a["eval_prompt"]}
-            s.meta["prompt_index"] = None
+            i = next(i for i, x in enumerate(segments) if x["role"] == "user" and "text" in x)
+            segments = [*segments[:i], {"role": "user", "text": a["eval_prompt"]}, *segments[i + 1 :]]
         for copy in range(a["copies"]):
-            if copy:
-                stats["upsampled_copies"] += 1
-            yield Sample(category=s.category, source=s.source, doc=s.doc if not copy else f"{s.doc}~copy{copy}",
-                         part=s.part, origin=s.origin, segments=s.segments, images=s.images, taxonomy=s.taxonomy,
-                         meta={**s.meta, "copy": copy} if copy else s.meta)
+            stats["upsampled_copies"] += bool(copy)
+            meta = {**s.meta, "split": cfg.split, "staged_key": s.key, "copy": copy}
+            if "eval_prompt" in a:
+                meta["prompt_index"] = None
+            yield Sample(category=s.category, source=source, doc=doc.doc, part=part, origin=s.origin,
+                         segments=segments, images=s.images, taxonomy=s.taxonomy, meta=meta)
+            part += 1
