@@ -54,7 +54,7 @@ def derived_inputs(corpora: list[Path]) -> list[DocInput]:
     inputs = []
     for corpus in corpora:
         if not corpus.is_dir():
-            raise SystemExit(f"error: --corpus {corpus} is not a folder")
+            raise FileNotFoundError(f"--corpus {corpus} is not a folder")
         for category in DERIVED_FROM:
             if (corpus / category).is_dir():
                 for shard in shard_paths(corpus / category):
@@ -86,12 +86,12 @@ def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(conversations.SftConfig, args)
     taxonomy = conversations.taxonomy_for(cfg.taxonomy)
     if not args.input.exists():
-        raise SystemExit(f"error: input {args.input} does not exist")
+        raise FileNotFoundError(f"input {args.input} does not exist")
     if args.corpus:
         missing = [" / ".join(p) for p in (derived.OCR, derived.OCR_FORMAT, derived.CHART_CODE, derived.UI_CODE)
                    if p not in taxonomy.leaves]
         if missing:
-            raise SystemExit(f"error: derived tasks need the taxonomy leaves {missing}; the taxonomy lacks them")
+            raise ValueError(f"derived tasks need the taxonomy leaves {missing}; the taxonomy lacks them")
     init_ray(args.address, args.num_cpus)
     staging = args.out / STAGING
     counts = {}

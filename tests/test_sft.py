@@ -280,11 +280,11 @@ def test_rebuild_is_idempotent(built):
     assert len(read_back(out / "_eval", "sft_taxonomy")) == json.loads((out / "sft_coverage.json").read_text())["totals"]["eval"]
 
 
-def test_user_taxonomy_file(tmp_path, ray_local):
+def test_user_taxonomy_file(tmp_path, ray_local, capsys):
     tax = tmp_path / "mine.yaml"
     tax.write_text("name: mine\ncategories:\n  - name: Pets\n    description: questions about pets\n    children:\n"
-                   "      - {name: Dogs, prompts: ["What breed is this dog?"], keywords: [dog, puppy]}\n"
-                   "      - {name: Cats, prompts: ["What is the cat doing?"], keywords: [cat, kitten]}\n")
+                   "      - {name: Dogs, prompts: ['What breed is this dog?'], keywords: [dog, puppy]}\n"
+                   "      - {name: Cats, prompts: ['What is the cat doing?'], keywords: [cat, kitten]}\n")
     conv = tmp_path / "conv"
     conv.mkdir()
     recs = [{"messages": [{"role": "user", "content": "Is this puppy a dog of a known breed?"}, {"role": "assistant", "content": "A beagle."}]},
@@ -292,5 +292,7 @@ def test_user_taxonomy_file(tmp_path, ray_local):
     (conv / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out"
     assert cli(["build", "sft", str(conv), "--out", str(out), "--taxonomy", str(tax), "--set", "classifier=keyword"]) == 0
-    assert sorted(tuple(r["json"]["taxonomy"]) for r in read_back(out, "sft_taxonomy")) == [("Pets", "Cats"), ("Pets", "Dogs")]
-    assert cli(["build", "sft", str(conv), "--out", str(tmp_path / "o2"), "--taxonomy", str(tax), "--corpus", str(tmp_path)]) != 0
+    labels = Counter(tuple(r["json"]["taxonomy"]) for r in read_back(out, "sft_taxonomy"))
+    assert labels == {("Pets", "Cats"): 3, ("Pets", "Dogs"): 3}  # each up-sampled x3 (the default max_upsample)
+    assert cli(["build", "sft", str(conv), "--out", str(tmp_path / "o2"), "--taxonomy", str(tax), "--corpus", str(tmp_path)]) == 2
+    assert "derived tasks need the taxonomy leaves" in capsys.readouterr().err
