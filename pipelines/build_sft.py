@@ -40,10 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--taxonomy", help="taxonomy YAML (default: DeepSeek-VL Table 3); same as --set taxonomy=PATH")
 
 
-def conversation_inputs(root: Path, lines_per_doc: int) -> list[DocInput]:
+def conversation_inputs(root: Path, staging: Path, lines_per_doc: int) -> list[DocInput]:
     inputs = []
     root = root.resolve()
-    for d in record_inputs(root, (".jsonl", ".json", ".tar"), lines_per_doc):
+    for d in record_inputs(root, staging / "_pieces", (".jsonl", ".json", ".tar"), lines_per_doc):
         first = Path(d.origin).parts[0] if root.is_dir() else ""
         category = first if first in SFT_CATEGORIES else "sft_taxonomy"
         inputs.append(DocInput(doc=d.doc, origin=d.origin, path=d.path, related={**d.related, "category": category}))
@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     counts = {}
     for stage, inputs in (
         (Stage(source="sft_in", render=conversations.render, config=cfg, batch_size=args.batch_size),
-         conversation_inputs(args.input, args.lines_per_doc)),
+         conversation_inputs(args.input, staging, args.lines_per_doc)),
         (Stage(source="derived", render=derived.render, config=cfg, batch_size=args.batch_size), derived_inputs(args.corpus)),
     ):
         if inputs:

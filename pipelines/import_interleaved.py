@@ -21,5 +21,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(interleaved.InterleavedConfig, args)
     stage = Stage(source="interleaved", render=interleaved.render, config=cfg, cpus=1)
-    run_job(stage, record_inputs(args.input, (".jsonl", ".json", ".parquet"), args.lines_per_doc), args)
+    run_job(stage, record_inputs(args.input, args.out / "_staging" / "interleaved", (".jsonl", ".json", ".parquet"), args.lines_per_doc), args)
     return 0

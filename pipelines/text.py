@@ -23,5 +23,5 @@ def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(text.TextConfig, args)
     stage = Stage(source="text", render=text.render, config=cfg, cpus=1)
     files = discover(args.input, (".txt", ".md")) if args.input.is_dir() else []
-    run_job(stage, files + record_inputs(args.input, (".jsonl", ".parquet"), args.lines_per_doc), args)
+    run_job(stage, files + record_inputs(args.input, args.out / "_staging" / "text", (".jsonl", ".parquet"), args.lines_per_doc), args)
     return 0

@@ -2,7 +2,7 @@
 
 A big file is split into several `DocInput`s by `pipelines/records.py`: a JSONL file into runs of lines (byte
 ranges), a Parquet file into row groups. Each piece is read here as a stream of `(position, record)`:
-JSONL through the byte range, Parquet with `iter_batches` over its one row group and only the needed columns.
+JSONL through the byte range (JSON files arrive as JSONL pieces written at discovery), Parquet with `iter_batches` over its one row group and only the needed columns.
 Broken lines are counted (`bad_json_line`), never fatal.
 """
 
@@ -12,7 +12,6 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 from vlcorpus.driver import DocInput
 
@@ -26,11 +25,11 @@ def read_records(doc: DocInput, stats: Counter, columns: list[str] | None = None
         yield from _jsonl(doc, stats)
     elif fmt == "parquet":
         yield from _parquet(doc, columns)
-    elif fmt == "json":
-        yield from _json(doc, stats)
     elif fmt == "csv":
         with open(doc.path, newline="", encoding="utf-8") as f:
             yield from enumerate(csv.DictReader(f))
+    elif fmt == "invalid":
+        raise ValueError(doc.related["error"])
     else:
         raise ValueError(f"{doc.origin}: unknown record format {fmt!r}")
 
@@ -54,22 +53,6 @@ def _jsonl(doc: DocInput, stats: Counter) -> Iterator[tuple[int, dict]]:
                 elif rec is not None:
                     stats["bad_record"] += 1
             line_no += 1
-
-
-def _json(doc: DocInput, stats: Counter) -> Iterator[tuple[int, dict]]:
-    try:
-        data = json.loads(Path(doc.path).read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{doc.origin}: not valid JSON ({e})") from None
-    if isinstance(data, dict):
-        data = next((v for k in ("data", "annotations", "records", "conversations") if isinstance(v := data.get(k), list)), [data])
-    if not isinstance(data, list):
-        raise ValueError(f"{doc.origin}: expected a JSON list of records")
-    for i, rec in enumerate(data):
-        if isinstance(rec, dict):
-            yield i, rec
-        else:
-            stats["bad_record"] += 1
 
 
 def _parquet(doc: DocInput, columns: list[str] | None) -> Iterator[tuple[int, dict]]:

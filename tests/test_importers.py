@@ -19,6 +19,7 @@ from PIL import Image
 from pipelines.records import jsonl_pieces, record_inputs
 from renderers import caption, scene_ocr
 from renderers.images import BadImage, ImageLimits, checked_image, load_ref
+from renderers.records import read_records
 from vlcorpus.cli import main as cli
 from vlcorpus.ledger import Ledger
 from vlcorpus.shards import shard_paths
@@ -85,9 +86,20 @@ def test_jsonl_pieces_cover_every_line_once(tmp_path):
     f.write_text("".join(f'{{"i": {i}}}\n' for i in range(10)) + '{"i": 10}')  # no final newline
     pieces = jsonl_pieces(f, 4)
     assert [p[2] for p in pieces] == [0, 4, 8]
-    docs = record_inputs(f, (".jsonl",), 4)
-    seen = [pos for d in docs for pos, _ in __import__("renderers.records", fromlist=["x"]).read_records(d, Counter())]
+    docs = record_inputs(f, tmp_path / "staging", (".jsonl",), 4)
+    seen = [pos for d in docs for pos, _ in read_records(d, Counter())]
     assert seen == list(range(11))
+
+
+def test_json_files_become_jsonl_pieces_and_broken_ones_fail_in_the_ledger(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.json").write_text(json.dumps({"data": [{"i": i} for i in range(5)]}))
+    (tmp_path / "in/b.json").write_text('[{"i": 1}, ')
+    docs = record_inputs(tmp_path / "in", tmp_path / "staging", (".json",), 2)
+    assert [d.doc for d in docs] == ["a.json#R0", "a.json#R2", "a.json#R4", "b.json"]
+    assert [r["i"] for d in docs[:3] for _, r in read_records(d, Counter())] == list(range(5))
+    with pytest.raises(ValueError, match="not a usable JSON records file"):
+        list(read_records(docs[3], Counter()))
 
 
 def test_caption_folder_jsonl_with_bad_records(tmp_path, ray_local):
@@ -146,7 +158,7 @@ def test_caption_parquet_is_one_input_per_row_group(tmp_path, ray_local):
     data = tmp_path / "pq"
     data.mkdir()
     write_caption_parquet(data / "train.parquet", groups=3, rows=5, image_bytes=2000)
-    docs = record_inputs(data, (".parquet",))
+    docs = record_inputs(data, tmp_path / "staging", (".parquet",))
     assert [d.doc for d in docs] == ["train.parquet#rg0", "train.parquet#rg1", "train.parquet#rg2"]
     out = tmp_path / "corpus"
     assert cli(["import", "caption", str(data), "--out", str(out)]) == 0
@@ -164,7 +176,7 @@ def test_parquet_reading_is_streamed(tmp_path):
     code = (
         "import pyarrow as pa, sys\nfrom collections import Counter\n"
         "from pipelines.records import record_inputs\nfrom renderers import caption\n"
-        f"docs = record_inputs(__import__('pathlib').Path({str(path)!r}))\n"
+        f"docs = record_inputs(__import__('pathlib').Path({str(path)!r}), None)\n"
         "n = sum(1 for d in docs for _ in caption.render(d, caption.CaptionConfig(), Counter()))\n"
         "print(n, len(docs), pa.default_memory_pool().max_memory())\n"
     )
