@@ -15,13 +15,12 @@ Three Ray jobs in a row, all through the driver (ledger, bounded documents, atom
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pipelines.job import add_job_arguments, renderer_config
 from pipelines.records import add_record_arguments, record_inputs
 from renderers import conversations, derived, sft_split
-from vlcorpus.driver import DocInput, Options, Stage, run_pipeline
+from vlcorpus.driver import Bounds, DocInput, Options, Stage, run_pipeline
 from vlcorpus.runtime import init_ray
 from vlcorpus.sample import SFT_CATEGORIES
 from vlcorpus.shards import atomic_write_json, shard_paths
@@ -64,8 +63,6 @@ def derived_inputs(corpora: list[Path]) -> list[DocInput]:
 
 
 def _options(args: argparse.Namespace, out: Path) -> Options:
-    from vlcorpus.driver import Bounds
-
     return Options(out=out, retry_failed=args.retry_failed,
                    bounds=Bounds(timeout_s=args.doc_timeout, memory_gb=args.doc_memory_gb),
                    max_shard_bytes=int(args.max_shard_mb * 1024**2), max_shard_samples=args.max_shard_samples,

@@ -14,7 +14,6 @@ not match the images, conversations that end on a user turn, unknown roles, unkn
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS="${1:-demo-out/corpus}"
 CPUS="${2:-2}"
-for kind in caption interleaved table_chart scene_ocr text; do
+for kind in caption interleaved table_chart scene_ocr; do
     python3 -m vlcorpus import "$kind" "demo/$kind" --out "$CORPUS" --num-cpus "$CPUS"
 done
+python3 -m vlcorpus import text demo/text/records --out "$CORPUS" --num-cpus "$CPUS"
 python3 -m vlcorpus build sft demo/sft --out "$CORPUS" --corpus "$CORPUS" --num-cpus "$CPUS"

@@ -176,10 +176,11 @@ TEXT = [
 
 def text(root: Path) -> None:
     folder = root / "text"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "notes.jsonl").write_text("".join(json.dumps({"text": t * 2}) + "\n" for t in TEXT))
-    pq.write_table(pa.table({"text": [t * 3 for t in TEXT]}), folder / "notes.parquet")
-    write_source(folder, "text", "Short paragraphs about data pipelines written for this project, as JSONL and Parquet.")
+    (folder / "records").mkdir(parents=True, exist_ok=True)
+    (folder / "records" / "notes.jsonl").write_text("".join(json.dumps({"text": t * 2}) + "\n" for t in TEXT))
+    pq.write_table(pa.table({"text": [t * 3 for t in TEXT]}), folder / "records" / "notes.parquet")
+    write_source(folder, "text", "Short paragraphs about data pipelines written for this project, as JSONL and Parquet "
+                 "under `records/` (this file stays outside it: the text importer takes .md files too).")
 
 
 def sft(root: Path) -> None:

@@ -17,7 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.records import jsonl_pieces, record_inputs
-from renderers import caption, scene_ocr
+from renderers import scene_ocr
 from renderers.images import BadImage, ImageLimits, checked_image, load_ref
 from renderers.records import read_records
 from vlcorpus.cli import main as cli
