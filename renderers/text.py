@@ -1,4 +1,8 @@
-"""Plain text files -> `text` samples, split at paragraph boundaries into documents of bounded size."""
+"""Plain text -> `text` samples, split at paragraph boundaries into documents of bounded size.
+
+Inputs: text files (.txt, .md), one document each; and record files (JSONL with a `text` field, Parquet with a
+`text` column), read piece by piece through `renderers.records`, one document per record.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from renderers.records import read_records
 from vlcorpus.driver import DocInput, Filtered
-from vlcorpus.sample import Sample
+from vlcorpus.sample import Sample, estimate_tokens
 
 
 @dataclass
@@ -17,6 +22,7 @@ class TextConfig:
     max_chars: int = 20_000  # one sample at most; longer files are split at blank lines
     min_chars: int = 200  # shorter pieces are dropped (counted as too_short)
     max_file_mb: float = 512.0
+    text_field: str = "text"  # the field of JSONL records / column of Parquet files holding the text
 
     def __post_init__(self) -> None:
         if self.min_chars < 0 or self.max_chars <= self.min_chars:
@@ -44,20 +50,35 @@ def split_paragraphs(text: str, max_chars: int) -> Iterator[str]:
         yield "\n\n".join(chunk)
 
 
-def render(doc: DocInput, cfg: TextConfig, stats: Counter) -> Iterator[Sample]:
+def _texts(doc: DocInput, cfg: TextConfig, stats: Counter) -> Iterator[tuple[int | None, str]]:
+    """(record position or None for a whole file, text) of each document in this input."""
+    if "format" in doc.related:
+        for pos, rec in read_records(doc, stats, columns=[cfg.text_field]):
+            value = rec.get(cfg.text_field)
+            if isinstance(value, str):
+                yield pos, value
+            else:
+                stats["no_text_field"] += 1
+        return
     path = Path(doc.path)
     if path.stat().st_size > cfg.max_file_mb * 1024**2:
         raise Filtered(f"file is larger than {cfg.max_file_mb:g} MB")
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        yield None, path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 text: {e}") from None
+
+
+def render(doc: DocInput, cfg: TextConfig, stats: Counter) -> Iterator[Sample]:
     part = 0
-    for piece in split_paragraphs(text.replace("\r\n", "\n"), cfg.max_chars):
-        if len(piece) < cfg.min_chars:
-            stats["too_short"] += 1
-            continue
-        yield Sample(category="text", source="text", doc=doc.doc, part=part, origin=doc.origin,
-                     segments=[{"text": piece}], meta={"chars": len(piece)})
-        part += 1
+    for pos, text in _texts(doc, cfg, stats):
+        for piece in split_paragraphs(text.replace("\r\n", "\n"), cfg.max_chars):
+            if len(piece) < cfg.min_chars:
+                stats["too_short"] += 1
+                continue
+            meta = {"chars": len(piece), "tokens": estimate_tokens(piece)}
+            if pos is not None:
+                meta["record"] = pos
+            yield Sample(category="text", source="text", doc=doc.doc, part=part, origin=doc.origin,
+                         segments=[{"text": piece}], meta=meta)
+            part += 1

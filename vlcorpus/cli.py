@@ -26,6 +26,11 @@ GROUPS = {
 
 MODULES = [
     "pipelines.text",
+    "pipelines.import_caption",
+    "pipelines.import_interleaved",
+    "pipelines.import_table_chart",
+    "pipelines.import_scene_ocr",
+    "pipelines.build_sft",
     "vlcorpus.inspect",
 ]
 

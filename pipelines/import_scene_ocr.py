@@ -1,0 +1,38 @@
+"""`vlcorpus import scene_ocr INPUT --out CORPUS`: scene-text images with word boxes -> scene_ocr samples.
+
+TextOCR-style JSON files hold every image of a split in one object; discovery converts them once into JSONL pieces
+of `--lines-per-doc` images under `<out>/_staging/scene_ocr/`, so each Ray task reads only its images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+
+from pipelines.job import add_job_arguments, renderer_config, run_job
+from pipelines.records import add_record_arguments, json_records, record_inputs
+from renderers import scene_ocr
+from vlcorpus.driver import Stage
+
+COMMAND = ("import", "scene_ocr")
+HELP = "scene-text images with word/line boxes (TextOCR-style JSON, or JSONL per image) -> scene_ocr samples"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_arguments(p, batch_size=4, doc_timeout=600, doc_memory_gb=3)
+    add_record_arguments(p)
+
+
+def image_records(data: object) -> Iterable[dict]:
+    """TextOCR's `imgs`/`anns`/`imgToAnns` object, or a plain list of `{"image", "words"}` records."""
+    if isinstance(data, dict) and "imgs" in data:
+        return scene_ocr.textocr_records(data)
+    return json_records(data)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = renderer_config(scene_ocr.SceneOcrConfig, args)
+    stage = Stage(source="scene_ocr", render=scene_ocr.render, config=cfg, cpus=1)
+    inputs = record_inputs(args.input, args.out / "_staging" / "scene_ocr", (".jsonl", ".json"), args.lines_per_doc, image_records)
+    run_job(stage, inputs, args)
+    return 0

@@ -1,0 +1,72 @@
+"""Chart/table question-answer sets -> `table_chart` samples: the image, then its questions and answers.
+
+Field names follow the published sets: ChartQA (`imgname`, `query`, `label`), PlotQA/DVQA-like (`image`,
+`question`, `answer`), or one record per image with a `qa`/`qas` list. Records of the same image within one
+input piece become one sample, so an image is stored once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from renderers.caption import image_root, pair_sample
+from renderers.images import ImageLimits, image_or_count
+from renderers.records import first_field, read_records
+from vlcorpus.driver import DocInput
+from vlcorpus.sample import Sample
+
+_IMAGE = ("image", "imgname", "image_path", "file_name", "img")
+_QUESTION = ("question", "query", "q")
+_ANSWER = ("answer", "label", "a", "answers")
+_QA_LISTS = ("qa", "qas", "questions")
+
+
+@dataclass
+class TableChartConfig:
+    image_root: str = ""
+    max_qa_per_image: int = 50
+    limits: ImageLimits = field(default_factory=ImageLimits)
+
+
+def _answer(value: object) -> str:
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return str(value).strip() if value is not None else ""
+
+
+def _pairs(rec: dict) -> list[tuple[str, str]]:
+    items = first_field(rec, _QA_LISTS)
+    items = items if isinstance(items, list) else [rec]
+    out = []
+    for it in items:
+        if isinstance(it, dict):
+            q, a = first_field(it, _QUESTION), _answer(first_field(it, _ANSWER))
+            if isinstance(q, str) and q.strip() and a:
+                out.append((q.strip(), a))
+    return out
+
+
+def render(doc: DocInput, cfg: TableChartConfig, stats: Counter) -> Iterator[Sample]:
+    groups: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+    for pos, rec in read_records(doc, stats):
+        ref, pairs = first_field(rec, _IMAGE), _pairs(rec)
+        if not isinstance(ref, str):
+            stats["image_missing"] += 1
+            continue
+        if not pairs:
+            stats["no_qa"] += 1
+            continue
+        first, qa = groups.setdefault(ref, (pos, []))
+        qa.extend(pairs)
+    root = image_root(doc, cfg.image_root)
+    for ref, (pos, qa) in groups.items():
+        image = image_or_count(ref, root, cfg.limits, stats)
+        if image is None:
+            continue
+        if len(qa) > cfg.max_qa_per_image:
+            stats["qa_truncated"] += len(qa) - cfg.max_qa_per_image
+            qa = qa[: cfg.max_qa_per_image]
+        text = "\n\n".join(f"Question: {q}\nAnswer: {a}" for q, a in qa)
+        yield pair_sample("table_chart", doc, pos, image, text, {"image_ref": ref, "qa": len(qa)})
