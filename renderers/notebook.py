@@ -45,8 +45,8 @@ class NotebookConfig:
     svg_max_side: int = 1536  # SVGs are rasterised at their declared size, scaled down to this
     one_image_only: bool = True  # paper filter: the cell's outputs hold exactly one image
     min_cell_lines: int = 5  # paper filter: non-blank lines of the plot cell's own (cleaned) code
-    max_code_lines: int = 80  # budget of the collated code: the plot cell plus the cells it depends on
-    max_code_chars: int = 6000
+    max_code_lines: int = 120  # budget of the collated code: the plot cell plus the cells it depends on
+    max_code_chars: int = 8000
     keep_magics: bool = False  # keep %magic / !shell / help? lines in the code
     languages: list[str] = field(default_factory=lambda: ["python"])  # kernel languages kept; [] keeps all
 

@@ -1,13 +1,16 @@
 """The code half of a notebook plot/code pair: cleaning a cell's source and finding the earlier cells it needs.
 
-Dependency rule (why: a plot cell alone often uses data and helpers defined cells earlier; the whole notebook
+Dependency rule (why: a plot cell alone often uses data and helpers defined cells earlier, while the whole notebook
 prefix is mostly unrelated): a cell *needs* the module-level names it reads before binding them itself; a cell
 *binds* the names it assigns, imports, defines with `def`/`class`, or mutates through `name[...] =` /
-`name.attr =`. For a plot cell we take, transitively, the nearest earlier cell that binds each needed name
-(notebook order, not execution counts, which are often missing or stale). A name bound by no earlier cell falls
-back to the nearest earlier `from x import *` cell; builtins and unknown names are ignored. Cells that do not
-parse as Python (syntax errors, other kernels) are analysed by a text fallback: identifiers read, `name =` /
-`def`/`class`/`function name` / `import ... as name` bound.
+`name.attr =`. Names a function body reads are looked up when it is called, so they are resolved before the plot
+cell rather than before the cell defining the function. For each needed name we take the nearest earlier cell
+that binds it (notebook order, not execution counts, which are often missing or stale), and then, transitively,
+what that cell needs. A name no earlier cell binds falls back to the nearest earlier `from x import *` cell;
+builtins and unknown names are ignored. The search is breadth-first, so the cells the plot reads from directly
+(typically its imports and data) come before indirect ones when the budget is short. Cells that do not parse as
+Python (syntax errors, other kernels) are analysed by a text fallback: identifiers read; `name =`, `name <-`,
+`def`/`class`/`function name` and the last name of an import line bound.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def code_lines(code: str) -> int:
 
 @dataclass(frozen=True)
 class CellNames:
-    needs: frozenset[str]
+    needs: frozenset[str]  # read when the cell runs
+    deferred: frozenset[str]  # read by functions it defines, when they are called
     binds: frozenset[str]
     star_import: bool
     parsed: bool  # False: the text fallback made these
@@ -92,9 +96,10 @@ def _free_names(scope: ast.AST) -> set[str]:
     return loads - bound
 
 
-def _statement_names(stmt: ast.stmt) -> tuple[set[str], set[str], bool]:
-    """(names read, names bound, star import) of one top-level statement."""
+def _statement_names(stmt: ast.stmt) -> tuple[set[str], set[str], set[str], bool]:
+    """(names read now, names read when its functions are called, names bound, star import) of one statement."""
     reads: set[str] = set()
+    deferred: set[str] = set()
     binds: set[str] = set()
     star = False
     todo: list[ast.AST] = [stmt]
@@ -105,7 +110,13 @@ def _statement_names(stmt: ast.stmt) -> tuple[set[str], set[str], bool]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 binds.add(node.name)
                 free.discard(node.name)  # recursion reads the name being defined
-            reads |= free
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                deferred |= free
+                for part in [*getattr(node, "decorator_list", []), *node.args.defaults, *node.args.kw_defaults]:
+                    if part is not None:  # decorators and defaults run at definition time
+                        todo.append(part)
+            else:
+                reads |= free
             continue
         if isinstance(node, ast.Name):
             (reads if isinstance(node.ctx, ast.Load) else binds).add(node.id)
@@ -122,7 +133,7 @@ def _statement_names(stmt: ast.stmt) -> tuple[set[str], set[str], bool]:
             if isinstance(base, ast.Name):  # `df["x"] = ...` changes df: this cell is part of df's story
                 binds.add(base.id)
         todo.extend(ast.iter_child_nodes(node))
-    return reads, binds, star
+    return reads, deferred, binds, star
 
 
 def _blank_magics(code: str) -> str:
@@ -138,14 +149,17 @@ def cell_names(code: str, python: bool) -> CellNames:
             tree = None
         if tree is not None:
             needs: set[str] = set()
+            deferred: set[str] = set()
             binds: set[str] = set()
             star = False
             for stmt in tree.body:
-                r, b, s = _statement_names(stmt)
+                r, d, b, s = _statement_names(stmt)
                 needs |= r - binds
+                deferred |= d
                 binds |= b
                 star = star or s
-            return CellNames(frozenset(needs - _BUILTINS), frozenset(binds), star, True)
+            return CellNames(frozenset(needs - _BUILTINS), frozenset(deferred - binds - _BUILTINS), frozenset(binds),
+                             star, True)
     binds = set()
     for m in _TEXT_BIND_RE.finditer(code):
         for group in m.groups():
@@ -153,7 +167,7 @@ def cell_names(code: str, python: bool) -> CellNames:
                 binds.update(g.strip() for g in group.split(","))
     idents = {w for w in _IDENT_RE.findall(code) if not keyword.iskeyword(w)}
     star = bool(re.search(r"^\s*from\s+\S+\s+import\s+\*", code, re.M))
-    return CellNames(frozenset(idents - binds - _BUILTINS), frozenset(binds), star, False)
+    return CellNames(frozenset(idents - binds - _BUILTINS), frozenset(), frozenset(binds), star, False)
 
 
 @dataclass
@@ -165,27 +179,27 @@ class CodeContext:
 
 
 def dependencies(target: int, names: dict[int, CellNames]) -> list[int]:
-    """Earlier cells (indices into `names`, notebook order) that `target` needs, nearest first, transitively."""
-    earlier = sorted(i for i in names if i < target)
-    chosen: list[int] = []
-    wanted = [(n, target) for n in sorted(names[target].needs)]
-    star_needed: set[int] = set()
+    """Earlier cells (keys of `names`, notebook cell indices) that `target` needs, transitively: breadth-first,
+    nearest first within each level."""
+    earlier = sorted((i for i in names if i < target), reverse=True)
+
+    def provider(name: str, before: int) -> int | None:
+        bound = next((j for j in earlier if j < before and name in names[j].binds), None)
+        return bound if bound is not None else next((j for j in earlier if j < before and names[j].star_import), None)
+
+    order: list[int] = []
+    wanted = [(n, target) for n in sorted(names[target].needs | names[target].deferred)]
     while wanted:
-        name, before = wanted.pop()
-        source = next((j for j in reversed(earlier) if j < before and name in names[j].binds), None)
-        if source is None:
-            source = next((j for j in reversed(earlier) if j < before and names[j].star_import), None)
-            if source is None or source in star_needed:
-                continue
-            star_needed.add(source)
-        if source not in chosen:
-            chosen.append(source)
-            wanted.extend((n, source) for n in sorted(names[source].needs))
-    return sorted(chosen, reverse=True)
+        found = sorted({j for n, before in wanted if (j := provider(n, before)) is not None} - set(order), reverse=True)
+        order.extend(found)
+        wanted = [(n, j) for j in found for n in sorted(names[j].needs)]
+        wanted += [(n, target) for j in found for n in sorted(names[j].deferred)]
+    return order
 
 
 def collate(target: int, codes: dict[int, str], names: dict[int, CellNames], max_lines: int, max_chars: int) -> CodeContext:
-    """The target cell's code preceded by the cells it depends on, nearest first while they fit the budget."""
+    """The target cell's code preceded by the cells it depends on, in `dependencies` order while they fit the budget
+    (a cell that does not fit is skipped and listed as omitted), joined in notebook order."""
     lines, chars = code_lines(codes[target]), len(codes[target])
     taken, omitted = [], []
     for j in dependencies(target, names):

@@ -25,6 +25,7 @@ GROUPS = {
 
 MODULES = [
     "pipelines.text",
+    "pipelines.notebooks",
     "vlcorpus.inspect",
 ]
 
