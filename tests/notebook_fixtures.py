@@ -19,9 +19,10 @@ ax.set_title("line")
 plt.show()"""
 
 
-def plot_png(seed: int = 0, size: tuple[int, int] = (160, 120), fmt: str = "PNG", mode: str = "RGB") -> bytes:
-    """A small line plot on white; `seed` moves the line, so different seeds give different images."""
-    im = Image.new(mode, size, "white")
+def plot_png(seed: int = 0, size: tuple[int, int] = (160, 120), fmt: str = "PNG", mode: str = "RGB",
+             background: str | tuple = "white") -> bytes:
+    """A small line plot; `seed` moves the line, so different seeds give different images."""
+    im = Image.new(mode, size, background)
     d = ImageDraw.Draw(im)
     d.rectangle([10, 10, size[0] - 10, size[1] - 10], outline="black")
     d.line([15, size[1] - 15, size[0] - 15, 15 + seed % (size[1] - 30)], fill="blue", width=2)

@@ -148,16 +148,19 @@ def test_jpeg_alpha_and_svg_outputs(tmp_path):
     svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="300pt" height="150pt" viewBox="0 0 300 150">'
            '<rect width="300" height="150" fill="white"/><path d="M10 140 L290 10" stroke="blue" stroke-width="3"/>'
            "</svg>")
+    opaque_rgba = plot_png(3, mode="RGBA")
     cells = [
         code_cell(PLOT_CODE, [image_output({"image/jpeg": b64(plot_png(1, fmt="JPEG"))})]),
-        code_cell(PLOT_CODE, [image_output({"image/png": b64(plot_png(2, mode="RGBA"))})]),
+        code_cell(PLOT_CODE, [image_output({"image/png": b64(plot_png(2, mode="RGBA", background=(0, 0, 0, 0)))})]),
+        code_cell(PLOT_CODE, [image_output({"image/png": b64(opaque_rgba)})]),
         code_cell(PLOT_CODE, [image_output({"image/svg+xml": svg})]),
     ]
     samples, _ = run(write(tmp_path / "kinds.ipynb", notebook(cells)), NotebookConfig(svg_max_side=200))
-    assert [list(s.images) for s in samples] == [["0.jpg"], ["0.png"], ["0.png"]]
+    assert [list(s.images) for s in samples] == [["0.jpg"], ["0.png"], ["0.png"], ["0.png"]]
     with Image.open(io.BytesIO(samples[1].images["0.png"])) as im:
-        assert im.mode == "RGB"  # alpha flattened onto white
-    svg_sample = samples[2]
+        assert im.mode == "RGB" and im.getpixel((2, 2)) == (255, 255, 255)  # transparency flattened onto white
+    assert samples[2].images["0.png"] == opaque_rgba  # nothing to flatten: the original bytes are kept
+    svg_sample = samples[3]
     assert svg_sample.meta["image"]["mime"] == "image/svg+xml"
     assert (svg_sample.meta["image"]["width"], svg_sample.meta["image"]["height"]) == (200, 100)  # 400x200 px, scaled
 
