@@ -59,6 +59,8 @@ class DedupRunner:
         samples, counts = self.inner.render(doc)
         owners = ray.get(self.registry.claim.remote([(s.meta["image_sha256"], s.key) for s in samples]))
         kept = [s for s, owner in zip(samples, owners) if owner == s.key]
+        for s in kept:
+            s.meta["filters"]["image_checks"].append("job_unique")
         duplicates = len(samples) - len(kept)
         if duplicates:
             counts["duplicate_image"] = counts.get("duplicate_image", 0) + duplicates

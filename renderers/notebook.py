@@ -28,6 +28,8 @@ from vlcorpus.driver import DocInput, Filtered
 from vlcorpus.sample import Sample
 
 OUTPUT_TYPES = ("execute_result", "display_data", "stream", "error")
+# What a kept image passed (`notebook_image`); the pipeline adds the job-wide duplicate check.
+IMAGE_CHECKS = ("encoded_size", "base64", "pixels", "decodes", "min_side", "not_uniform")
 _MAX_REASONS = 5  # drop reasons quoted in a Filtered message
 
 
@@ -181,7 +183,7 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
     python = language in (None, "python")
     cells = _code_cells(nb, cfg.keep_magics, stats)
     codes = {c.index: c.code for c in cells}
-    names: dict[int, CellNames] = {c.index: cell_names(c.code, python) for c in cells}
+    names: dict[int, CellNames] = {}  # parsed on the first plot cell that passes the filters
     limits = cfg.limits()
     reasons: list[str] = []
     ordinal = 0
@@ -209,6 +211,7 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
             drop("code_over_budget", cell.index, f"{own_lines} lines / {len(cell.code)} chars of code, over the "
                                                  f"max_code_lines/max_code_chars budget")
             continue
+        names = names or {c.index: cell_names(c.code, python) for c in cells}
         context = collate(cell.index, codes, names, cfg.max_code_lines, cfg.max_code_chars)
         for k, (mime, value) in enumerate(images):
             if mime not in IMAGE_MIMES:
@@ -220,15 +223,17 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
                 drop(e.reason, cell.index, str(e))
                 continue
             written += 1
-            yield _sample(doc, first + k, cell, image, context, language, kernel, len(images), own_lines)
+            filters = {"images_in_cell": len(images), "one_image_only": cfg.one_image_only, "cell_code_lines": own_lines,
+                       "min_cell_lines": cfg.min_cell_lines, "image_checks": list(IMAGE_CHECKS)}
+            yield _sample(doc, first + k, cell.index, image, context, language, kernel, filters)
     if not written:
         detail = "; ".join(reasons) if reasons else "no code cell has an image output"
         raise Filtered(f"no plot/code pair kept: {detail}")
     stats["pairs"] += written
 
 
-def _sample(doc: DocInput, part: int, cell: _Cell, image: PlotImage, context: CodeContext, language: str | None,
-            kernel: str | None, images_in_cell: int, own_lines: int) -> Sample:
+def _sample(doc: DocInput, part: int, cell: int, image: PlotImage, context: CodeContext, language: str | None,
+            kernel: str | None, filters: dict) -> Sample:
     name = f"0.{image.ext}"
     return Sample(
         category="web_code",
@@ -240,13 +245,12 @@ def _sample(doc: DocInput, part: int, cell: _Cell, image: PlotImage, context: Co
         images={name: image.data},
         meta={
             "notebook": doc.origin,
-            "cell": cell.index,
+            "cell": cell,
             "kernel": {"language": language, "name": kernel},
             "image": {"width": image.width, "height": image.height, "mime": image.mime},
             "image_sha256": image.sha256,
             "code": {"cells": context.cells, "omitted_cells": context.omitted, "analysis": context.analysis,
                      "lines": code_lines(context.code), "chars": len(context.code)},
-            "filters": {"images_in_cell": images_in_cell, "cell_code_lines": own_lines, "decoded": True,
-                        "tiny": False, "uniform": False},
+            "filters": filters,
         },
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 _PROMPT_RE = re.compile(r"^(?:>>> ?|\.\.\. ?|In \[\d*\]: ?|\s+\.\.\.: ?)")
 _PROMPTED_CELL_RE = re.compile(r"^(?:>>>|In \[\d*\]:)", re.M)
+_HELP_RE = re.compile(r"^(?:\?{1,2}[\w.*]+|[\w.*]+\?{1,2})$")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TEXT_BIND_RE = re.compile(
     r"^\s*(?:(?:def|class|function)\s+([A-Za-z_]\w*)"
@@ -47,8 +48,9 @@ def source_text(source: object) -> str:
 
 
 def is_magic(line: str) -> bool:
-    s = line.lstrip()
-    return s.startswith(("%", "!")) or (s.endswith("?") and not s.startswith("#"))
+    """A line magic, shell escape or help request (`obj?`, `??obj`): IPython syntax, not Python."""
+    s = line.strip()
+    return s.startswith(("%", "!")) or bool(_HELP_RE.match(s))
 
 
 def clean_code(source: str, keep_magics: bool) -> str | None:

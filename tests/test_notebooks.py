@@ -54,6 +54,8 @@ def test_plot_paired_with_the_cells_it_depends_on(tmp_path):
     assert s.meta["cell"] == 4 and s.meta["code"]["cells"] == [1, 2, 4] and s.meta["code"]["analysis"] == "ast"
     assert s.meta["kernel"]["language"] == "python"
     assert s.meta["image"] == {"width": 160, "height": 120, "mime": "image/png"}
+    assert s.meta["filters"]["images_in_cell"] == 1 and s.meta["filters"]["cell_code_lines"] == 6
+    assert "not_uniform" in s.meta["filters"]["image_checks"]
     with Image.open(io.BytesIO(s.images["0.png"])) as im:
         assert im.size == (160, 120)
 
@@ -89,8 +91,8 @@ def test_dependency_rule():
 def test_prompts_and_magics():
     prompted = ">>> import math\n>>> math.pi\n3.14159\nIn [3]: x = 1"
     assert clean_code(prompted, keep_magics=False) == "import math\nmath.pi\nx = 1"
-    cell = "%matplotlib inline\n!pip install foo\nplt.plot(x)\nplt.plot?"
-    assert clean_code(cell, keep_magics=False) == "plt.plot(x)"
+    cell = "%matplotlib inline\n!pip install foo\nplt.plot(x)  # why?\nplt.plot?\n??np.linspace"
+    assert clean_code(cell, keep_magics=False) == "plt.plot(x)  # why?"
     assert clean_code(cell, keep_magics=True) == cell
     assert clean_code("%%bash\nls", keep_magics=False) is None
     assert clean_code("%%time\nx = 1", keep_magics=False) == "x = 1"
@@ -265,6 +267,7 @@ def test_job_on_bad_input_goes_on(ray_local, tmp_path):
     for row in rows:
         assert row["json"]["segments"][0] == {"image": "0.png"} and row["0.png"].size == (160, 120)
         assert row["json"]["segments"][1]["text"].endswith(PLOT_CODE)
+        assert row["json"]["meta"]["filters"]["image_checks"][-1] == "job_unique"
 
     # a resumed job renders nothing again; a new copy of a written image is dropped against the committed shards
     write(src / "late_copy.ipynb", plot_notebook(seed=2))
