@@ -227,8 +227,10 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
                        "min_cell_lines": cfg.min_cell_lines, "image_checks": list(IMAGE_CHECKS)}
             yield _sample(doc, first + k, cell.index, image, context, language, kernel, filters)
     if not written:
-        detail = "; ".join(reasons) if reasons else "no code cell has an image output"
-        raise Filtered(f"no plot/code pair kept: {detail}")
+        if not reasons:
+            raise Filtered("no plot/code pair kept: no code cell has an image output")
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
+        raise Filtered(f"no plot/code pair kept ({counts}): {'; '.join(reasons)}")
     stats["pairs"] += written
 
 

@@ -218,6 +218,8 @@ def test_bad_images_are_dropped_with_reasons(tmp_path):
     with pytest.raises(Filtered) as info:
         run(write(tmp_path / "bad.ipynb", notebook(cells)))
     message = str(info.value)
+    assert message.startswith("no plot/code pair kept (image_too_many_pixels 2, images 4, invalid_base64 1, "
+                              "undecodable_image 1): ")
     assert "cell 0: image/png output is not valid base64" in message
     assert "cell 1: image/png output is 5000x5000 = 25,000,000 pixels, over max_image_pixels" in message
     assert "cell 2: image/png output is a decompression bomb" in message
