@@ -4,7 +4,8 @@ Notebooks are small, so a Ray task renders a batch of them (64 by default), each
 process. Exact-duplicate images are dropped job-wide: every task asks one registry actor to claim the sha256 of
 each image it is about to write; the first sample (by key) to claim a hash owns it, and any other sample with that
 image is dropped and counted as `duplicate_image`. A retried batch claims with the same deterministic keys, so it
-keeps what it owned. A resumed job first claims the images its committed shards already hold. Which copy wins
+keeps what it owned. A resumed job first claims the images its committed shards hold (after the driver's reconcile
+has removed the shards no ledger line commits). Which copy wins
 depends on the order batches finish; the set of images written does not.
 """
 
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from pipelines.job import add_job_arguments, discover, renderer_config, run_job
 from renderers import notebook
-from vlcorpus.driver import Bounds, DocInput, Filtered, IsolatedRunner, Stage
+from vlcorpus.driver import Bounds, DocInput, Filtered, IsolatedRunner, Stage, reconcile
+from vlcorpus.ledger import Ledger
 from vlcorpus.runtime import init_ray
 from vlcorpus.sample import Sample
 from vlcorpus.shards import iter_members
@@ -75,7 +77,18 @@ class DedupRunner:
 
 
 def committed_images(out: Path) -> Iterator[tuple[str, str]]:
-    """(image sha256, key) of the notebook samples already in `out`, so a resumed job keeps deduplicating."""
+    """(image sha256, key) of the notebook samples committed in `out`, so a resumed job keeps deduplicating.
+
+    The driver's `reconcile` runs first (under the ledger lock), so shards of an interrupted run, which no ledger
+    line commits, neither count nor stay."""
+    if not out.exists():
+        return
+    ledger = Ledger(out, SOURCE)
+    ledger.lock()
+    try:
+        reconcile(out, SOURCE, ledger)
+    finally:
+        ledger.unlock()
     for tar in sorted((out / "web_code").glob(f"{SOURCE}-*.tar")):
         for members in iter_members(tar):
             yield json.loads(members["json"])["meta"]["image_sha256"], members["__key__"]

@@ -307,3 +307,19 @@ def test_demo_notebooks_yield_pairs():
         samples += got
     # the setup cell importing matplotlib is a direct dependency of nearly every plot and fits the default budget
     assert sum("import matplotlib" in s.text for s in samples) >= 0.9 * len(samples)
+
+
+@pytest.mark.slow
+def test_images_of_uncommitted_shards_do_not_count_as_written(ray_local, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "corpus"
+    src.mkdir()
+    write(src / "first.ipynb", plot_notebook(seed=5))
+    assert cli.main(["extract", "notebooks", str(src), "--out", str(out)]) == 0
+    assert len(shard_paths(out / "web_code")) == 1
+    (out / "_ledger" / "notebook.jsonl").write_text("")  # as if the job died before committing its batch
+    (src / "first.ipynb").rename(src / "second.ipynb")  # the same image under another document id
+    assert cli.main(["extract", "notebooks", str(src), "--out", str(out)]) == 0
+    ledger = _ledger(out)
+    assert list(ledger) == ["second.ipynb"] and ledger["second.ipynb"].status == "ok"
+    rows = list(wds.WebDataset([str(p) for p in shard_paths(out / "web_code")], shardshuffle=False))
+    assert [json.loads(r["json"])["doc"] for r in rows] == ["second.ipynb"]
