@@ -2,11 +2,11 @@
 
 Notebooks are small, so a Ray task renders a batch of them (64 by default), each in the driver's bounded child
 process. Exact-duplicate images are dropped job-wide: every task asks one registry actor to claim the sha256 of
-each image it is about to write; the first sample (by key) to claim a hash owns it, and any other sample with that
+each image it is about to write; the first sample key to claim a hash owns it, and any other sample with that
 image is dropped and counted as `duplicate_image`. A retried batch claims with the same deterministic keys, so it
 keeps what it owned. A resumed job first claims the images its committed shards hold (after the driver's reconcile
-has removed the shards no ledger line commits). Which copy wins
-depends on the order batches finish; the set of images written does not.
+has removed the shards no ledger line commits). Which copy wins depends on the order batches finish; the set of
+images written does not.
 """
 
 from __future__ import annotations
