@@ -103,7 +103,7 @@ def main() -> None:
     p.add_argument("--input", type=Path, default=Path("demo/notebooks"))
     p.add_argument("--copies", type=int, default=8)
     p.add_argument("--num-cpus", type=int, default=os.cpu_count())
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed afterwards)")
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="nb-bench-"))
