@@ -34,7 +34,8 @@ SOURCE = "notebook"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_job_arguments(p, batch_size=64, doc_timeout=120, doc_memory_gb=2)
     p.add_argument("--keep-magics", action="store_true", help="keep %%magic, !shell and help? lines in the code")
-    p.add_argument("--all-kernels", action="store_true", help="keep notebooks of every kernel language, not only Python")
+    p.add_argument("--all-kernels", action="store_true",
+                   help="keep notebooks of every kernel language, not only Python")
 
 
 class ImageRegistry:
@@ -69,7 +70,8 @@ class DedupRunner:
             counts["pairs"] = counts.get("pairs", 0) - duplicates
             if not kept:
                 first = next(o for s, o in zip(samples, owners) if o != s.key)
-                raise Filtered(f"all {duplicates} plot(s) duplicate images already written in this job (e.g. by {first})")
+                raise Filtered(f"all {duplicates} plot(s) duplicate images already written in this job "
+                               f"(e.g. by {first})")
         return kept, counts
 
     def close(self) -> None:

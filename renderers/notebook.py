@@ -223,8 +223,9 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
                 drop(e.reason, cell.index, str(e))
                 continue
             written += 1
-            filters = {"images_in_cell": len(images), "one_image_only": cfg.one_image_only, "cell_code_lines": own_lines,
-                       "min_cell_lines": cfg.min_cell_lines, "image_checks": list(IMAGE_CHECKS)}
+            filters = {"images_in_cell": len(images), "one_image_only": cfg.one_image_only,
+                       "cell_code_lines": own_lines, "min_cell_lines": cfg.min_cell_lines,
+                       "image_checks": list(IMAGE_CHECKS)}
             yield _sample(doc, first + k, cell.index, image, context, language, kernel, filters)
     if not written:
         if not reasons:

@@ -199,7 +199,8 @@ def dependencies(target: int, names: dict[int, CellNames]) -> list[int]:
     return order
 
 
-def collate(target: int, codes: dict[int, str], names: dict[int, CellNames], max_lines: int, max_chars: int) -> CodeContext:
+def collate(target: int, codes: dict[int, str], names: dict[int, CellNames], max_lines: int,
+            max_chars: int) -> CodeContext:
     """The target cell's code preceded by the cells it depends on, in `dependencies` order while they fit the budget
     (a cell that does not fit is skipped and listed as omitted), joined in notebook order."""
     lines, chars = code_lines(codes[target]), len(codes[target])

@@ -106,7 +106,8 @@ def check_raster(data: bytes, mime: str, limits: ImageLimits) -> PlotImage:
         except Exception as e:  # noqa: BLE001
             raise ImageDropped("undecodable_image", f"{mime} output is a corrupt {im.format} ({e})") from None
         if min(width, height) < limits.min_side:
-            raise ImageDropped("tiny_image", f"{mime} output is {width}x{height}, under min_image_side={limits.min_side}")
+            raise ImageDropped("tiny_image",
+                               f"{mime} output is {width}x{height}, under min_image_side={limits.min_side}")
         opaque = _opaque(im)
         rgb = im if im.mode in ("RGB", "L") else im.convert("RGB") if opaque else _on_white(im)
         spread = max(hi - lo for lo, hi in rgb.getextrema())
