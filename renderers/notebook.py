@@ -100,8 +100,10 @@ def read_notebook(path: Path, max_file_mb: float) -> dict:
 
 
 def _upgrade_v3(nb: dict) -> dict:
-    """nbformat's v3 -> v4 upgrade, after giving code cells the keys it assumes (outputs, output types)."""
+    """nbformat's v3 reading (rejoin split lines) and v3 -> v4 upgrade, after dropping what they cannot take:
+    cells that are not objects with a type, outputs that are not objects with a type."""
     import nbformat
+    from nbformat.v3.rwbase import rejoin_lines
 
     if not isinstance(nb.get("worksheets"), list):
         raise NotebookError("nbformat 3 notebook has no 'worksheets' list")
@@ -109,11 +111,13 @@ def _upgrade_v3(nb: dict) -> dict:
         node = nbformat.from_dict(nb)
         node.setdefault("metadata", nbformat.NotebookNode())
         for ws in node.worksheets:
-            for cell in ws.get("cells", []):
-                if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            cells = ws.get("cells") if isinstance(ws.get("cells"), list) else []
+            ws["cells"] = [c for c in cells if isinstance(c, dict) and isinstance(c.get("cell_type"), str)]
+            for cell in ws["cells"]:
+                if cell["cell_type"] == "code":
                     outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
                     cell["outputs"] = [o for o in outputs if isinstance(o, dict) and "output_type" in o]
-        return nbformat.v4.upgrade(node, from_version=3, from_minor=nb.get("nbformat_minor", 0) or 0)
+        return nbformat.v4.upgrade(rejoin_lines(node), from_version=3, from_minor=nb.get("nbformat_minor", 0) or 0)
     except Exception as e:  # noqa: BLE001 - nbformat's upgrade raises whatever the malformed input provokes
         raise NotebookError(f"nbformat 3 notebook cannot be upgraded to 4 ({type(e).__name__}: {e})") from None
 

@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import nbformat
 import pytest
 import webdataset as wds
 from notebook_fixtures import (
@@ -189,6 +190,11 @@ def test_nbformat_v3_is_upgraded(tmp_path):
     s = samples[0]
     assert s.meta["cell"] == 2 and s.meta["code"]["cells"] == [0, 2] and s.meta["kernel"]["language"] is None
     assert s.text.startswith("import pylab as pl")
+    # a real notebook written by nbformat as v3 (split lines, v3 output keys) gives the same pairs as its v4 form
+    v4_path = DEMO / "06_decision_trees.ipynb"
+    nbformat.write(nbformat.convert(nbformat.read(v4_path, as_version=4), 3), tmp_path / "06_v3.ipynb")
+    as_v3 = [(s.part, s.text, s.images) for s in run(tmp_path / "06_v3.ipynb")[0]]
+    assert as_v3 and as_v3 == [(s.part, s.text, s.images) for s in run(v4_path)[0]]
 
 
 def test_kernel_languages(tmp_path):
