@@ -96,6 +96,11 @@ def committed_images(out: Path) -> Iterator[tuple[str, str]]:
             yield json.loads(members["json"])["meta"]["image_sha256"], members["__key__"]
 
 
+def notebooks(root: Path) -> list[DocInput]:
+    """Every .ipynb under `root` except Jupyter's autosave copies in `.ipynb_checkpoints/`."""
+    return [d for d in discover(root, (".ipynb",)) if ".ipynb_checkpoints" not in Path(d.origin).parts]
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(notebook.NotebookConfig, args)
     if args.keep_magics:
@@ -111,5 +116,5 @@ def main(args: argparse.Namespace) -> int:
     ray.get(registry.claim.remote(list(committed_images(args.out))))
     stage = Stage(source=SOURCE, render=notebook.render, config=cfg, cpus=1,
                   make_runner=functools.partial(DedupRunner, registry=registry))
-    run_job(stage, discover(args.input, (".ipynb",)), args)
+    run_job(stage, notebooks(args.input), args)
     return 0

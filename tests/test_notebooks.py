@@ -247,6 +247,8 @@ def test_job_on_bad_input_goes_on(ray_local, tmp_path):
     write(src / "good.ipynb", plot_notebook(seed=1))
     (src / "copy").mkdir()
     write(src / "copy" / "good.ipynb", plot_notebook(seed=1))
+    (src / ".ipynb_checkpoints").mkdir()  # Jupyter's autosave copies are not inputs
+    write(src / ".ipynb_checkpoints" / "other-checkpoint.ipynb", plot_notebook(seed=2))
     write(src / "other.ipynb", plot_notebook(seed=2))
     text = json.dumps(plot_notebook(seed=3))
     write(src / "truncated.ipynb", text[: len(text) - 40])
