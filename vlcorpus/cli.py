@@ -31,6 +31,7 @@ MODULES = [
     "pipelines.import_table_chart",
     "pipelines.import_scene_ocr",
     "pipelines.build_sft",
+    "pipelines.notebooks",
     "vlcorpus.inspect",
 ]
 
