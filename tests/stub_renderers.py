@@ -24,6 +24,7 @@ def render(doc: DocInput, cfg: dict, stats: Counter):
         while True:
             hoard.append(bytearray(64 * 1024**2))
     if name.startswith("filter"):
+        stats["pages_without_text"] += 3
         raise Filtered("scanned document without a text layer")
     if name.startswith("offcontract"):
         yield Sample(category="doc_ocr", source="stub", doc=name, part=0, origin=doc.origin, segments=[{"image": "0.jpg"}])

@@ -41,6 +41,7 @@ def test_every_document_lands_in_the_ledger_and_bad_ones_do_not_stop_the_job(tmp
     assert latest["hang1"].error_class == "Timeout" and "5 s" in latest["hang1"].error
     assert latest["hog1"].error_class in ("MemoryError", "ProcessDied")
     assert latest["filter1"].status == "filtered" and "text layer" in latest["filter1"].error
+    assert latest["filter1"].counts == {"pages_without_text": 3}
     assert latest["offcontract1"].error_class == "ContractError" and "segments" in latest["offcontract1"].error
     got = keys(tmp_path)
     assert len(got) == len(set(got)) == 4

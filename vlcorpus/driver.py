@@ -112,7 +112,11 @@ class Runner(Protocol):
 def render_all(render: Render, doc: DocInput, config: Any) -> tuple[list[Sample], dict[str, int]]:
     """Run a renderer to completion, validating every sample (an off-contract sample fails the document)."""
     stats: Counter = Counter()
-    samples = [s.validate() for s in render(doc, config, stats)]
+    try:
+        samples = [s.validate() for s in render(doc, config, stats)]
+    except Filtered as e:
+        e.counts = dict(stats)  # travels back with the exception, so a filtered document keeps its drop counts
+        raise
     return samples, dict(stats)
 
 
@@ -185,6 +189,7 @@ def process_batch(stage: Stage, docs: list[DocInput], opts: Options, batch: int,
                 samples, entry.counts = runner.render(doc)
             except Filtered as e:
                 entry.status, entry.error_class, entry.error = "filtered", "Filtered", str(e)
+                entry.counts = getattr(e, "counts", {})
             except Exception as e:  # noqa: BLE001 - every failure becomes a ledger line; the job goes on
                 entry.status = "failed"
                 entry.error_class, entry.error = _failure(e, opts.bounds)
