@@ -26,6 +26,8 @@ GROUPS = {
 MODULES = [
     "pipelines.text",
     "vlcorpus.inspect",
+    "mixer.mix",
+    "mixer.report",
 ]
 
 
