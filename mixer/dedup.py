@@ -65,7 +65,8 @@ class Deduper:
         if digest in self.hashes:
             return "exact_duplicate"
         if self.lsh is not None and (grams := shingles(text)):
-            m = self._minhash(num_perm=self._template.hashvalues.size, permutations=self._template.permutations)
+            t = self._template
+            m = self._minhash(num_perm=t.num_perm, permutations=t.permutations, scheme=t.scheme)
             m.update_batch(grams)
             if any(self.images_of[k] == images for k in self.lsh.query(m)):
                 return "near_duplicate"
