@@ -268,7 +268,7 @@ def test_an_off_contract_sample_found_mid_run_goes_to_the_ledger(tmp_path):
     broken["segments"] = []  # passes the checksum (written that way), fails the contract
     path = corpus / "caption" / "z-bad-000000.tar"
     buf = io.BytesIO()
-    with wds.TarWriter(buf, encoder=False, mtime=0.0) as tw:
+    with wds.TarWriter(buf, encoder=False, mtime=0) as tw:
         tw.write({"__key__": good.key, "json": json.dumps(broken).encode()})
     path.write_bytes(buf.getvalue())
     atomic_write_json(path.with_suffix(".json"), asdict(ShardInfo(
@@ -317,3 +317,23 @@ def test_cli_mix_and_its_errors(corpus, tmp_path, capsys):
     assert "unknown key" in capsys.readouterr().err
     assert cli.main(["mix", str(tmp_path / "nope"), "--mixture", "stage1", "--out", str(tmp_path / "n"), "--local"]) == 2
     assert "no such corpus folder" in capsys.readouterr().err
+
+
+def test_shuffle_buffer_is_bounded_and_seeded():
+    import random
+
+    from mixer.materialize import shuffled
+
+    pulled = []
+
+    def source():
+        for i in range(1000):
+            pulled.append(i)
+            yield i
+
+    out = []
+    for item in shuffled(source(), 16, random.Random("s")):
+        out.append(item)
+        assert len(pulled) - len(out) <= 16  # never more than the buffer held back
+    assert sorted(out) == list(range(1000)) and out != list(range(1000))
+    assert out == list(shuffled(iter(range(1000)), 16, random.Random("s")))

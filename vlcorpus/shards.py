@@ -131,7 +131,7 @@ class ShardWriter:
         self._tmp = self.folder / f".{name}{TMP_SUFFIX}"
         self._file = open(self._tmp, "wb")
         self._hasher = _HashingFile(self._file)
-        self._tar = wds.TarWriter(self._hasher, encoder=False, mtime=0.0)
+        self._tar = wds.TarWriter(self._hasher, encoder=False, mtime=0)  # an int: a float mtime costs a PAX header per member
         self._info = ShardInfo(shard=name)
         self._docs: set[str] = set()
 
