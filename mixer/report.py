@@ -136,9 +136,9 @@ def charts(view: View, assets: Path) -> dict[str, str]:
     files["ratios"] = _save(fig, assets, view, "ratios")
 
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    for c in view.categories:
+    for i, c in enumerate(view.categories):  # colour Ci is category i in every chart
         if c.tokens:
-            ax.hist(c.tokens, bins=30, histtype="step", label=c.name)
+            ax.hist(c.tokens, bins=30, histtype="step", label=c.name, color=f"C{i % 10}")
     ax.set_xlabel("text tokens per sample (estimated)")
     ax.set_ylabel("samples")
     ax.legend(fontsize="small")
@@ -146,10 +146,10 @@ def charts(view: View, assets: Path) -> dict[str, str]:
     files["tokens"] = _save(fig, assets, view, "tokens")
 
     fig, (aw, ah) = plt.subplots(1, 2, figsize=(8, 3.6))
-    for c in view.categories:
+    for i, c in enumerate(view.categories):
         if c.widths:
-            aw.hist(c.widths, bins=20, histtype="step", label=c.name)
-            ah.hist(c.heights, bins=20, histtype="step", label=c.name)
+            aw.hist(c.widths, bins=20, histtype="step", label=c.name, color=f"C{i % 10}")
+            ah.hist(c.heights, bins=20, histtype="step", label=c.name, color=f"C{i % 10}")
     aw.set_xlabel("image width (px)")
     ah.set_xlabel("image height (px)")
     aw.set_ylabel("images")
