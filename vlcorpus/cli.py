@@ -33,6 +33,8 @@ MODULES = [
     "pipelines.build_sft",
     "pipelines.notebooks",
     "vlcorpus.inspect",
+    "mixer.mix",
+    "mixer.report",
 ]
 
 

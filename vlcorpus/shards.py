@@ -161,7 +161,7 @@ class ShardWriter:
         self._hasher = _HashingFile(self._file)
         import webdataset as wds  # here, not at the top: webdataset imports torch, which renderer processes do not need
 
-        self._tar = wds.TarWriter(self._hasher, encoder=False, mtime=0.0)
+        self._tar = wds.TarWriter(self._hasher, encoder=False, mtime=0)  # an int: a float mtime costs a PAX header per member
         self._info = ShardInfo(shard=name)
         self._docs: set[str] = set()
 
