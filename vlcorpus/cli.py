@@ -33,6 +33,7 @@ MODULES = [
     "pipelines.build_sft",
     "pipelines.notebooks",
     "vlcorpus.inspect",
+    "pipelines.e2e",
     "mixer.mix",
     "mixer.report",
 ]

@@ -1,0 +1,198 @@
+"""`vlcorpus run --config e2e.yaml`: raw sources -> corpus -> held-out split -> stage mixtures -> tokenizer ->
+training stages 1 -> 2 -> 3 with evaluation -> one report folder.
+
+Every step is the same `vlcorpus` command a user would type, run in this process so that one Ray serves them
+all (local, or the cluster named by --address / RAY_ADDRESS). Re-running resumes: pipelines skip what their
+ledgers hold, finished steps are skipped by their markers (split.json, mixture.json, tokenizer.json, the
+trainer's summaries), and a step whose input changed is rebuilt together with everything after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixer.heldout import corpus_fingerprint, split_corpus
+from vlcorpus.config import load_config
+
+COMMAND = ("run",)
+HELP = "run the whole chain from raw sources to a trained, evaluated model (see e2e.yaml)"
+log = logging.getLogger("vlcorpus.e2e")
+
+# source kind -> the command that reads it (in the order they run: the SFT build derives tasks from the rest)
+SOURCE_COMMANDS = {
+    "arxiv": ["render", "arxiv"],
+    "pdf": ["render", "pdf"],
+    "epub": ["render", "epub"],
+    "html": ["render", "html"],
+    "notebooks": ["extract", "notebooks"],
+    "caption": ["import", "caption"],
+    "interleaved": ["import", "interleaved"],
+    "table_chart": ["import", "table_chart"],
+    "scene_ocr": ["import", "scene_ocr"],
+    "text": ["import", "text"],
+    "sft": ["build", "sft"],
+}
+
+
+@dataclass
+class TrainSettings:
+    preset: str = "tiny"
+    device: str = "auto"
+    scale: float = 1.0  # multiplies every stage's steps, warm-ups and batch size
+    vocab_size: int = 8000
+    eval_items: int = 32
+    workers: int = 1  # Ray Train workers
+    overrides: list[str] = field(default_factory=list)  # stage settings, key=value
+
+
+@dataclass
+class E2EConfig:
+    out: str = "out/e2e"
+    sources: dict[str, str] = field(default_factory=dict)  # kind -> input folder (kinds: SOURCE_COMMANDS)
+    heldout_fraction: float = 0.1
+    stages: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.sources) - set(SOURCE_COMMANDS))
+        if unknown:
+            raise ValueError(f"sources: unknown kind(s) {unknown}; known: {', '.join(SOURCE_COMMANDS)}")
+        if not self.sources:
+            raise ValueError("sources: name at least one input folder")
+        for kind, folder in self.sources.items():
+            if not Path(folder).exists():
+                raise ValueError(f"sources.{kind}: {folder} does not exist")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="e2e YAML (see e2e.yaml in the repository)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. out=/data/run")
+    p.add_argument("--preset", help="model preset (tiny | small | deepseek-vl-1.3b); same as --set train.preset=")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="same as --set train.device=")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+
+
+def _cli(argv: list[str]) -> None:
+    from vlcorpus.cli import main
+
+    log.info("$ vlcorpus %s", " ".join(argv))
+    code = main(argv)
+    if code:
+        raise SystemExit(f"error: step `vlcorpus {' '.join(argv)}` failed with exit code {code}")
+
+
+def _step(name: str) -> float:
+    log.info("==== %s", name)
+    return time.monotonic()
+
+
+def build_corpus(cfg: E2EConfig, corpus: Path, ray_args: list[str]) -> None:
+    for kind, command in SOURCE_COMMANDS.items():
+        if kind in cfg.sources:
+            extra = ["--corpus", str(corpus)] if kind == "sft" else []
+            _cli([*command, cfg.sources[kind], "--out", str(corpus), *extra, *ray_args])
+
+
+def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
+    out = Path(cfg.out)
+    corpus, split, mix, tok, train = out / "corpus", out / "split", out / "mix", out / "tokenizer", out / "train"
+    t = _step("1/6 corpus: render, extract, import, build")
+    build_corpus(cfg, corpus, ray_args)
+    log.info("corpus built in %.0f s", time.monotonic() - t)
+
+    _step("2/6 held-out split")
+    fingerprint = corpus_fingerprint(corpus)
+    marker = split / "split.json"
+    if not marker.exists() or json.loads(marker.read_text())["fingerprint"] != fingerprint:
+        for stale in (mix, tok, train, out / "report"):  # built from an older corpus
+            shutil.rmtree(stale, ignore_errors=True)
+        summary = split_corpus(corpus, split, cfg.heldout_fraction)
+        log.info("held out: %s", {k: v["heldout_docs"] for k, v in summary["categories"].items()})
+
+    _step("3/6 mixtures")
+    for stage in cfg.stages:
+        if not (mix / stage / "mixture.json").exists():
+            _cli(["mix", str(split / "train"), "--mixture", stage, "--out", str(mix), "--overwrite", *ray_args])
+
+    _step("4/6 tokenizer")
+    if not (tok / "tokenizer.json").exists():
+        partial = tok.with_name(tok.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        _cli(["train-tokenizer", str(split / "train"), "--out", str(partial), "--vocab-size", str(cfg.train.vocab_size)])
+        partial.rename(tok)
+
+    _step("5/6 training stages " + " -> ".join(cfg.stages) + " with evaluation")
+    schedules = [f"trainer/schedules/{s}.yaml" for s in cfg.stages]
+    train_args = ["train", "--mix", str(mix), "--tokenizer", str(tok), "--out", str(train),
+                  "--preset", cfg.train.preset, "--device", cfg.train.device, "--scale", str(cfg.train.scale),
+                  "--eval", str(split / "heldout"), "--eval-items", str(cfg.train.eval_items),
+                  "--workers", str(cfg.train.workers)]
+    for s in schedules:
+        train_args += ["--schedule", str(Path(__file__).resolve().parents[1] / s)]
+    for o in cfg.train.overrides:
+        train_args += ["--set", o]
+    _cli(train_args)
+
+    _step("6/6 report")
+    report = out / "report"
+    _cli(["report", str(corpus), "--out", str(report / "corpus")])
+    _cli(["report", str(mix), "--out", str(report / "mix")])
+    write_index(report, train, cfg.stages)
+    return report
+
+
+def write_index(report: Path, train: Path, stages: list[str]) -> None:
+    """One page that links the corpus and mixture reports and shows the loss curves and the evaluation table."""
+    rows, curves = [], []
+    for stage in stages:
+        summary = json.loads((train / stage / "summary.json").read_text())
+        ev = summary.get("eval", {})
+        rows.append((stage, ev))
+        if (train / stage / "curves.png").exists():
+            shutil.copy(train / stage / "curves.png", report / f"{stage}-curves.png")
+            curves.append(f"{stage}-curves.png")
+    metrics = sorted({k for _, ev in rows for k, v in ev.items() if isinstance(v, (int, float))})
+    table = "<tr><th>stage</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in metrics) + "</tr>"
+    for stage, ev in rows:
+        cells = "".join(f"<td>{ev[m]:.4g}</td>" if m in ev else "<td></td>" for m in metrics)
+        table += f"<tr><td>{stage}</td>{cells}</tr>"
+    images = "".join(f'<figure><img src="{c}" alt="{c}"><figcaption>{c}</figcaption></figure>' for c in curves)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlcorpus run</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}
+img{{max-width:900px}}</style></head><body>
+<h1>vlcorpus: raw sources to a trained model</h1>
+<ul><li><a href="corpus/index.html">corpus report</a></li><li><a href="mix/index.html">mixture report</a></li></ul>
+<h2>Evaluation after each stage (held-out data)</h2><table id="eval">{table}</table>
+<h2>Training curves</h2>{images}</body></html>"""
+    (report / "index.html").write_text(page, encoding="utf-8")
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
+    if args.preset:
+        overrides.append(f"train.preset={args.preset}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    cfg = load_config(E2EConfig, args.config, overrides)
+    ray_args = (["--address", args.address] if args.address else []) + (
+        ["--num-cpus", str(args.num_cpus)] if args.num_cpus else [])
+    start = time.monotonic()
+    report = run(cfg, ray_args)
+    out = Path(cfg.out)
+    print(f"""
+done in {time.monotonic() - start:.0f} s. Everything is under {out}/:
+  corpus       {out}/corpus          (shards per category; ledgers in _ledger/)
+  split        {out}/split           (train/ and heldout/ corpora)
+  mixtures     {out}/mix             (<stage>/mixture.json + ratio-tagged tars)
+  tokenizer    {out}/tokenizer
+  model        {out}/train           (<stage>/final = Hugging Face format; metrics, curves, eval.jsonl)
+  report       {report}/index.html""")
+    return 0
