@@ -26,6 +26,8 @@ GROUPS = {
 MODULES = [
     "pipelines.text",
     "vlcorpus.inspect",
+    "trainer.train",
+    "trainer.tokenizer",
 ]
 
 
