@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import random
@@ -189,18 +190,19 @@ class Encoder:
 class CategoryStream(IterableDataset):
     """Endless encoded samples of one category for this rank, split over DataLoader workers.
 
-    Shards are reshuffled each epoch with the same seed on every rank and worker, then split by node and worker
-    (webdataset's `split_by_node`/`split_by_worker`); with fewer shards than readers, every reader takes every
-    n-th sample instead. `skip` is the number of samples this rank already consumed: the DataLoader takes samples
-    from its workers in turn, so worker w skips its share of them.
+    Shards are reshuffled each epoch with the same seed on every rank and worker, then split by node (webdataset's
+    `split_by_node`) and by worker; with fewer shards than readers, every reader takes every n-th sample instead.
+    `skip` is the number of samples this rank already consumed. The DataLoader takes samples from its workers in
+    turn, starting again at worker 0 after a resume, so worker w takes the part of reader (w + skip) mod workers
+    (webdataset's `split_by_worker` with that rotation) and skips that reader's share of the consumed samples.
     """
 
     def __init__(self, shards: list[Path], encoder: Encoder, seed: int, skip: int = 0):
         self.shards, self.encoder, self.seed, self.skip = [str(s) for s in shards], encoder, seed, skip
 
-    def _raw(self) -> Iterator[dict]:
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        readers, reader = world * workers, rank * workers + worker
+    def _raw(self, part: int, parts: int) -> Iterator[dict]:
+        rank, world, _, _ = wds.utils.pytorch_worker_info()
+        readers, reader = world * parts, rank * parts + part
         by_shard = len(self.shards) >= readers
         epoch = 0
         while True:
@@ -208,7 +210,7 @@ class CategoryStream(IterableDataset):
             random.Random(self.seed * 100003 + epoch).shuffle(urls)
             stages = [wds.SimpleShardList(urls)]
             if by_shard:
-                stages += [wds.split_by_node, wds.split_by_worker]
+                stages += [wds.split_by_node, lambda src: itertools.islice(src, part, None, parts)]
             stages.append(wds.tarfile_to_samples())
             got = 0
             for i, members in enumerate(wds.DataPipeline(*stages)):
@@ -221,8 +223,9 @@ class CategoryStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         _, _, worker, workers = wds.utils.pytorch_worker_info()
-        mine = (self.skip - worker + workers - 1) // workers if self.skip > worker else 0
-        for i, members in enumerate(self._raw()):
+        part = (worker + self.skip) % workers
+        mine = (self.skip - part + workers - 1) // workers if self.skip > part else 0
+        for i, members in enumerate(self._raw(part, workers)):
             if i >= mine:
                 yield self.encoder(Sample.from_wds(members)).as_dict()
 
