@@ -263,6 +263,40 @@ def test_packed_batch_gives_the_same_per_token_loss_as_samples_one_by_one(model,
     assert not torch.allclose(crossed[labels[:, 1:] != IGNORE], alone, atol=1e-3)
 
 
+def test_gradient_accumulation_and_activation_checkpointing_match_one_full_batch(mix, model, tok):
+    import copy
+
+    from trainer.train import _micro_loss
+
+    def batch(micro):
+        b = StepBatcher(read_mixture(mix, "stage2"), encoder_for(model, tok, 128), seed=0, batch_size=4,
+                        micro_batch_size=micro, seq_len=128, packing=True, target_share=0.0, modality_warmup_steps=0)
+        return b.next_batch(0)
+
+    def grads(m, b):
+        m.zero_grad()
+        total = 0.0
+        for mb in b.micro:
+            loss = _micro_loss(m, mb, b.target_tokens, __import__("contextlib").nullcontext())
+            loss.backward()
+            total += loss.item()
+        return total, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    m = copy.deepcopy(model).train()
+    one, many = batch(4), batch(1)
+    assert len(one.micro) == 1 and len(many.micro) == 4 and one.modality == "multimodal"
+    loss_one, g_one = grads(m, one)
+    loss_many, g_many = grads(m, many)
+    assert math.isclose(loss_one, loss_many, rel_tol=1e-5)
+    ckpt = copy.deepcopy(model).train()
+    ckpt.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    loss_ckpt, g_ckpt = grads(ckpt, one)
+    assert math.isclose(loss_one, loss_ckpt, rel_tol=1e-6)
+    for name, g in g_one.items():
+        torch.testing.assert_close(g_many[name], g, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(g_ckpt[name], g, atol=1e-6, rtol=1e-4)
+
+
 # --- the loop ----------------------------------------------------------------------------------------------------
 
 

@@ -143,7 +143,6 @@ class RunConfig:
     compile: bool = False
     activation_checkpointing: bool = False
     num_workers: int = 2  # DataLoader workers per category stream
-    log_interval: int = 1
     ckpt_interval: int = 100
     eval_dir: str | None = None  # held-out corpus/mixture folder for evaluation after each stage
     eval_items: int = 64

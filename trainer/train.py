@@ -137,7 +137,7 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
     model = build_model(mcfg, tokenizer)
     trainable = set_trainable(model, stage.trainable)
     if run.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
     optimizer = torch.optim.AdamW(trainable, lr=stage.lr, betas=tuple(stage.betas), weight_decay=stage.weight_decay,
                                   fused=device.type == "cuda")
@@ -154,15 +154,16 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
         set_rng_state(own["rng"])
         log.info("%s: resuming at step %d from %s", stage.name, start, ckpt_dir)
 
+    raw = model
     if run.compile:
         model.model.language_model.compile()
-    if world > 1:
+    if world > 1:  # frozen towers and language-only steps leave some trainable parameters without gradients
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     rows = math.ceil(stage.batch_size / world)
     micro = min(run.micro_batch_size or rows, rows)
-    encoder = Encoder(tokenizer, special_ids(tokenizer), image_token_count(model.config if world == 1 else model.module.config),
-                      image_processor(model.config if world == 1 else model.module.config), stage.seq_len)
+    encoder = Encoder(tokenizer, special_ids(tokenizer), image_token_count(raw.config), image_processor(raw.config),
+                      stage.seq_len)
     batcher = StepBatcher(read_mixture(run.mix, stage.mix_stage), encoder, seed=run.seed, batch_size=rows,
                           micro_batch_size=micro, seq_len=stage.seq_len, packing=stage.packing,
                           target_share=stage.language_share, modality_warmup_steps=stage.modality_warmup_steps,
@@ -229,7 +230,6 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
         log.info("%s: stopped after step %d as asked (stop_after); re-run to resume", stage.name, end)
         return {"stopped_at": end}
 
-    raw = model.module if world > 1 else model
     summary = {"stage": stage.name, "steps": stage.steps, "final": str(final_dir),
                "language_share_target": batcher.target,
                "realised_language_share": batcher.realised_language_share(),
