@@ -374,6 +374,26 @@ def test_stop_and_resume_reaches_the_same_losses(mix, tok_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_siglip_only_checkpoint_trains_from_a_local_directory(mix, tok_dir, tok, tmp_path):
+    """The deepseek-vl-1.3b preset starting from a local DeepseekVL checkpoint (a tiny random one stands in for the
+    released weights, which cannot be downloaded here)."""
+    from transformers import DeepseekVLForConditionalGeneration
+
+    tiny = build_config(ModelConfig(preset="tiny"), tok)
+    cfg = DeepseekVLConfig(text_config=tiny.text_config, vision_config=tiny.vision_config,
+                           image_token_id=tiny.image_token_id)
+    DeepseekVLForConditionalGeneration(cfg).save_pretrained(tmp_path / "released")
+    run = RunConfig(mix=str(mix), out=str(tmp_path / "run"), tokenizer=str(tok_dir), num_workers=0, seed=0,
+                    model=ModelConfig(preset="deepseek-vl-1.3b", pretrained=str(tmp_path / "released")))
+    st = stage("stage3", steps=2, language_share=0.0)
+    train_stage(run, st, run.model.pretrained)
+    before, after = _state(tmp_path / "released"), _state(tmp_path / "run" / "stage3" / "final")
+    final = load_trained(tmp_path / "run" / "stage3" / "final")
+    assert type(final).__name__ == "DeepseekVLForConditionalGeneration"
+    changed = {g for g, ps in parameter_groups(final).items() for n, _ in ps if not torch.equal(before[n], after[n])}
+    assert changed == {"aligner", "vision", "llm"}
+
+
 def test_bad_schedule_override_stops_with_a_message(mix, tok_dir, tmp_path, capsys):
     rc = cli.main(["train", "--schedule", str(SCHEDULES / "stage1.yaml"), "--mix", str(mix), "--tokenizer",
                    str(tok_dir), "--out", str(tmp_path), "--set", "lr_shedule=cosine"])

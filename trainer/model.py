@@ -64,8 +64,8 @@ def build_model(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> VLMode
     """A whole pretrained checkpoint, or the preset with optional pretrained towers, random init elsewhere."""
     hybrid = PRESETS[mcfg.preset].high_res is not None
     cls = DeepseekVLHybridForConditionalGeneration if hybrid else DeepseekVLForConditionalGeneration
-    if mcfg.pretrained:
-        model = cls.from_pretrained(mcfg.pretrained, attn_implementation=mcfg.attn_implementation, dtype=torch.float32)
+    if mcfg.pretrained:  # the checkpoint's own class and shape, whatever the preset says
+        model = load_trained(mcfg.pretrained, mcfg.attn_implementation)
         model.config.image_token_id = special_ids(tokenizer).image
     else:
         model = cls._from_config(build_config(mcfg, tokenizer), attn_implementation=mcfg.attn_implementation,
@@ -135,8 +135,9 @@ def llm_parameter_count(model: VLModel) -> int:
     return sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n) + model.lm_head.weight.numel()
 
 
-def load_trained(path: str | Path) -> VLModel:
-    """A model saved by the trainer (`save_pretrained`), whichever class it is."""
+def load_trained(path: str | Path, attn_implementation: str = "sdpa") -> VLModel:
+    """A DeepseekVL(Hybrid) checkpoint directory (ours or a released one), whichever of the two classes it is."""
     cfg = AutoConfig.from_pretrained(str(path))
-    cls = DeepseekVLHybridForConditionalGeneration if isinstance(cfg, DeepseekVLHybridConfig) else DeepseekVLForConditionalGeneration
-    return cls.from_pretrained(str(path), dtype=torch.float32)
+    hybrid = isinstance(cfg, DeepseekVLHybridConfig)
+    cls = DeepseekVLHybridForConditionalGeneration if hybrid else DeepseekVLForConditionalGeneration
+    return cls.from_pretrained(str(path), dtype=torch.float32, attn_implementation=attn_implementation)
