@@ -83,10 +83,12 @@ def run_trainer(run: RunConfig, stage: StageConfig, warmup: int) -> dict:
     }
 
 
-def run_bare(batches: list[list[dict]], text_config, device: torch.device, compile_: bool, warmup: int) -> dict:
-    """A LlamaForCausalLM with the trainer's LLM config, trained on the same packed language micro-batches."""
+def run_bare(batches: list[list[dict]], text_config, device: torch.device, compile_: bool, warmup: int,
+             attn: str) -> dict:
+    """A LlamaForCausalLM with the trainer's LLM config (tied head, as the VL model), on the same packed batches."""
     torch.manual_seed(0)
-    model = LlamaForCausalLM._from_config(text_config, attn_implementation="sdpa", dtype=torch.float32).to(device)
+    text_config.tie_word_embeddings = True
+    model = LlamaForCausalLM._from_config(text_config, attn_implementation=attn, dtype=torch.float32).to(device)
     if compile_:
         model.model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-5, betas=(0.9, 0.95), weight_decay=0.0,
@@ -126,6 +128,7 @@ def main() -> None:
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--samples", type=int, default=400, help="synthetic samples per category")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--attn", default="sdpa", help="sdpa | flash_attention_2 | eager")
     p.add_argument("--out", default=None, help="write the results JSON here")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -137,7 +140,7 @@ def main() -> None:
         tok_dir = make_tokenizer(mix, tmp / "tok", args.vocab)
         base = load_stage(SCHEDULE, [f"steps={args.steps}", f"batch_size={args.rows}", f"seq_len={args.seq_len}",
                                      "warmup_steps=2", "modality_warmup_steps=0"])
-        run = dict(mix=str(mix), tokenizer=str(tok_dir), model=ModelConfig(preset=args.preset), device=args.device,
+        run = dict(mix=str(mix), tokenizer=str(tok_dir), model=ModelConfig(preset=args.preset, attn_implementation=args.attn), device=args.device,
                    micro_batch_size=args.micro, num_workers=args.num_workers, compile=args.compile,
                    ckpt_interval=10**9, seed=0)
         grouped = run_trainer(RunConfig(out=str(tmp / "grouped"), **run), base, args.warmup)
@@ -153,14 +156,14 @@ def main() -> None:
         batcher = StepBatcher(read_mixture(mix, "stage2"), enc, seed=0, batch_size=args.rows, micro_batch_size=args.micro,
                               seq_len=args.seq_len, packing=True, target_share=1.0, modality_warmup_steps=0)
         stream = [batcher.next_batch(s).micro for s in range(args.steps)]
-        bare = run_bare(stream, text_config, device, args.compile, args.warmup)
+        bare = run_bare(stream, text_config, device, args.compile, args.warmup, args.attn)
 
     peak = matmul_peak(device, 8192 if device.type == "cuda" else 1024, 50 if device.type == "cuda" else 10)
     fpt = flops_per_token(text_config, n_llm, args.seq_len)
     mfu = lambda tps: tps * fpt / peak if tps else None  # noqa: E731
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "preset": args.preset, "seq_len": args.seq_len, "rows_per_step": args.rows, "micro_rows": args.micro,
+        "preset": args.preset, "attn": args.attn, "compile": args.compile, "seq_len": args.seq_len, "rows_per_step": args.rows, "micro_rows": args.micro,
         "llm_params_non_embedding_plus_head": n_llm, "matmul_peak_tflops": peak / 1e12,
         "trainer_grouped": grouped, "trainer_mixed": mixed, "bare_llama": bare,
         "language_vs_bare": grouped["language_tokens_per_s"] / bare["tokens_per_s"],

@@ -236,7 +236,10 @@ def test_grouped_steps_are_one_modality_and_follow_the_ratios(mix, model, tok):
     assert all(abs(draws[c] / 3000 - 1 / 3) < 0.04 for c in ("caption", "doc_ocr", "web_code"))
 
 
-def test_packed_batch_gives_the_same_per_token_loss_as_samples_one_by_one(model, tok):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_batch_gives_the_same_per_token_loss_as_samples_one_by_one(tok, attn):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny", attn_implementation=attn), tok).eval()
     enc = encoder_for(model, tok)
     rng = __import__("random").Random(5)
     samples = [enc(make_sample(c, i, rng, 30)) for i, c in enumerate(["caption", "text", "doc_ocr", "text"])]

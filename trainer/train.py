@@ -285,6 +285,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision-pretrained", help="local SigLIP vision model directory")
     p.add_argument("--high-res-pretrained", help="local SAM vision model directory")
     p.add_argument("--llm-pretrained", help="local LLaMA-layout language model directory")
+    p.add_argument("--attn", default="sdpa", help="attention kernel: sdpa | flash_attention_2 (needs flash-attn) | eager")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps, warm-ups and batch size")
     p.add_argument("--max-seq-len", type=int, help="cap every stage's sequence length")
     p.add_argument("--micro-batch-size", type=int, help="rows per forward pass (gradient accumulation above it)")
@@ -303,7 +304,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     model = ModelConfig(preset=args.preset, pretrained=args.pretrained, vision_pretrained=args.vision_pretrained,
-                        high_res_pretrained=args.high_res_pretrained, llm_pretrained=args.llm_pretrained)
+                        high_res_pretrained=args.high_res_pretrained, llm_pretrained=args.llm_pretrained,
+                        attn_implementation=args.attn)
     return RunConfig(mix=args.mix, out=args.out, tokenizer=args.tokenizer, model=model, scale=args.scale,
                      max_seq_len=args.max_seq_len, micro_batch_size=args.micro_batch_size, seed=args.seed,
                      device=args.device, compile=args.compile, activation_checkpointing=args.activation_checkpointing,
