@@ -136,7 +136,7 @@ class Encoder:
     def __init__(self, tokenizer, ids: SpecialIds, n_image_tokens: int, image_processor, seq_len: int):
         self.tok, self.ids, self.n_img, self.proc, self.seq_len = tokenizer, ids, n_image_tokens, image_processor, seq_len
 
-    def _text(self, text: str) -> list[int]:
+    def text_ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
 
     def tokens(self, sample: Sample) -> tuple[list[int], list[int], list[str]]:
@@ -151,7 +151,7 @@ class Encoder:
                 images.append(seg["image"])
                 add([self.ids.image] * self.n_img, False)
             else:
-                add(self._text(seg["text"]), target)
+                add(self.text_ids(seg["text"]), target)
 
         if "role" not in sample.segments[0]:
             for seg in sample.segments:

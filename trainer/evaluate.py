@@ -54,10 +54,15 @@ def _image_and_text(sample: Sample) -> tuple[bytes, str] | None:
 
 def held_out_samples(folder: str | Path, per_category: int) -> dict[str, list[Sample]]:
     """Up to `per_category` samples of each category found under `folder` (a corpus or a mixture)."""
+    by_folder: dict[Path, list[Path]] = defaultdict(list)
+    for shard in shard_paths(folder):
+        by_folder[shard.parent].append(shard)
     found: dict[str, list[Sample]] = defaultdict(list)
-    for sample in read_samples(shard_paths(folder)):
-        if len(found[sample.category]) < per_category:
+    for shards in by_folder.values():  # one category per folder: stop reading it once enough samples are in
+        for sample in read_samples(shards):
             found[sample.category].append(sample)
+            if len(found[sample.category]) >= per_category:
+                break
     return found
 
 
@@ -106,10 +111,10 @@ def score_item(model, encoder: Encoder, item: Item) -> list[float]:
     ids = encoder.ids
     image = Image.open(io.BytesIO(item.image)).convert("RGB")
     px = encoder.proc([image], return_tensors="pt")
-    context = [ids.bos] + [ids.image] * encoder.n_img + encoder._text(item.question + "\n")
+    context = [ids.bos] + [ids.image] * encoder.n_img + encoder.text_ids(item.question + "\n")
     rows = []
     for option in item.options:
-        cont = encoder._text(option)
+        cont = encoder.text_ids(option)
         rows.append(Encoded(torch.tensor(context + cont), torch.tensor([IGNORE] * len(context) + cont),
                             px["pixel_values"], px.get("high_res_pixel_values")))
     return _sum_logprobs(model, rows, ids.pad).tolist()

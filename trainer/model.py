@@ -20,7 +20,6 @@ from transformers import (
     DeepseekVLHybridConfig,
     DeepseekVLHybridForConditionalGeneration,
     LlamaConfig,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
     SamVisionConfig,
     SiglipVisionConfig,

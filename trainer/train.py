@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from trainer.config import DEFAULT_SCHEDULES, ModelConfig, RunConfig, StageConfig, load_stage
 from trainer.data import Encoder, StepBatcher, read_mixture
-from trainer.model import build_model, image_processor, image_token_count, load_trained, set_trainable
+from trainer.model import build_model, image_processor, image_token_count, set_trainable
 from trainer.tokenizer import load_tokenizer, special_ids
 from vlcorpus.shards import atomic_write_json
 
@@ -105,8 +105,8 @@ def _plot_curves(metrics: list[dict], path: Path, title: str) -> None:
 
     steps = [m["step"] for m in metrics]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for key, mod, color in (("loss", "language", "tab:blue"), ("loss", "multimodal", "tab:orange"), ("loss", "mixed", "tab:green")):
-        pts = [(m["step"], m[key]) for m in metrics if m["modality"] == mod]
+    for mod, color in (("language", "tab:blue"), ("multimodal", "tab:orange"), ("mixed", "tab:green")):
+        pts = [(m["step"], m["loss"]) for m in metrics if m["modality"] == mod]
         if pts:
             axes[0].plot(*zip(*pts), ".-", color=color, label=mod, markersize=3)
     axes[0].set(title="loss per target token", xlabel="step")
@@ -147,6 +147,9 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
     if (ckpt_dir / "state.pt").exists():
         state = torch.load(ckpt_dir / "state.pt", map_location=device, weights_only=False)
         own = torch.load(ckpt_dir / f"rank{rank}.pt", weights_only=False)
+        if own["step"] != state["step"]:
+            raise ValueError(f"{ckpt_dir}: rank {rank} data state is at step {own['step']}, the model at "
+                             f"{state['step']} (interrupted while checkpointing); remove ckpt/ to restart the stage")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
