@@ -124,6 +124,23 @@ def test_train_tokenizer_command_saves_special_tokens(mix, tmp_path):
     assert tok("<image_placeholder>", add_special_tokens=False).input_ids == [ids.image]
 
 
+def test_a_released_style_tokenizer_gets_the_missing_special_tokens(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer, raw.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    raw.train_from_iterator(["some text here"] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>").save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    ids = special_ids(tok)
+    assert ids.pad == ids.eos and len({ids.bos, ids.eos, ids.image, ids.end, *ids.roles.values()}) == 7
+    assert tok("<|assistant|>x", add_special_tokens=False).input_ids[0] == ids.roles["assistant"]
+    model = build_model(ModelConfig(preset="tiny"), tok)
+    assert model.get_input_embeddings().num_embeddings >= len(tok)
+
+
 def test_images_are_padded_to_square_then_resized_for_both_encoders(model):
     proc = image_processor(model.config)
     wide = Image.new("RGB", (120, 30), (255, 0, 0))

@@ -128,6 +128,7 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
     rank, world = rank_world()
     device = pick_device(run)
     torch.manual_seed(run.seed + rank)
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (frozen towers' heads, loss)
     out = Path(run.out) / stage.name
     ckpt_dir, final_dir = out / "ckpt", out / "final"
     out.mkdir(parents=True, exist_ok=True)
@@ -193,21 +194,20 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
         batch = batcher.next_batch(step)
         t_data = time.perf_counter()
         n_target = max(batch.target_tokens, 1)
-        loss_sum = 0.0
+        losses = []
         for i, mb in enumerate(batch.micro):
             mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
             sync = world == 1 or i == len(batch.micro) - 1
             with contextlib.nullcontext() if sync else model.no_sync():
                 loss = _micro_loss(model, mb, n_target, autocast)
                 loss.backward()
-            loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, stage.grad_clip).item()
+            losses.append(loss.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, stage.grad_clip)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        loss_sum, grad_norm = torch.stack(losses).sum().item(), grad_norm.item()  # the step's only host sync
         t_end = time.perf_counter()
         if rank == 0:
             m = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "modality": batch.modality,
