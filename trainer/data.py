@@ -19,6 +19,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +238,13 @@ def language_share(step: int, target: float, warmup_steps: int) -> float:
     return 1.0 + (target - 1.0) * step / warmup_steps
 
 
+def realised_language_share(state: dict) -> float:
+    """Fraction of the steps so far that were all-language, from a `StepBatcher.state_dict()`."""
+    counts = state["steps_by_modality"]
+    total = sum(counts.values())
+    return counts.get("language", 0) / total if total else math.nan
+
+
 def step_rng(seed: int, step: int) -> np.random.Generator:
     """The draws of one step depend on (seed, step) only, so every rank agrees and a resumed run redraws the same."""
     return np.random.default_rng([seed, step])
@@ -259,15 +267,22 @@ class Batch:
         return int(sum(m["input_ids"].numel() for m in self.micro))
 
 
-def collate_rows(rows: list[list[Encoded]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
+def _cat(tensors: list[torch.Tensor], pin: bool) -> torch.Tensor:
+    out = torch.empty((sum(t.shape[0] for t in tensors), *tensors[0].shape[1:]), dtype=tensors[0].dtype, pin_memory=pin)
+    return torch.cat(tensors, out=out)
+
+
+def collate_rows(rows: list[list[Encoded]], pad_id: int, length: int | None = None,
+                 pin: bool = False) -> dict[str, torch.Tensor]:
     """Rows of samples -> input_ids, labels, position_ids (restarting per sample and for the padding), images.
 
-    No attention mask: the restarting position ids are the document mask.
+    No attention mask: the restarting position ids are the document mask. With `pin`, the batch is assembled
+    straight into pinned memory (one copy), so the host-to-GPU transfer can run asynchronously.
     """
     length = length or max(sum(len(s) for s in row) for row in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
-    pos = torch.zeros((len(rows), length), dtype=torch.long)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long, pin_memory=pin)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long, pin_memory=pin)
+    pos = torch.zeros((len(rows), length), dtype=torch.long, pin_memory=pin)
     px, hpx = [], []
     for r, row in enumerate(rows):
         at = 0
@@ -283,9 +298,9 @@ def collate_rows(rows: list[list[Encoded]], pad_id: int, length: int | None = No
         pos[r, at:] = torch.arange(length - at)
     out = {"input_ids": ids, "labels": labels, "position_ids": pos}
     if px:
-        out["pixel_values"] = torch.cat(px)
+        out["pixel_values"] = _cat(px, pin)
         if hpx:
-            out["high_res_pixel_values"] = torch.cat(hpx)
+            out["high_res_pixel_values"] = _cat(hpx, pin)
     return out
 
 
@@ -312,21 +327,25 @@ class StepBatcher:
 
     def state_dict(self) -> dict:
         """Samples consumed per category (pending ones included, they are saved themselves) and the counters."""
-        return {"consumed": dict(self.consumed), "pending": self.pending,
+        return {"consumed": dict(self.consumed), "pending": dict(self.pending),
                 "steps_by_modality": dict(self.steps_by_modality)}
 
     def share(self, step: int) -> float:
         return language_share(step, self.target, self.warmup)
 
-    def _next(self, category: str) -> Encoded:
+    def _iterator(self, category: str) -> Iterator[dict]:
         if category not in self._iters:
             stream = CategoryStream(self.mixture.shards[category], self.encoder, self.seed, self.consumed[category])
-            loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                 persistent_workers=self.num_workers > 0,
                                 prefetch_factor=4 if self.num_workers else None)
             self._iters[category] = iter(loader)
+        return self._iters[category]
+
+    def _next(self, category: str) -> Encoded:
+        sample = Encoded(**next(self._iterator(category)))
         self.consumed[category] += 1
-        return Encoded(**next(self._iters[category]))
+        return sample
 
     def _draw_category(self, rng: np.random.Generator, modality: str) -> str:
         if modality == "mixed":
@@ -369,13 +388,29 @@ class StepBatcher:
             room[fit] -= len(sample)
             categories[sample.category] += 1
         length = self.seq_len if self.packing else None
-        micro = [collate_rows(rows[i : i + self.micro], self.encoder.ids.pad, length)
+        micro = [collate_rows(rows[i : i + self.micro], self.encoder.ids.pad, length, self.pin_memory)
                  for i in range(0, len(rows), self.micro)]
         return Batch(modality, micro, categories)
 
+    def iterate(self, start: int, end: int) -> Iterator[tuple[int, Batch, dict]]:
+        """Batches of steps start..end-1, each with the data state right after it (what a checkpoint taken after
+        that step holds). The next step's batch is built in a thread while the caller trains on this one."""
+
+        def make(step: int) -> tuple[Batch, dict]:
+            return self.next_batch(step), self.state_dict()
+
+        for category in self.mixture.shards:  # loader workers are started from the main thread, not the pool's
+            self._iterator(category)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(make, start) if start < end else None
+            for step in range(start, end):
+                batch, state = future.result()
+                if step + 1 < end:
+                    future = pool.submit(make, step + 1)
+                yield step, batch, state
+
     def realised_language_share(self) -> float:
-        total = sum(self.steps_by_modality.values())
-        return self.steps_by_modality["language"] / total if total else math.nan
+        return realised_language_share(self.state_dict())
 
     def close(self) -> None:
         self._iters.clear()

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.config import DEFAULT_SCHEDULES, ModelConfig, RunConfig, StageConfig, load_stage
-from trainer.data import Encoder, StepBatcher, read_mixture
+from trainer.data import Encoder, StepBatcher, read_mixture, realised_language_share
 from trainer.model import build_model, image_processor, image_token_count, set_trainable
 from trainer.tokenizer import load_tokenizer, special_ids
 from vlcorpus.shards import atomic_write_json
@@ -75,12 +75,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, batcher: StepBatcher, run: RunConfig,
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, data_state: dict, run: RunConfig,
                     stage: StageConfig) -> None:
     """Rank 0 writes the model/optimizer state; every rank writes its own data position and RNG."""
     rank, _ = rank_world()
     path.mkdir(parents=True, exist_ok=True)
-    own = {"data": batcher.state_dict(), "rng": rng_state(), "step": step}
+    own = {"data": data_state, "rng": rng_state(), "step": step}
     torch.save(own, path / f".rank{rank}.pt.tmp")
     os.replace(path / f".rank{rank}.pt.tmp", path / f"rank{rank}.pt")
     if rank == 0:
@@ -189,9 +189,8 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
 
     model.train()
     end = stage.steps if run.stop_after is None else min(stage.steps, run.stop_after)
-    for step in range(start, end):
-        t0 = time.perf_counter()
-        batch = batcher.next_batch(step)
+    t0 = time.perf_counter()
+    for step, batch, data_after in batcher.iterate(start, end):
         t_data = time.perf_counter()
         n_target = max(batch.target_tokens, 1)
         losses = []
@@ -211,7 +210,7 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
         t_end = time.perf_counter()
         if rank == 0:
             m = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "modality": batch.modality,
-                 "language_share": batcher.share(step), "realised_language_share": batcher.realised_language_share(),
+                 "language_share": batcher.share(step), "realised_language_share": realised_language_share(data_after),
                  "tokens": batch.tokens * world, "target_tokens": batch.target_tokens,
                  "categories": dict(batch.categories), "data_wait_s": t_data - t0, "step_s": t_end - t0,
                  "tokens_per_s": batch.tokens * world / (t_end - t0)}
@@ -224,7 +223,8 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
             progress.update(1)
             progress.set_postfix(loss=f"{loss_sum:.3f}", mod=batch.modality[:4], lr=f"{lr:.2e}")
         if (step + 1) % run.ckpt_interval == 0 or step + 1 == end:
-            save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, batcher, run, stage)
+            save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, data_after, run, stage)
+        t0 = time.perf_counter()
     batcher.close()
     if rank == 0:
         progress.close()
