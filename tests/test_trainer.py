@@ -195,6 +195,11 @@ def test_truncation_never_cuts_an_image(model, tok):
     enc = encoder_for(model, tok, seq_len=10)  # bos + 16 placeholders cannot fit: the image is dropped whole
     e = enc(make_sample("caption", 0, __import__("random").Random(1)))
     assert len(e) <= 10 and special_ids(tok).image not in e.input_ids.tolist() and e.pixel_values is None
+    img = make_sample("caption", 0, __import__("random").Random(1)).images["0.jpg"]
+    two = Sample("interleaved", "synthetic", "d", 0, "o", images={"0.jpg": img, "1.jpg": img},
+                 segments=[{"text": "a"}, {"image": "0.jpg"}, {"image": "1.jpg"}, {"text": "b"}])
+    e = encoder_for(model, tok, seq_len=30)(two)  # the second image's block would be cut: only the first stays
+    assert e.input_ids.tolist().count(special_ids(tok).image) == 16 and e.pixel_values.shape[0] == 1
 
 
 # --- mixture, streams, modality draws ----------------------------------------------------------------------------

@@ -174,9 +174,8 @@ class Encoder:
     def __call__(self, sample: Sample) -> Encoded:
         ids, labels, images = self.tokens(sample)
         if len(ids) > self.seq_len:
-            cut = self.seq_len
-            while cut > 0 and ids[cut - 1] == self.ids.image and ids[cut] == self.ids.image:
-                cut -= 1  # never keep part of an image's placeholders
+            kept_image_tokens = ids[: self.seq_len].count(self.ids.image)
+            cut = self.seq_len - kept_image_tokens % self.n_img  # never keep part of an image's placeholders
             ids, labels = ids[:cut], labels[:cut]
             images = images[: ids.count(self.ids.image) // self.n_img]
         enc = Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), category=sample.category)
