@@ -446,3 +446,15 @@ def test_ray_train_two_workers_ddp(ray_local, mix, tok_dir, tmp_path):
     r1 = torch.load(ckpt / "rank1.pt", weights_only=False)["data"]["consumed"]
     assert sum(r0.values()) > 0 and sum(r1.values()) > 0
     load_trained(tmp_path / "ray" / "stage2" / "final")
+
+
+@pytest.mark.gpu
+def test_cuda_stage_with_bf16_packing_and_eval(mix, tok_dir, heldout, tmp_path):
+    run = RunConfig(mix=str(mix), out=str(tmp_path / "gpu"), tokenizer=str(tok_dir), num_workers=2, seed=0,
+                    device="cuda", eval_dir=str(heldout), eval_items=4)
+    st = stage("stage2", steps=4, packing=True, language_share=0.5, modality_warmup_steps=1)
+    summary = train_stage(run, st, None)
+    metrics = [json.loads(x) for x in (tmp_path / "gpu" / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 4 and all(math.isfinite(m["loss"]) for m in metrics)
+    assert summary["eval"]["bpb"] > 0
+    load_trained(tmp_path / "gpu" / "stage2" / "final")
