@@ -458,3 +458,12 @@ def test_cuda_stage_with_bf16_packing_and_eval(mix, tok_dir, heldout, tmp_path):
     assert len(metrics) == 4 and all(math.isfinite(m["loss"]) for m in metrics)
     assert summary["eval"]["bpb"] > 0
     load_trained(tmp_path / "gpu" / "stage2" / "final")
+
+
+def test_training_and_reading_shards_never_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, trainer.train, trainer.data, trainer.evaluate; "
+            "sys.exit(1 if any(m == 'ray' or m.startswith('ray.') for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
