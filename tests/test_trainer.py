@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from transformers import DeepseekVLConfig, DeepseekVLHybridConfig, LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
+from transformers import (DeepseekVLConfig, DeepseekVLHybridConfig, LlamaConfig, LlamaModel, SiglipConfig, SiglipModel,
+                          SiglipTextConfig)
 
 from trainer.config import ModelConfig, RunConfig, load_stage
 from trainer.data import IGNORE, CategoryStream, Encoder, StepBatcher, collate_rows, language_share, read_mixture, step_rng
@@ -101,16 +102,20 @@ def test_hybrid_encoder_paths_give_the_placeholder_count(model):
 
 def test_pretrained_tower_directories_load(tok, tmp_path):
     mcfg = build_config(ModelConfig(preset="tiny"), tok)
-    siglip = SiglipVisionModel(SiglipVisionConfig(**mcfg.vision_config.to_diff_dict()))
+    text = SiglipTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, projection_size=64)
+    siglip = SiglipModel(SiglipConfig(text_config=text.to_dict(), vision_config=mcfg.vision_config.to_dict()))
     llama = LlamaModel(LlamaConfig(**{**mcfg.text_config.to_dict(), "num_hidden_layers": 2}))
-    siglip.save_pretrained(tmp_path / "siglip")
+    siglip.save_pretrained(tmp_path / "siglip")  # a whole SigLIP (text + vision): only the vision tower is taken
     llama.save_pretrained(tmp_path / "llm")
     m = build_model(ModelConfig(preset="tiny", vision_pretrained=str(tmp_path / "siglip"),
                                 llm_pretrained=str(tmp_path / "llm")), tok)
-    for name, p in siglip.state_dict().items():
-        assert torch.equal(m.model.vision_model.state_dict()[name], p), name
+    for name, p in m.model.vision_model.state_dict().items():
+        assert torch.equal(siglip.state_dict()["vision_model." + name], p), name
     for name, p in llama.state_dict().items():
         assert torch.equal(m.model.language_model.state_dict()[name], p), name
+    with pytest.raises(ValueError, match="holds a LlamaConfig, expected a SamVisionConfig"):
+        build_model(ModelConfig(preset="tiny", high_res_pretrained=str(tmp_path / "llm")), tok)
 
 
 def test_train_tokenizer_command_saves_special_tokens(mix, tmp_path):

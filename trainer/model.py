@@ -39,7 +39,10 @@ def _sub_config(cls, preset_values: dict, pretrained: str | None, **extra):
     """The preset's shape, or the shape of the pretrained tower when one is given."""
     if pretrained:
         cfg = AutoConfig.from_pretrained(pretrained)
-        return getattr(cfg, "vision_config", cfg) if not isinstance(cfg, cls) else cfg
+        cfg = cfg if isinstance(cfg, cls) else getattr(cfg, "vision_config", cfg)  # a whole SiglipModel / SamModel
+        if not isinstance(cfg, cls):
+            raise ValueError(f"{pretrained}: holds a {type(cfg).__name__}, expected a {cls.__name__} tower")
+        return cfg
     return cls(**preset_values, **extra)
 
 
@@ -74,11 +77,22 @@ def build_model(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> VLMode
             towers["high_res_vision_model"] = mcfg.high_res_pretrained
         for attr, path in towers.items():
             if path:
-                loaded = AutoModel.from_pretrained(path, dtype=torch.float32)
-                getattr(model.model, attr).load_state_dict(loaded.state_dict())
+                _load_tower(getattr(model.model, attr), path)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     return model
+
+
+def _load_tower(tower: torch.nn.Module, path: str) -> None:
+    """Weights of one tower from a local directory: the tower itself (SiglipVisionModel, SamVisionModel, LlamaModel
+    or LlamaForCausalLM) or a whole model holding it (SiglipModel, SamModel), whose other parts are left out."""
+    state = AutoModel.from_pretrained(path, dtype=torch.float32).state_dict()
+    keys = list(tower.state_dict())
+    prefixes = [""] + [k[: -len(keys[0])] for k in state if k.endswith("." + keys[0])]  # e.g. "vision_model."
+    prefix = next((p for p in prefixes if all(p + k in state for k in keys)), None)
+    if prefix is None:
+        raise ValueError(f"{path}: not a {type(tower).__name__} checkpoint (no weights for {keys[0]} and others)")
+    tower.load_state_dict({k: state[prefix + k] for k in keys})
 
 
 def image_processor(config: DeepseekVLHybridConfig | DeepseekVLConfig):
