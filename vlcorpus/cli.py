@@ -36,6 +36,8 @@ MODULES = [
     "pipelines.e2e",
     "mixer.mix",
     "mixer.report",
+    "trainer.train",
+    "trainer.tokenizer",
 ]
 
 

@@ -1,0 +1,159 @@
+"""Trainer configuration: model presets (plain sub-config values for transformers' DeepSeek-VL classes), the
+per-stage schedule (one YAML file per stage) and the run settings that hold for every stage.
+
+A preset only shrinks the sub-configs of `DeepseekVLHybridConfig` (SigLIP, SAM, LLaMA) or, for the SigLIP-only
+1.3B shape, of `DeepseekVLConfig`; the model structure is transformers' own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlcorpus.config import ConfigError, load_config
+
+SCHEDULE_DIR = Path(__file__).parent / "schedules"
+DEFAULT_SCHEDULES = tuple(SCHEDULE_DIR / f"stage{i}.yaml" for i in (1, 2, 3))
+
+# Parameter groups a stage can train, named after the parts of DeepSeek-VL (paper §3.2).
+PARAM_GROUPS = ("aligner", "vision", "high_res_vision", "llm")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sub-config values of one model size. `high_res` None means the SigLIP-only DeepseekVL model."""
+
+    vision: dict
+    llm: dict
+    high_res: dict | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    # CPU tests and demo: every part present, a few layers, small images (SigLIP 64 px -> 4x4 = 16 tokens,
+    # SAM 128 px -> 8x8 -> interpolated 16x16 -> two stride-2 convs -> 4x4).
+    "tiny": Preset(
+        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                    image_size=64, patch_size=16),
+        high_res=dict(hidden_size=64, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
+                      mlp_dim=128, image_size=128, patch_size=16, window_size=4, global_attn_indexes=[1]),
+        llm=dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096),
+    ),
+    # The GPU workhorse: a ~140M-parameter LLaMA, SigLIP-B/16 at 384 (576 tokens) and SAM ViT-B at 1024.
+    "small": Preset(
+        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    image_size=384, patch_size=16),
+        high_res=dict(hidden_size=768, output_channels=256, num_hidden_layers=12, num_attention_heads=12,
+                      mlp_dim=3072, image_size=1024, patch_size=16, window_size=14, global_attn_indexes=[2, 5, 8, 11]),
+        llm=dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=16, num_attention_heads=12,
+                 num_key_value_heads=12, max_position_embeddings=4096),
+    ),
+    # DeepSeek-VL-1.3B's shape: SigLIP-L/16 at 384 only, DeepSeek-LLM-1.3B (LLaMA layout, vocab 102400).
+    "deepseek-vl-1.3b": Preset(
+        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                    image_size=384, patch_size=16),
+        llm=dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
+                 num_key_value_heads=16, max_position_embeddings=16384, rms_norm_eps=1e-6),
+    ),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Which preset, and local pretrained directories to start from (none: random init).
+
+    `pretrained` is a whole DeepseekVL(Hybrid) checkpoint (e.g. a converted deepseek-vl-1.3b-base); the three
+    component paths load one tower each (a SiglipVisionModel, a SamVisionModel, a LlamaModel/ForCausalLM dir).
+    """
+
+    preset: str = "tiny"
+    pretrained: str | None = None
+    vision_pretrained: str | None = None
+    high_res_pretrained: str | None = None
+    llm_pretrained: str | None = None
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"model.preset: {self.preset!r} is not one of {', '.join(PRESETS)}")
+        if self.high_res_pretrained and PRESETS[self.preset].high_res is None:
+            raise ConfigError(f"model.high_res_pretrained: preset {self.preset} is SigLIP-only (no SAM tower)")
+
+
+@dataclass
+class StageConfig:
+    """One training stage (paper Table 4). Step counts and batch size are the paper's; `RunConfig.scale` shrinks them."""
+
+    name: str
+    mix_stage: str  # the mixture folder this stage reads: <mix>/<mix_stage>/
+    trainable: list[str]
+    lr: float
+    lr_schedule: str  # cosine | step
+    warmup_steps: int
+    steps: int
+    batch_size: int  # sequences per optimizer step (packed rows when packing)
+    seq_len: int
+    packing: bool = False
+    min_lr_ratio: float = 0.1  # cosine floor / final step factor, as a fraction of lr
+    step_milestones: list[float] = field(default_factory=lambda: [0.8, 0.9])  # fractions of steps (DeepSeek-LLM)
+    step_factor: float = 0.316  # LR multiplier at each milestone
+    language_share: float | None = None  # None: the mixture's own share of text-only categories
+    modality_warmup_steps: int = 0  # language share goes 1.0 -> language_share over these steps
+    grouped: bool = True  # each optimizer step one modality (False: mixed batches, for the benchmark)
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.trainable) - set(PARAM_GROUPS))
+        if bad or not self.trainable:
+            raise ConfigError(f"{self.name}.trainable: {bad or 'empty'}; choose from {', '.join(PARAM_GROUPS)}")
+        if self.lr_schedule not in ("cosine", "step"):
+            raise ConfigError(f"{self.name}.lr_schedule: {self.lr_schedule!r} must be cosine or step")
+        if self.language_share is not None and not 0.0 <= self.language_share <= 1.0:
+            raise ConfigError(f"{self.name}.language_share: {self.language_share} must be within [0, 1]")
+        if self.steps <= 0 or self.batch_size <= 0 or self.seq_len <= 0:
+            raise ConfigError(f"{self.name}: steps, batch_size and seq_len must be positive")
+
+    def scaled(self, scale: float, max_seq_len: int | None = None) -> StageConfig:
+        """Steps, warm-ups and batch size times `scale` (at least 1), as one knob for compact runs."""
+        s = lambda n: max(1, math.ceil(n * scale)) if n else 0  # noqa: E731
+        out = StageConfig(**{**self.__dict__})
+        out.steps, out.warmup_steps, out.batch_size = s(self.steps), s(self.warmup_steps), s(self.batch_size)
+        out.modality_warmup_steps = s(self.modality_warmup_steps)
+        if max_seq_len is not None:
+            out.seq_len = min(self.seq_len, max_seq_len)
+        return out
+
+
+@dataclass
+class RunConfig:
+    """Settings for the whole run (every stage)."""
+
+    mix: str
+    out: str
+    tokenizer: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scale: float = 1.0
+    max_seq_len: int | None = None  # cap on every stage's seq_len (compact runs)
+    micro_batch_size: int | None = None  # rows per forward; batch_size / micro = gradient accumulation steps
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    activation_checkpointing: bool = False
+    num_workers: int = 2  # DataLoader workers per category stream
+    ckpt_interval: int = 100
+    eval_dir: str | None = None  # held-out corpus/mixture folder for evaluation after each stage
+    eval_items: int = 64
+    stop_after: int | None = None  # stop the stage after this many steps (a planned interruption)
+
+    def __post_init__(self) -> None:
+        if self.scale <= 0:
+            raise ConfigError("scale must be positive")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: {self.device!r} must be auto, cpu or cuda")
+
+
+def load_stage(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
+    return load_config(StageConfig, path, overrides)

@@ -1,0 +1,56 @@
+"""`vlcorpus train --workers N`: the same stage loop on N Ray Train workers (TorchTrainer, DDP).
+
+Ray Train starts the workers and the process group (NCCL on GPUs, gloo on CPUs); each worker runs
+`trainer.train.run_stages`, which sees the process group and wraps the model in DDP. Data reading stays plain
+webdataset (split by node through torch.distributed's rank), so this is the only trainer module that imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from trainer.config import RunConfig, StageConfig
+from vlcorpus.config import from_dict
+from vlcorpus.runtime import init_ray
+
+
+def _worker(config: dict) -> None:
+    import os
+
+    from trainer.train import run_stages
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run = from_dict(RunConfig, config["run"])
+    stages = [from_dict(StageConfig, s) for s in config["stages"]]
+    run_stages(run, stages)
+
+
+def launch(run: RunConfig, stages: list[StageConfig], workers: int, address: str | None = None) -> list[dict]:
+    """Train on `workers` Ray Train workers; return the stage summaries rank 0 wrote."""
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    init_ray(address)
+    absolute = {k: str(Path(v).resolve()) for k in ("mix", "out", "tokenizer", "eval_dir") if (v := getattr(run, k))}
+    run = RunConfig(**{**run.__dict__, **absolute})  # Ray workers run in their own working directory
+    use_gpu = torch.cuda.is_available() and run.device != "cpu"
+    out = Path(run.out).resolve()
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"run": asdict(run), "stages": [asdict(s) for s in stages]},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RayRunConfig(name="train", storage_path=str(out / "_ray")),
+    )
+    trainer.fit()
+    summaries = []
+    for stage in stages:
+        path = out / stage.name / "summary.json"
+        if path.exists():
+            summaries.append(json.loads(path.read_text()))
+    return summaries

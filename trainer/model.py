@@ -1,0 +1,156 @@
+"""A thin builder around transformers' DeepSeek-VL classes: preset -> config -> model, the matching image processor,
+and the per-stage choice of which parameter groups train.
+
+Hybrid presets use `DeepseekVLHybridForConditionalGeneration` (SigLIP low-res + SAM high-res, the paper's hybrid
+encoder and two-path adaptor); the SigLIP-only 1.3B shape uses `DeepseekVLForConditionalGeneration`. A checkpoint
+is `save_pretrained` of that class, so released DeepSeek-VL weights in that format load and train further.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    DeepseekVLConfig,
+    DeepseekVLForConditionalGeneration,
+    DeepseekVLHybridConfig,
+    DeepseekVLHybridForConditionalGeneration,
+    LlamaConfig,
+    PreTrainedTokenizerBase,
+    SamVisionConfig,
+    SiglipVisionConfig,
+)
+from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
+from transformers.models.deepseek_vl_hybrid.image_processing_pil_deepseek_vl_hybrid import (
+    DeepseekVLHybridImageProcessorPil,
+)
+
+from trainer.config import PRESETS, ModelConfig
+from trainer.tokenizer import special_ids
+
+VLModel = DeepseekVLHybridForConditionalGeneration | DeepseekVLForConditionalGeneration
+
+
+def _sub_config(cls, preset_values: dict, pretrained: str | None, **extra):
+    """The preset's shape, or the shape of the pretrained tower when one is given."""
+    if pretrained:
+        cfg = AutoConfig.from_pretrained(pretrained)
+        cfg = cfg if isinstance(cfg, cls) else getattr(cfg, "vision_config", cfg)  # a whole SiglipModel / SamModel
+        if not isinstance(cfg, cls):
+            raise ValueError(f"{pretrained}: holds a {type(cfg).__name__}, expected a {cls.__name__} tower")
+        return cfg
+    return cls(**preset_values, **extra)
+
+
+def build_config(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> DeepseekVLHybridConfig | DeepseekVLConfig:
+    preset = PRESETS[mcfg.preset]
+    ids = special_ids(tokenizer)
+    vocab = math.ceil(len(tokenizer) / 64) * 64  # a multiple of 64 keeps the LM head's matmul efficient
+    llm = _sub_config(LlamaConfig, preset.llm, mcfg.llm_pretrained, vocab_size=vocab,
+                      bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad)
+    if llm.vocab_size < len(tokenizer):
+        llm.vocab_size = vocab
+    vision = _sub_config(SiglipVisionConfig, preset.vision, mcfg.vision_pretrained)
+    common = dict(text_config=llm, vision_config=vision, image_token_id=ids.image)
+    if preset.high_res is None:
+        return DeepseekVLConfig(**common)
+    high_res = _sub_config(SamVisionConfig, preset.high_res, mcfg.high_res_pretrained)
+    return DeepseekVLHybridConfig(**common, high_res_vision_config=high_res)
+
+
+def build_model(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> VLModel:
+    """A whole pretrained checkpoint, or the preset with optional pretrained towers, random init elsewhere."""
+    hybrid = PRESETS[mcfg.preset].high_res is not None
+    cls = DeepseekVLHybridForConditionalGeneration if hybrid else DeepseekVLForConditionalGeneration
+    if mcfg.pretrained:  # the checkpoint's own class and shape, whatever the preset says
+        model = load_trained(mcfg.pretrained, mcfg.attn_implementation)
+        model.config.image_token_id = special_ids(tokenizer).image
+    else:
+        model = cls._from_config(build_config(mcfg, tokenizer), attn_implementation=mcfg.attn_implementation,
+                                 dtype=torch.float32)
+        towers = {"vision_model": mcfg.vision_pretrained, "language_model": mcfg.llm_pretrained}
+        if hybrid:
+            towers["high_res_vision_model"] = mcfg.high_res_pretrained
+        for attr, path in towers.items():
+            if path:
+                _load_tower(getattr(model.model, attr), path)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    return model
+
+
+def _load_tower(tower: torch.nn.Module, path: str) -> None:
+    """Weights of one tower from a local directory: the tower itself (SiglipVisionModel, SamVisionModel, LlamaModel
+    or LlamaForCausalLM) or a whole model holding it (SiglipModel, SamModel), whose other parts are left out."""
+    state = AutoModel.from_pretrained(path, dtype=torch.float32).state_dict()
+    keys = list(tower.state_dict())
+    prefixes = [""] + [k[: -len(keys[0])] for k in state if k.endswith("." + keys[0])]  # e.g. "vision_model."
+    prefix = next((p for p in prefixes if all(p + k in state for k in keys)), None)
+    if prefix is None:
+        raise ValueError(f"{path}: not a {type(tower).__name__} checkpoint (no weights for {keys[0]} and others)")
+    tower.load_state_dict({k: state[prefix + k] for k in keys})
+
+
+def image_processor(config: DeepseekVLHybridConfig | DeepseekVLConfig):
+    """Pad-to-square + resize to each encoder's size, with transformers' DeepSeek-VL processors (PIL backend)."""
+    low = config.vision_config.image_size
+    if isinstance(config, DeepseekVLHybridConfig):
+        high = config.high_res_vision_config.image_size
+        return DeepseekVLHybridImageProcessorPil(size={"height": low, "width": low},
+                                                 high_res_size={"height": high, "width": high})
+    return DeepseekVLImageProcessorPil(size={"height": low, "width": low})
+
+
+def image_token_count(config: DeepseekVLHybridConfig | DeepseekVLConfig) -> int:
+    """Placeholder tokens per image: one per SigLIP patch (the SAM path is resampled to the same grid)."""
+    return (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+
+
+def parameter_groups(model: VLModel) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """Named parameters by the stage groups of `trainer.config.PARAM_GROUPS`.
+
+    `high_res_vision` is SAM with its neck and downsampling convs (DeepSeek-VL keeps those inside the SAM encoder);
+    `aligner` is the adaptor; `llm` the decoder, its embeddings and the LM head (tied or not).
+    """
+    groups: dict[str, list] = {"aligner": [], "vision": [], "high_res_vision": [], "llm": []}
+    for name, p in model.named_parameters():
+        if name.startswith("model.aligner."):
+            groups["aligner"].append((name, p))
+        elif name.startswith("model.vision_model."):
+            groups["vision"].append((name, p))
+        elif name.startswith("model.high_res_vision"):
+            groups["high_res_vision"].append((name, p))
+        elif name.startswith(("model.language_model.", "lm_head.")):
+            groups["llm"].append((name, p))
+        else:
+            raise ValueError(f"parameter {name} belongs to no stage group; update trainer.model.parameter_groups")
+    return groups
+
+
+def set_trainable(model: VLModel, trainable: list[str]) -> list[torch.nn.Parameter]:
+    """Freeze everything but the named groups; return the parameters that train."""
+    out = []
+    for group, params in parameter_groups(model).items():
+        for _, p in params:
+            p.requires_grad_(group in trainable)
+            if group in trainable:
+                out.append(p)
+    return out
+
+
+def llm_parameter_count(model: VLModel) -> int:
+    """Non-embedding LLM parameters plus the LM head (the N of 6·N·tokens in MFU)."""
+    lm = model.model.language_model
+    return sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n) + model.lm_head.weight.numel()
+
+
+def load_trained(path: str | Path, attn_implementation: str = "sdpa") -> VLModel:
+    """A DeepseekVL(Hybrid) checkpoint directory (ours or a released one), whichever of the two classes it is."""
+    cfg = AutoConfig.from_pretrained(str(path))
+    hybrid = isinstance(cfg, DeepseekVLHybridConfig)
+    cls = DeepseekVLHybridForConditionalGeneration if hybrid else DeepseekVLForConditionalGeneration
+    return cls.from_pretrained(str(path), dtype=torch.float32, attn_implementation=attn_implementation)
