@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="chromium latexml fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils
+APT_PACKAGES="chromium latexml bubblewrap texlive-latex-base fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils
   tesseract-ocr tesseract-ocr-jpn tesseract-ocr-jpn-vert tesseract-ocr-chi-sim tesseract-ocr-chi-sim-vert"
 PY=${PYTHON:-python3}
 

@@ -25,6 +25,8 @@ GROUPS = {
 
 MODULES = [
     "pipelines.text",
+    "pipelines.arxiv",
+    "pipelines.pdf",
     "vlcorpus.inspect",
 ]
 
