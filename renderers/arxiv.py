@@ -146,15 +146,18 @@ def _render_pdf(doc: DocInput, pdf: pymupdf.Document, pdf_path: Path, tree: Path
     chars = sum(len("".join(t.split())) for t in texts)
     if chars < cfg.scanned_chars_per_page * pdf.page_count:
         raise Filtered(f"no text layer ({chars} characters on {pdf.page_count} pages): a scanned PDF?")
+    usable = [i for i in range(pdf.page_count) if not page_too_large(pdf[i], cfg.pdf_limits)]
+    if not usable:
+        raise Filtered(f"every page is larger than max_page_pt={cfg.max_page_pt:g} on a side")
+    if len(usable) < pdf.page_count:
+        stats["page_too_large"] += pdf.page_count - len(usable)
     info: dict = {}
     latex = _latex_pages(tree, pdf_path, texts[0], cfg, stats, info) if tree is not None else None
-    usable = [i for i in range(pdf.page_count) if not page_too_large(pdf[i], cfg.pdf_limits)]
-    stats["page_too_large"] += pdf.page_count - len(usable)
     if latex is not None:
         pages, scores = latex
         text_from = "latex"
     else:
-        by_page = text_layer_markdown(pdf, usable) if usable else {}
+        by_page = text_layer_markdown(pdf, usable)
         pages, scores, text_from = [by_page.get(i, "") for i in range(pdf.page_count)], {}, "pdf"
     stats[f"text_from_{text_from}"] += 1
     for i in usable:

@@ -54,8 +54,8 @@ class LatexmlSettings:
 
 def escapes(target: str, base: Path, root: Path) -> bool:
     """Whether a file name, as TeX resolves it from `base`, points outside `root` (absolute, `~`, `..` out, a pipe)."""
-    t = target.strip().strip('"').replace("\\", "/")
-    if not t:
+    t = target.strip().strip('"')
+    if not t or t.startswith("\\"):  # a macro: what it expands to is the sandbox's business
         return False
     if t.startswith(("/", "~", "|")) or re.match(r"^[A-Za-z]:", t):
         return True
