@@ -27,7 +27,7 @@ _COMMENT = re.compile(r"(?<!\\)%.*")
 _FILE_COMMAND = re.compile(
     r"\\(input|include|InputIfFileExists|IfFileExists|openin|openout|includegraphics|lstinputlisting|verbatiminput"
     r"|VerbatimInput|import|subimport|includefrom|subfile|addbibresource|bibliography|includepdf|usepackage"
-    r"|RequirePackage|documentclass|LoadClass)\b\*?"
+    r"|RequirePackage|documentclass|LoadClass)(?![A-Za-z@])\*?"
     r"\s*(?:\\?[A-Za-z@]*\d*\s*=?\s*)?(?:\[[^\]]*\]\s*)*(\{[^}]*\}|[^\s{}\\%]+)"
 )
 _SUBIMPORT = re.compile(r"\\(?:sub)?import\*?\s*\{([^}]*)\}\s*\{([^}]*)\}")
@@ -164,8 +164,9 @@ def latexml_to_html(main: Path, tree: Path, settings: LatexmlSettings) -> Path:
     log = tree.parent / "latexml.log"
     code = run_bounded(cmd, cwd=main.parent, timeout_s=settings.timeout_s + 10, log=log)
     if code != 0 or not html.exists():
-        tail = log.read_text("utf-8", errors="replace")[-600:].strip()
-        raise LatexmlError(f"latexmlc exited with {code} and {'no' if not html.exists() else 'an'} HTML file: ...{tail}")
+        text = log.read_text("utf-8", errors="replace")
+        fatal = re.findall(r"^Fatal:.*$", text, re.M)
+        raise LatexmlError(f"latexmlc exited with {code}: {fatal[0] if fatal else text[-400:].strip()}")
     return html
 
 
@@ -178,7 +179,10 @@ def html_to_markdown(html: Path) -> tuple[str, dict[str, str]]:
 
     raw = html.read_text("utf-8", errors="replace").replace("\xa0", " ")
     soup = BeautifulSoup(htmlmin.minify(raw, remove_all_empty_space=1), features="html.parser")
-    doc = parse_latexml(soup)
+    try:
+        doc = parse_latexml(soup)
+    except ValueError as e:  # Nougat's own quality gate, e.g. "missing reference detected": it skips such papers
+        raise LatexmlError(f"Nougat's LaTeXML parser refused the paper: {e}") from None
     if doc is None:
         raise LatexmlError("LaTeXML's HTML has no <article> element")
     text, figures = format_document(doc, keep_refs=True)

@@ -7,6 +7,7 @@ page is bounded whatever the page's size in points.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,4 +71,12 @@ def text_layer_markdown(pdf: pymupdf.Document, pages: list[int]) -> dict[int, st
     import pymupdf4llm
 
     chunks = pymupdf4llm.to_markdown(pdf, pages=pages, page_chunks=True, show_progress=False, use_ocr=False)
-    return {c["metadata"]["page_number"] - 1: c["text"] for c in chunks}
+    return {c["metadata"]["page_number"] - 1: _PICTURE_TEXT.sub(_picture_lines, c["text"]) for c in chunks}
+
+
+# pymupdf4llm wraps text found inside figures (axis labels, legends) in HTML comments and <br>: keep it as lines.
+_PICTURE_TEXT = re.compile(r"<!-- Start of picture text -->\n(.*?)<!-- End of picture text -->\n", re.S)
+
+
+def _picture_lines(m: re.Match) -> str:
+    return "\n".join(line.strip() for line in m.group(1).split("<br>") if line.strip()) + "\n"
