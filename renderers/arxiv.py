@@ -7,6 +7,7 @@ Without a source, or when LaTeXML fails, the page text is the PDF's own text lay
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -86,21 +87,49 @@ def pick_pdf(tree: Path, name: str) -> Path:
     return max(pdfs, key=_page_count)
 
 
-def split_pages(markdown: str, figures: dict[str, str], pdf: Path) -> tuple[list[str], dict[int, float]]:
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]{3,}", text.lower())
+
+
+def float_locations(figures: dict[str, str], page_texts: list[str], min_share: float = 0.8) -> list[dict]:
+    """Where each table/figure caption is printed, in the form Nougat reads from pdffigures2 (a Java tool).
+
+    A float goes on the page that holds most of its caption's words (at least `min_share` of them); Nougat then
+    cuts the caption out of that page's PDF text before splitting and appends the float's markdown to the page.
+    """
+    pages = [set(_words(t)) for t in page_texts]
+    located = []
+    for key, tex in figures.items():
+        kind = key.partition(":")[0]
+        if kind not in ("TABLE", "FIGURE"):
+            continue
+        caption = (tex.partition("\\end{table}")[2] if kind == "TABLE" else tex).strip()
+        words = _words(caption)
+        if len(words) < 3:
+            continue
+        shares = [sum(w in page for w in words) / len(words) for page in pages]
+        best = max(range(len(pages)), key=shares.__getitem__)
+        if shares[best] >= min_share:
+            located.append({"caption": caption, "page": best, "figType": "Table" if kind == "TABLE" else "Figure"})
+    return located
+
+
+def split_pages(markdown: str, figures: dict[str, str], pdf: Path, page_texts: list[str]) -> tuple[list[str], dict[int, float]]:
     """Nougat's `split_markdown`: the markdown cut at the PDF's page breaks, with a confidence per page."""
     from vlcorpus.nougat_tools import split_markdown
 
-    result = split_markdown(markdown, str(pdf), doc_fig=figures)
+    result = split_markdown(markdown, str(pdf), figure_info=float_locations(figures, page_texts) or None,
+                            doc_fig=figures)
     if result is None:
         raise LatexmlError("Nougat's split found no pages in the PDF")
     pages, meta = result
     return pages, {int(k): float(v) for k, v in meta["page_scores"].items()}
 
 
-def _latex_pages(tree: Path, pdf_path: Path, first_page: str, cfg: PaperConfig, stats: Counter,
+def _latex_pages(tree: Path, pdf_path: Path, texts: list[str], cfg: PaperConfig, stats: Counter,
                  info: dict) -> tuple[list[str], dict[int, float]] | None:
     """Pages from the LaTeX route, or None (counted, reason in `info`) when LaTeXML or the split fails."""
-    main = pick_main_tex(tree, pdf_path.stem, first_page)
+    main = pick_main_tex(tree, pdf_path.stem, texts[0])
     if main is None:
         stats["no_main_tex"] += 1
         info["latex_error"] = "no .tex file has both \\documentclass and \\begin{document}"
@@ -110,7 +139,7 @@ def _latex_pages(tree: Path, pdf_path: Path, first_page: str, cfg: PaperConfig, 
     try:
         markdown, figures, seconds = source_to_markdown(main, tree, cfg.latexml)
         info["latexml_s"] = round(seconds, 1)
-        return split_pages(markdown, figures, pdf_path)
+        return split_pages(markdown, figures, pdf_path, texts)
     except ToolTimeout as e:
         stats["latexml_timeout"] += 1
         info["latex_error"] = str(e)
@@ -152,7 +181,7 @@ def _render_pdf(doc: DocInput, pdf: pymupdf.Document, pdf_path: Path, tree: Path
     if len(usable) < pdf.page_count:
         stats["page_too_large"] += pdf.page_count - len(usable)
     info: dict = {}
-    latex = _latex_pages(tree, pdf_path, texts[0], cfg, stats, info) if tree is not None else None
+    latex = _latex_pages(tree, pdf_path, texts, cfg, stats, info) if tree is not None else None
     if latex is not None:
         pages, scores = latex
         text_from = "latex"

@@ -96,12 +96,16 @@ def test_each_page_text_is_on_that_page(rendered, paper):
                 assert sum(w in page_words[other] for w in ws) / len(ws) < own
 
 
-def test_markdown_keeps_math_and_sections(rendered):
+def test_markdown_keeps_math_sections_and_floats(rendered, paper):
     text = "\n".join(s.text for s in rendered[0])
     assert re.search(r"^#+ .*Method", text, re.M)
     assert "\\mathcal{L}" in text and "\\sum_{t=1}^{T}" in text  # display math stays LaTeX
     assert "\\alpha^{2}" in text or "\\alpha^2" in text
     assert "[TABLE" not in text and "[FIGURE" not in text  # Nougat's float placeholders never leak
+    tables = [s for s in rendered[0] if "Rasterise & 120" in s.text]  # the table, put back on its own page
+    assert len(tables) == 1 and "Table 1: Time per stage" in tables[0].text
+    assert "Rasterise" in pymupdf.open(paper / "paper.pdf")[tables[0].part].get_text()
+    assert "Figure 1: A gradient figure" in text
     assert "Rendering Scientific Papers" in text
 
 
