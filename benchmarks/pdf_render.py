@@ -1,0 +1,113 @@
+"""Page rendering speed: our path (rasterise + encode + write tar shards) against bare PyMuPDF (rasterise + encode)
+on the same PDFs in the same run; the whole renderer on the text-layer route; and LaTeXML seconds per paper.
+
+    python benchmarks/pdf_render.py [FOLDER ...]     (default: demo/arxiv)
+
+Each paper folder's PDF is the one `renderers.arxiv.pick_pdf` chooses. Timings are the best of `--rounds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pymupdf
+
+from renderers.arxiv import PaperConfig, pick_pdf, render_pdf
+from renderers.latexml import latexml_to_html, pick_main_tex, prepare_source
+from renderers.pdf_pages import rasterise
+from vlcorpus.driver import DocInput
+from vlcorpus.sample import Sample
+from vlcorpus.shards import ShardWriter
+
+LONG_SIDE, QUALITY = 1024, 90
+
+
+def bare_pymupdf(pdfs: list[Path]) -> int:
+    """The floor: open, draw each page at long side 1024, encode JPEG; nothing else."""
+    pages = 0
+    for path in pdfs:
+        with pymupdf.open(path) as doc:
+            for page in doc:
+                zoom = LONG_SIDE / max(page.rect.width, page.rect.height)
+                page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False).tobytes("jpeg", jpg_quality=QUALITY)
+                pages += 1
+    return pages
+
+
+def ours_to_tar(pdfs: list[Path], out: Path) -> int:
+    """Our rasterise + encode + a validated Sample per page + atomic tar shards with sidecars."""
+    pages = 0
+    with ShardWriter(out, "bench", max_bytes=256 * 1024**2, max_samples=10_000) as writer:
+        for path in pdfs:
+            with pymupdf.open(path) as doc:
+                for i, page in enumerate(doc):
+                    image, _ = rasterise(page, LONG_SIDE, "jpg", QUALITY)
+                    writer.write(Sample(category="doc_ocr", source="bench", doc=path.stem, part=i, origin=path.name,
+                                        segments=[{"image": "0.jpg"}, {"text": "page text"}], images={"0.jpg": image}))
+                    pages += 1
+    return pages
+
+
+def full_renderer(pdfs: list[Path]) -> int:
+    """`render_pdf` as the pipeline runs it: checks, text layer to markdown (pymupdf4llm), rasterise, samples."""
+    pages = 0
+    for path in pdfs:
+        doc = DocInput(path.stem, path.name, str(path), {"pdf": str(path)})
+        pages += sum(1 for s in render_pdf(doc, PaperConfig(), Counter()) if s.validate())
+    return pages
+
+
+def best_of(rounds: int, fn, *args) -> tuple[float, int]:
+    best, n = float("inf"), 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        n = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, n
+
+
+def latexml_seconds(folder: Path) -> float:
+    settings = PaperConfig().latexml
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = prepare_source(folder, Path(tmp), settings.archive)
+        main = pick_main_tex(tree, folder.name, "")
+        start = time.perf_counter()
+        latexml_to_html(main, tree, settings)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folders", nargs="*", type=Path, default=[Path("demo/arxiv")])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-latexml", action="store_true", help="skip the LaTeXML timing")
+    args = p.parse_args()
+    papers = sorted(d for f in args.folders for d in f.iterdir() if d.is_dir())
+    pdfs = [pick_pdf(d, d.name) for d in papers]
+    out = Path(tempfile.mkdtemp(prefix="bench-pdf-"))
+    try:
+        bare, pages = best_of(args.rounds, bare_pymupdf, pdfs)
+        ours, _ = best_of(args.rounds, lambda: (shutil.rmtree(out, ignore_errors=True), ours_to_tar(pdfs, out))[1])
+        full, kept = best_of(1, full_renderer, pdfs)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}; {len(pdfs)} PDFs, {pages} pages")
+    print("| step | seconds | pages/s |")
+    print("|---|---|---|")
+    print(f"| bare PyMuPDF rasterise + JPEG encode | {bare:.2f} | {pages / bare:.1f} |")
+    print(f"| ours: rasterise + encode + samples + tar shards | {ours:.2f} | {pages / ours:.1f} |")
+    print(f"| full renderer, text-layer route ({kept} pages kept) | {full:.2f} | {kept / full:.1f} |")
+    print(f"ours / bare = {ours / bare:.2f}x (target <= 1.3x)")
+    if not args.no_latexml:
+        for d in papers:
+            print(f"LaTeXML (sandboxed) {d.name}: {latexml_seconds(d):.1f} s")
+
+
+if __name__ == "__main__":
+    main()
