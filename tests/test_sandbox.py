@@ -151,3 +151,13 @@ def test_isolated_sees_only_its_folder_and_no_network(tmp_path):
     code, _ = run("touch /usr/written")
     assert code != 0
     assert run("echo out > made.txt")[0] == 0 and (tmp_path / "made.txt").read_text() == "out\n"
+
+
+def test_unreadable_archives_are_refused(tmp_path):
+    (tmp_path / "junk.tar.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "junk.tar").write_bytes(b"\x00garbage" * 100 + b"x" * 600)
+    (tmp_path / "paper.zip").write_bytes(b"PK")
+    for name, reason in (("junk.tar.gz", "not a readable gzip"), ("junk.tar", "not a readable tar"),
+                         ("paper.zip", "not a .tar")):
+        with pytest.raises(UnsafeArchive, match=reason):
+            safe_extract(tmp_path / name, tmp_path / "out")

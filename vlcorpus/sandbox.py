@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import ctypes
 import gzip
-import io
 import os
 import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 _PR_SET_PDEATHSIG = 1
 _CHUNK = 1 << 20
@@ -41,20 +42,27 @@ class ArchiveLimits:
     max_bytes: int = 512 * 1024**2  # unpacked, all members together
 
 
-def _read_capped(path: Path, limit: int) -> bytes | None:
-    """Decompress a gzip file in chunks; None as soon as it would exceed `limit` bytes (a bomb)."""
-    out = bytearray()
+def _gunzip_capped(path: Path, limit: int) -> BinaryIO | None:
+    """Decompress a gzip file in chunks into an anonymous temporary file; None as soon as it would exceed `limit`
+    bytes (a bomb). Memory stays at one chunk whatever the archive holds."""
+    out = tempfile.TemporaryFile()
+    size = 0
     with gzip.open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
-            out += chunk
-            if len(out) > limit:
+            size += len(chunk)
+            if size > limit:
+                out.close()
                 return None
-    return bytes(out)
+            out.write(chunk)
+    out.seek(0)
+    return out
 
 
 def _check_member(m: tarfile.TarInfo, names: set[str]) -> str | None:
     """Why member `m` is unsafe, or None."""
     p = PurePosixPath(m.name)
+    if not p.parts:
+        return "empty name"
     if p.is_absolute() or m.name.startswith(("/", "\\")) or ":" in p.parts[0]:
         return "absolute path"
     if ".." in p.parts:
@@ -87,40 +95,47 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimit
     name = archive.name.lower()
     if name.endswith((".gz", ".tgz")):
         try:
-            data = _read_capped(archive, limits.max_bytes)
+            fileobj = _gunzip_capped(archive, limits.max_bytes)
         except (OSError, EOFError, zlib.error) as e:
             raise UnsafeArchive(f"{archive.name}: not a readable gzip file ({e})") from None
-        if data is None:
+        if fileobj is None:
             raise UnsafeArchive(f"{archive.name}: unpacks to more than {limits.max_bytes} bytes (a gzip bomb?)")
-        fileobj = io.BytesIO(data)
-        if not _is_tar(fileobj):
-            stem = archive.name[: -len(".gz")] if name.endswith(".gz") else archive.stem
-            out = dest / (Path(stem).name or "main")
-            out.write_bytes(data)
-            return [out]
-        tar = tarfile.open(fileobj=fileobj, mode="r:")
-    elif name.endswith(".tar"):
+        with fileobj:
+            if not _is_tar(fileobj):
+                stem = archive.name[: -len(".gz")] if name.endswith(".gz") else archive.stem
+                out = dest / (Path(stem).name or "main")
+                with open(out, "wb") as f:
+                    shutil.copyfileobj(fileobj, f)
+                return [out]
+            return _extract_checked(tarfile.open(fileobj=fileobj, mode="r:"), archive.name, dest, limits)
+    if name.endswith(".tar"):
         try:
             tar = tarfile.open(archive, mode="r:")
         except tarfile.TarError as e:
             raise UnsafeArchive(f"{archive.name}: not a readable tar file ({e})") from None
-    else:
-        raise UnsafeArchive(f"{archive.name}: not a .tar, .tar.gz, .tgz or .gz file")
+        return _extract_checked(tar, archive.name, dest, limits)
+    raise UnsafeArchive(f"{archive.name}: not a .tar, .tar.gz, .tgz or .gz file")
+
+
+def _extract_checked(tar: tarfile.TarFile, label: str, dest: Path, limits: ArchiveLimits) -> list[Path]:
     with tar:
         members: list[tarfile.TarInfo] = []
         total = 0
-        for m in tar:
-            members.append(m)
-            total += m.size if m.isfile() else 0
-            if len(members) > limits.max_members:
-                raise UnsafeArchive(f"{archive.name}: more than {limits.max_members} members (an archive bomb?)")
-            if total > limits.max_bytes:
-                raise UnsafeArchive(f"{archive.name}: members add up to more than {limits.max_bytes} bytes (a tar bomb?)")
+        try:
+            for m in tar:
+                members.append(m)
+                total += m.size if m.isfile() else 0
+                if len(members) > limits.max_members:
+                    raise UnsafeArchive(f"{label}: more than {limits.max_members} members (an archive bomb?)")
+                if total > limits.max_bytes:
+                    raise UnsafeArchive(f"{label}: members add up to more than {limits.max_bytes} bytes (a tar bomb?)")
+        except tarfile.TarError as e:
+            raise UnsafeArchive(f"{label}: not a readable tar file ({e})") from None
         names = {m.name for m in members}
         for m in members:
             reason = _check_member(m, names)
             if reason:
-                raise UnsafeArchive(f"{archive.name}: member {m.name!r} refused: {reason}")
+                raise UnsafeArchive(f"{label}: member {m.name!r} refused: {reason}")
         tar.extractall(dest, members=members, filter="data")  # the stdlib's own guard, on top of ours
     return [dest / m.name for m in members if m.isfile()]
 
