@@ -7,7 +7,6 @@ Without a source, or when LaTeXML fails, the page text is the PDF's own text lay
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pymupdf
 
+from renderers import floats
 from renderers.latexml import LatexmlError, LatexmlSettings, check_sources, pick_main_tex, prepare_source, source_to_markdown
 from renderers.pdf_pages import PdfLimits, open_pdf, page_texts, page_too_large, rasterise, text_layer_markdown
 from vlcorpus.driver import DocInput, Filtered
@@ -87,42 +87,22 @@ def pick_pdf(tree: Path, name: str) -> Path:
     return max(pdfs, key=_page_count)
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]{3,}", text.lower())
-
-
-def float_locations(figures: dict[str, str], page_texts: list[str], min_share: float = 0.8) -> list[dict]:
-    """Where each table/figure caption is printed, in the form Nougat reads from pdffigures2 (a Java tool).
-
-    A float goes on the page that holds most of its caption's words (at least `min_share` of them); Nougat then
-    cuts the caption out of that page's PDF text before splitting and appends the float's markdown to the page.
-    """
-    pages = [set(_words(t)) for t in page_texts]
-    located = []
-    for key, tex in figures.items():
-        kind = key.partition(":")[0]
-        if kind not in ("TABLE", "FIGURE"):
-            continue
-        caption = (tex.partition("\\end{table}")[2] if kind == "TABLE" else tex).strip()
-        words = _words(caption)
-        if len(words) < 3:
-            continue
-        shares = [sum(w in page for w in words) / len(words) for page in pages]
-        best = max(range(len(pages)), key=shares.__getitem__)
-        if shares[best] >= min_share:
-            located.append({"caption": caption, "page": best, "figType": "Table" if kind == "TABLE" else "Figure"})
-    return located
-
-
 def split_pages(markdown: str, figures: dict[str, str], pdf: Path, page_texts: list[str]) -> tuple[list[str], dict[int, float]]:
-    """Nougat's `split_markdown`: the markdown cut at the PDF's page breaks, with a confidence per page."""
-    from vlcorpus.nougat_tools import split_markdown
+    """Nougat's `split_markdown`: the markdown cut at the PDF's page breaks, with a confidence per page; then the
+    tables and figures put back where their captions are printed (see `renderers.floats`)."""
+    from vlcorpus.nougat_tools import remove_pretty_linebreaks, split_markdown
 
-    result = split_markdown(markdown, str(pdf), figure_info=float_locations(figures, page_texts) or None,
-                            doc_fig=figures)
+    located = floats.locate(figures, page_texts)
+    footnotes = {k: v for k, v in figures.items() if floats.caption_of(k, v) is None}
+    # with the float records Nougat cuts the captions out of the PDF text it aligns to; it re-inserts footnotes
+    result = split_markdown(markdown, str(pdf), figure_info=located or None, doc_fig=footnotes)
     if result is None:
         raise LatexmlError("Nougat's split found no pages in the PDF")
     pages, meta = result
+    for f in located:
+        if pages[f["page"]]:  # Nougat's rule: floats only on pages the split kept
+            float_md = remove_pretty_linebreaks(figures[f["key"]].strip())
+            pages[f["page"]] = floats.place(pages[f["page"]], float_md, f["caption"], page_texts[f["page"]])
     return pages, {int(k): float(v) for k, v in meta["page_scores"].items()}
 
 

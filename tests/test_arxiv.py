@@ -18,6 +18,7 @@ import pymupdf
 import pytest
 from PIL import Image
 
+from renderers import floats
 from renderers.arxiv import PaperConfig, pick_pdf, render_arxiv, render_pdf
 from renderers.latexml import (
     LatexmlSettings,
@@ -292,3 +293,17 @@ def test_scanned_pdf_is_filtered(tmp_path):
     doc.save(tmp_path / "scan.pdf")
     with pytest.raises(Filtered, match="no text layer"):
         render_one(tmp_path / "scan.pdf")
+
+
+def test_float_goes_where_its_caption_is_printed():
+    page_md = "First paragraph about graphs.\n\nSecond paragraph ends with cache misses here.\n\nThird paragraph later."
+    pdf_text = ("First paragraph about graphs. Second paragraph ends with cache misses here. "
+                "Order Time Misses Figure 3: Results of the ordering. Third paragraph later.")
+    table = "\\begin{table}\nOrder & Time & Misses\n\\end{table}\nFigure 3: Results of the ordering."
+    placed = floats.place(page_md, table, "Figure 3: Results of the ordering.", pdf_text)
+    assert placed.index("cache misses here.") < placed.index("\\begin{table}") < placed.index("Third paragraph")
+    top = floats.place(page_md, "Figure 1: At the top of the page.", "Figure 1: At the top of the page.",
+                       "Figure 1: At the top of the page. First paragraph about graphs.")
+    assert top.startswith("Figure 1:")
+    unknown = floats.place(page_md, "Figure 9: Nowhere.", "Figure 9: Nowhere to be found.", pdf_text)
+    assert unknown.endswith("Figure 9: Nowhere.")  # Nougat's placement when the caption is not on the page

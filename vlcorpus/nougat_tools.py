@@ -32,9 +32,9 @@ _register_bare_package()
 latexml_parser = importlib.import_module("nougat.dataset.parser.latexml_parser")
 markdown = importlib.import_module("nougat.dataset.parser.markdown")
 split_md_to_pages = importlib.import_module("nougat.dataset.split_md_to_pages")
-pdf_text_extract = importlib.import_module("nougat.dataset.utils.pdf_text_extract")
+nougat_utils = importlib.import_module("nougat.dataset.utils.utils")
 
 parse_latexml = latexml_parser.parse_latexml
 format_document = markdown.format_document
 split_markdown = split_md_to_pages.split_markdown
-get_pages = pdf_text_extract.get_pages
+remove_pretty_linebreaks = nougat_utils.remove_pretty_linebreaks
