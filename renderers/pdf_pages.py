@@ -71,12 +71,9 @@ def text_layer_markdown(pdf: pymupdf.Document, pages: list[int]) -> dict[int, st
     import pymupdf4llm
 
     chunks = pymupdf4llm.to_markdown(pdf, pages=pages, page_chunks=True, show_progress=False, use_ocr=False)
-    return {c["metadata"]["page_number"] - 1: _PICTURE_TEXT.sub(_picture_lines, c["text"]) for c in chunks}
+    return {c["metadata"]["page_number"] - 1: _PICTURE_TEXT.sub("", c["text"]) for c in chunks}
 
 
-# pymupdf4llm wraps text found inside figures (axis labels, legends) in HTML comments and <br>: keep it as lines.
-_PICTURE_TEXT = re.compile(r"<!-- Start of picture text -->\n(.*?)<!-- End of picture text -->\n", re.S)
-
-
-def _picture_lines(m: re.Match) -> str:
-    return "\n".join(line.strip() for line in m.group(1).split("<br>") if line.strip()) + "\n"
+# pymupdf4llm copies text found inside figures (axis labels, legends) between these markers; the LaTeX route has
+# none of it (a figure is image, plus its caption), and its reading order is arbitrary: leave it out.
+_PICTURE_TEXT = re.compile(r"<!-- Start of picture text -->\n.*?<!-- End of picture text -->\n", re.S)
