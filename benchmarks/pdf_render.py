@@ -1,5 +1,6 @@
 """Page rendering speed: our path (rasterise + encode + write tar shards) against bare PyMuPDF (rasterise + encode)
-on the same PDFs in the same run; the whole renderer on the text-layer route; and LaTeXML seconds per paper.
+on the same PDFs in the same run; the whole renderer on the text-layer route; and, per paper, the LaTeX route
+(LaTeXML seconds and the whole paper's seconds).
 
     python benchmarks/pdf_render.py [FOLDER ...]     (default: demo/arxiv)
 
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import pymupdf
 
-from renderers.arxiv import PaperConfig, pick_pdf, render_pdf
-from renderers.latexml import latexml_to_html, pick_main_tex, prepare_source
+from renderers.arxiv import PaperConfig, pick_pdf, render_arxiv, render_pdf
 from renderers.pdf_pages import rasterise
 from vlcorpus.driver import DocInput
 from vlcorpus.sample import Sample
@@ -72,21 +72,19 @@ def best_of(rounds: int, fn, *args) -> tuple[float, int]:
     return best, n
 
 
-def latexml_seconds(folder: Path) -> float:
-    settings = PaperConfig().latexml
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = prepare_source(folder, Path(tmp), settings.archive)
-        main = pick_main_tex(tree, folder.name, "")
-        start = time.perf_counter()
-        latexml_to_html(main, tree, settings)
-        return time.perf_counter() - start
+def latex_route(folder: Path) -> tuple[float, int, dict]:
+    """`render_arxiv` on one paper folder: seconds, pages kept, and the first sample's meta (LaTeXML seconds)."""
+    doc = DocInput(folder.name, folder.name, str(folder), {"source": str(folder)})
+    start = time.perf_counter()
+    samples = list(render_arxiv(doc, PaperConfig(), Counter()))
+    return time.perf_counter() - start, len(samples), samples[0].meta if samples else {}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="*", type=Path, default=[Path("demo/arxiv")])
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--no-latexml", action="store_true", help="skip the LaTeXML timing")
+    p.add_argument("--no-latexml", action="store_true", help="skip the LaTeX route (LaTeXML) timings")
     args = p.parse_args()
     papers = sorted(d for f in args.folders for d in f.iterdir() if d.is_dir())
     pdfs = [pick_pdf(d, d.name) for d in papers]
@@ -105,9 +103,12 @@ def main() -> None:
     print(f"| full renderer, text-layer route ({kept} pages kept) | {full:.2f} | {kept / full:.1f} |")
     print(f"ours / bare = {ours / bare:.2f}x (target <= 1.3x)")
     if not args.no_latexml:
-        for d in papers:
-            print(f"LaTeXML (sandboxed) {d.name}: {latexml_seconds(d):.1f} s")
-
+        print("| paper | pages | kept | text from | LaTeXML s | whole paper s |")
+        print("|---|---|---|---|---|---|")
+        for folder, pdf in zip(papers, pdfs):
+            seconds, kept, meta = latex_route(folder)
+            print(f"| {folder.name} | {pymupdf.open(pdf).page_count} | {kept} | {meta.get('text_from')} | "
+                  f"{meta.get('latexml_s', '-')} | {seconds:.1f} |")
 
 if __name__ == "__main__":
     main()

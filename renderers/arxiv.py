@@ -8,6 +8,7 @@ Without a source, or when LaTeXML fails, the page text is the PDF's own text lay
 from __future__ import annotations
 
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,15 @@ from pathlib import Path
 import pymupdf
 
 from renderers import floats
-from renderers.latexml import LatexmlError, LatexmlSettings, check_sources, pick_main_tex, prepare_source, source_to_markdown
+from renderers.latexml import (
+    LatexmlError,
+    LatexmlSettings,
+    check_sources,
+    html_to_markdown,
+    latexml_to_html,
+    pick_main_tex,
+    prepare_source,
+)
 from renderers.pdf_pages import PdfLimits, open_pdf, page_texts, page_too_large, rasterise, text_layer_markdown
 from vlcorpus.driver import DocInput, Filtered
 from vlcorpus.sandbox import ArchiveLimits, ToolTimeout
@@ -117,8 +126,10 @@ def _latex_pages(tree: Path, pdf_path: Path, texts: list[str], cfg: PaperConfig,
     check_sources(tree, main.parent)
     info["main_tex"] = str(main.relative_to(tree))
     try:
-        markdown, figures, seconds = source_to_markdown(main, tree, cfg.latexml)
-        info["latexml_s"] = round(seconds, 1)
+        start = time.monotonic()
+        html = latexml_to_html(main, tree, cfg.latexml)
+        info["latexml_s"] = round(time.monotonic() - start, 1)
+        markdown, figures = html_to_markdown(html)
         return split_pages(markdown, figures, pdf_path, texts)
     except ToolTimeout as e:
         stats["latexml_timeout"] += 1

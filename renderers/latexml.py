@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,12 +188,3 @@ def html_to_markdown(html: Path) -> tuple[str, dict[str, str]]:
     if not text.strip():
         raise LatexmlError("LaTeXML's HTML holds no text")
     return text, figures
-
-
-def source_to_markdown(main: Path, tree: Path, settings: LatexmlSettings) -> tuple[str, dict[str, str], float]:
-    """Markdown and figure/footnote texts of the paper, and the seconds LaTeXML took."""
-    start = time.monotonic()
-    html = latexml_to_html(main, tree, settings)
-    seconds = time.monotonic() - start
-    text, figures = html_to_markdown(html)
-    return text, figures, seconds
