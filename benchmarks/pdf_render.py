@@ -4,7 +4,7 @@ on the same PDFs in the same run; the whole renderer on the text-layer route; an
 
     python benchmarks/pdf_render.py [FOLDER ...]     (default: demo/arxiv)
 
-Each paper folder's PDF is the one `renderers.arxiv.pick_pdf` chooses. Timings are the best of `--rounds`.
+Each paper folder's PDF is the one `renderers.arxiv.pick_pdf` chooses. Rasterisation timings are the best of `--rounds`, interleaved.
 """
 
 from __future__ import annotations
@@ -63,13 +63,10 @@ def full_renderer(pdfs: list[Path]) -> int:
     return pages
 
 
-def best_of(rounds: int, fn, *args) -> tuple[float, int]:
-    best, n = float("inf"), 0
-    for _ in range(rounds):
-        start = time.perf_counter()
-        n = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return best, n
+def timed(fn, *args) -> tuple[float, int]:
+    start = time.perf_counter()
+    n = fn(*args)
+    return time.perf_counter() - start, n
 
 
 def latex_route(folder: Path) -> tuple[float, int, dict]:
@@ -83,16 +80,20 @@ def latex_route(folder: Path) -> tuple[float, int, dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="*", type=Path, default=[Path("demo/arxiv")])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-latexml", action="store_true", help="skip the LaTeX route (LaTeXML) timings")
     args = p.parse_args()
     papers = sorted(d for f in args.folders for d in f.iterdir() if d.is_dir())
     pdfs = [pick_pdf(d, d.name) for d in papers]
     out = Path(tempfile.mkdtemp(prefix="bench-pdf-"))
     try:
-        bare, pages = best_of(args.rounds, bare_pymupdf, pdfs)
-        ours, _ = best_of(args.rounds, lambda: (shutil.rmtree(out, ignore_errors=True), ours_to_tar(pdfs, out))[1])
-        full, kept = best_of(1, full_renderer, pdfs)
+        bare = ours = float("inf")
+        for _ in range(args.rounds):  # interleaved, best of each: a shared machine's noise hits both alike
+            seconds, pages = timed(bare_pymupdf, pdfs)
+            bare = min(bare, seconds)
+            shutil.rmtree(out, ignore_errors=True)
+            ours = min(ours, timed(ours_to_tar, pdfs, out)[0])
+        full, kept = timed(full_renderer, pdfs)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}; {len(pdfs)} PDFs, {pages} pages")
