@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+<<<<<<< HEAD
 APT_PACKAGES="chromium latexml fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils libcairo2
+=======
+APT_PACKAGES="chromium latexml bubblewrap texlive-latex-base fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils
+>>>>>>> arxiv
   tesseract-ocr tesseract-ocr-jpn tesseract-ocr-jpn-vert tesseract-ocr-chi-sim tesseract-ocr-chi-sim-vert"
 PY=${PYTHON:-python3}
 
@@ -32,7 +36,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-if ! "$PY" -c "import vlcorpus, nougat.dataset" 2>/dev/null || [ pyproject.toml -nt .setup-done ]; then
+if ! "$PY" -c "import vlcorpus.nougat_tools" 2>/dev/null || [ pyproject.toml -nt .setup-done ]; then
   pip_install -e .
   # nougat-ocr pins its model stack (timm==0.5.4, lightning, datasets, albumentations, opencv), none of which the
   # dataset tools use; install it without them and load the tools through vlcorpus.nougat_tools.

@@ -32,6 +32,8 @@ MODULES = [
     "pipelines.import_scene_ocr",
     "pipelines.build_sft",
     "pipelines.notebooks",
+    "pipelines.arxiv",
+    "pipelines.pdf",
     "vlcorpus.inspect",
     "pipelines.e2e",
     "mixer.mix",

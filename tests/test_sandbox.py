@@ -1,0 +1,163 @@
+"""vlcorpus.sandbox: archives refused before extraction, bounded subprocesses, bubblewrap isolation."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from vlcorpus.sandbox import ArchiveLimits, ToolTimeout, UnsafeArchive, bwrap_available, isolated, run_bounded, safe_extract
+
+
+def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz" if path.name.endswith("gz") else "w") as tar:
+        for m in members:
+            if isinstance(m, tarfile.TarInfo):
+                tar.addfile(m)
+            else:
+                info = tarfile.TarInfo(m[0])
+                info.size = len(m[1])
+                tar.addfile(info, io.BytesIO(m[1]))
+    return path
+
+
+def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def test_extracts_a_clean_archive(tmp_path):
+    arc = make_tar(tmp_path / "paper.tar.gz", [("main.tex", b"\\documentclass{article}"), ("sec/a.tex", b"A"),
+                                               link("sec/b.tex", "a.tex")])
+    files = safe_extract(arc, tmp_path / "out")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in files) == ["main.tex", "sec/a.tex"]
+    assert (tmp_path / "out/sec/b.tex").read_bytes() == b"A"
+
+
+def test_single_gzipped_file(tmp_path):
+    (tmp_path / "2101.00001.gz").write_bytes(gzip.compress(b"\\documentclass{article}"))
+    [out] = safe_extract(tmp_path / "2101.00001.gz", tmp_path / "out")
+    assert out.name == "2101.00001" and out.read_bytes().startswith(b"\\documentclass")
+
+
+@pytest.mark.parametrize(
+    "member, reason",
+    [
+        (("../evil.tex", b"x"), "'..'"),
+        (("/etc/evil.tex", b"x"), "absolute path"),
+        (link("up.tex", "../../etc/passwd"), "outside the tree"),
+        (link("abs.tex", "/etc/passwd"), "absolute path"),
+        (link("hard.tex", "/etc/passwd", tarfile.LNKTYPE), "hard link"),
+        (link("dev", "", tarfile.CHRTYPE), "device"),
+    ],
+)
+def test_refuses_unsafe_members_before_extracting(tmp_path, member, reason):
+    arc = make_tar(tmp_path / "bad.tar", [("first.tex", b"ok"), member])
+    with pytest.raises(UnsafeArchive, match=reason):
+        safe_extract(arc, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir()), "nothing may be written before the check"
+
+
+def test_refuses_a_gzip_bomb_while_decompressing(tmp_path):
+    bomb = tmp_path / "bomb.tar.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        for _ in range(8):
+            f.write(bytes(1024**2))  # 8 MB of zeros -> a few kB on disk
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(UnsafeArchive, match="gzip bomb"):
+        safe_extract(bomb, tmp_path / "out", ArchiveLimits(max_bytes=2 * 1024**2))
+
+
+def test_refuses_too_many_members_and_too_many_bytes(tmp_path):
+    many = make_tar(tmp_path / "many.tar", [(f"f{i}.tex", b"x") for i in range(20)])
+    with pytest.raises(UnsafeArchive, match="more than 10 members"):
+        safe_extract(many, tmp_path / "out", ArchiveLimits(max_members=10))
+    big = make_tar(tmp_path / "big.tar", [("a.tex", bytes(3000)), ("b.tex", bytes(3000))])
+    with pytest.raises(UnsafeArchive, match="tar bomb"):
+        safe_extract(big, tmp_path / "out2", ArchiveLimits(max_bytes=5000))
+
+
+def test_run_bounded_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "pid"
+    with pytest.raises(ToolTimeout):
+        run_bounded(["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"], cwd=tmp_path, timeout_s=2,
+                    log=tmp_path / "log")
+    grandchild = int(pidfile.read_text())
+    time.sleep(0.2)
+    assert not _alive(grandchild), "the command's own child must die with it"
+
+
+def test_command_dies_with_its_parent(tmp_path):
+    """PR_SET_PDEATHSIG: if the renderer process is killed, its LaTeXML does not live on."""
+    pidfile = tmp_path / "pid"
+    script = (
+        "import sys; from pathlib import Path; from vlcorpus.sandbox import run_bounded; "
+        f"run_bounded(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 300'], cwd=Path('{tmp_path}'), timeout_s=300, "
+        f"log=Path('{tmp_path}/log'))"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    for _ in range(300):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.1)
+    child = int(pidfile.read_text())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap cannot create namespaces here")
+
+
+@needs_bwrap
+def test_isolated_sees_only_its_folder_and_no_network(tmp_path):
+    (tmp_path / "mine.txt").write_text("visible")
+
+    def run(script: str) -> tuple[int, str]:
+        log = tmp_path.parent / f"{tmp_path.name}.log"
+        code = run_bounded(isolated(["sh", "-c", script], tmp_path), cwd=tmp_path, timeout_s=60, log=log)
+        return code, log.read_text()
+
+    assert run("cat mine.txt") == (0, "visible")
+    code, out = run("cat /etc/passwd")
+    assert code != 0 and "root:" not in out
+    code, out = run(f"ls {Path.home()}")
+    assert code != 0
+    code, out = run("cat /proc/net/dev")  # a fresh network namespace: loopback only
+    interfaces = [line.split(":")[0].strip() for line in out.splitlines()[2:]]
+    assert code == 0 and interfaces == ["lo"]
+    code, _ = run("touch /usr/written")
+    assert code != 0
+    assert run("echo out > made.txt")[0] == 0 and (tmp_path / "made.txt").read_text() == "out\n"
+
+
+def test_unreadable_archives_are_refused(tmp_path):
+    (tmp_path / "junk.tar.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "junk.tar").write_bytes(b"\x00garbage" * 100 + b"x" * 600)
+    (tmp_path / "paper.zip").write_bytes(b"PK")
+    for name, reason in (("junk.tar.gz", "not a readable gzip"), ("junk.tar", "not a readable tar"),
+                         ("paper.zip", "not a .tar")):
+        with pytest.raises(UnsafeArchive, match=reason):
+            safe_extract(tmp_path / name, tmp_path / "out")
