@@ -105,7 +105,7 @@ class Session:
         self.timeout_ms = timeout_s * 1000
 
     @contextmanager
-    def page(self, site: Site, width: int, height: int, scale: float, javascript: bool, stats: Counter) -> Iterator[Any]:
+    def page(self, site: Site, width: int, height: int, scale: float, javascript: bool, stats: Counter) -> Iterator[Page]:
         context = self.browser.new_context(
             viewport={"width": width, "height": height},
             device_scale_factor=scale,
@@ -116,25 +116,51 @@ class Session:
         try:
             context.set_default_timeout(self.timeout_ms)
             context.set_default_navigation_timeout(self.timeout_ms)
-            context.route("**/*", lambda route: _serve(route, site, stats))
-            yield context.new_page()
+            page = Page(context.new_page(), site, stats)
+            context.route("**/*", page.serve)
+            yield page
         finally:
             context.close()
 
 
-def _serve(route: Any, site: Site, stats: Counter) -> None:
-    url = route.request.url
-    if url.startswith(site.base):
-        path = unquote(urlsplit(url).path)
-        body = site.read(path)
-        if body is not None:
-            stats["served_requests"] += 1
-            route.fulfill(status=200, body=body, content_type=site.content_type(path))
-            return
-        stats["missing_files"] += 1
-    else:
-        stats["blocked_requests"] += 1
-    route.abort("blockedbyclient")
+class Page:
+    """A Playwright page that navigates only where the renderer sends it (`goto`): a meta refresh or a link the
+    page follows by itself is aborted and counted (`navigations_blocked`)."""
+
+    def __init__(self, page: Any, site: Site, stats: Counter):
+        self.page, self.site, self.stats = page, site, stats
+        self._target = ""
+
+    def goto(self, url: str) -> None:
+        self._target = url
+        self.page.goto(url, wait_until="load")
+
+    def evaluate(self, script: str, arg: Any = None) -> Any:
+        return self.page.evaluate(script, arg)
+
+    def screenshot(self, **kwargs: Any) -> bytes:
+        return self.page.screenshot(**kwargs)
+
+    def serve(self, route: Any) -> None:
+        request = route.request
+        url = request.url
+        if request.is_navigation_request() and request.frame == self.page.main_frame:
+            if url != self._target:
+                self.stats["navigations_blocked"] += 1
+                route.abort("blockedbyclient")
+                return
+            self._target = ""  # once: a page that reloads itself is not followed
+        if url.startswith(self.site.base):
+            path = unquote(urlsplit(url).path)
+            body = self.site.read(path)
+            if body is not None:
+                self.stats["served_requests"] += 1
+                route.fulfill(status=200, body=body, content_type=self.site.content_type(path))
+                return
+            self.stats["missing_files"] += 1
+        else:
+            self.stats["blocked_requests"] += 1
+        route.abort("blockedbyclient")
 
 
 class _Watchdog:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from renderers.browser import DirSite, Session
-from renderers.pages import PageConfig, asset, image_name, paginate, pick_template, template_css
+from renderers.pages import PageConfig, asset, image_name, paginate, apply_template, pick_template
 from vlcorpus.driver import DocInput, Filtered
 from vlcorpus.sample import Sample
 
@@ -49,7 +49,7 @@ def render(doc: DocInput, cfg: HtmlConfig, stats: Counter, session: Session) -> 
     site = DirSite(doc.related.get("root", path.parent), int(cfg.max_file_mb * 1024**2))
     pc = cfg.page
     with session.page(site, pc.width, pc.height, pc.scale, pc.javascript, stats) as page:
-        page.goto(site.url(path), wait_until="load")
+        page.goto(site.url(path))
         code = None
         if cfg.web_code:
             shot = page.screenshot(type=pc.image_format, **({"quality": pc.jpeg_quality} if pc.image_format == "jpeg" else {}))
@@ -61,7 +61,7 @@ def render(doc: DocInput, cfg: HtmlConfig, stats: Counter, session: Session) -> 
         template = None
         if layout == "template":
             template = pick_template(doc.doc, pc.templates)
-            page.add_style_tag(content=template_css(template, pc))
+            apply_template(page, template, pc)
         pages = paginate(page, pc, layout, stats)
     meta = {"page_size": [pc.width, pc.height], "scale": pc.scale, "layout": layout, "template": template,
             "javascript": pc.javascript}

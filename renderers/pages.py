@@ -77,6 +77,16 @@ def template_css(name: str, cfg: PageConfig) -> str:
     return size + asset(f"templates/{name}.css") + "\n" + asset("templates/paged.css")
 
 
+def apply_template(page: Any, name: str, cfg: PageConfig) -> None:
+    """Append the template as the last stylesheet (Playwright's add_style_tag waits for an onload handler, which
+    never runs while the page's JavaScript is off)."""
+    page.evaluate(
+        """css => { const s = document.createElementNS('http://www.w3.org/1999/xhtml', 'style');
+            s.textContent = css; (document.head || document.documentElement).appendChild(s); }""",
+        template_css(name, cfg),
+    )
+
+
 @dataclass
 class Line:
     """One visual line: the fragments (text nodes, or an image) that sit side by side at the same height."""

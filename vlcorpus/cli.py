@@ -25,6 +25,8 @@ GROUPS = {
 
 MODULES = [
     "pipelines.text",
+    "pipelines.html",
+    "pipelines.epub",
     "vlcorpus.inspect",
 ]
 

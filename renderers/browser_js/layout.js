@@ -56,19 +56,19 @@
     return { left: l, top: t, right: r, bottom: b, width: r - l, height: b - t };
   };
   const sameLine = (a, b) => Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) >= 0.5 * Math.min(a.height, b.height);
-  const HEADING = /^H([1-6])$/;
+  const HEADING = /^h([1-6])$/i;
   const prefixed = new Set();
   // Markdown prefix for the first visible fragment of a heading or list item.
   const prefix = (el) => {
     const h = el.closest("h1,h2,h3,h4,h5,h6");
-    if (h && !prefixed.has(h)) { prefixed.add(h); return "#".repeat(+HEADING.exec(h.tagName)[1]) + " "; }
+    if (h && !prefixed.has(h)) { prefixed.add(h); return "#".repeat(+HEADING.exec(h.localName)[1]) + " "; }
     const li = el.closest("li");
     if (li && !prefixed.has(li)) {
       prefixed.add(li);
       const list = li.parentElement;
-      if (list && list.tagName === "OL") {
+      if (list && list.localName === "ol") {
         let n = list.hasAttribute("start") ? parseInt(list.getAttribute("start"), 10) || 1 : 1;
-        for (let sib = li.previousElementSibling; sib; sib = sib.previousElementSibling) if (sib.tagName === "LI") n++;
+        for (let sib = li.previousElementSibling; sib; sib = sib.previousElementSibling) if (sib.localName === "li") n++;
         return n + ". ";
       }
       return "- ";
@@ -147,7 +147,7 @@
     const r = el.getBoundingClientRect();
     if (r.width < opts.minImage || r.height < opts.minImage || !inside(r, b)) return;
     let alt = el.getAttribute("alt") || el.getAttribute("aria-label") || el.getAttribute("title") || "";
-    if (!alt && el.tagName.toLowerCase() === "svg") { const t = el.querySelector("title"); alt = t ? t.textContent : ""; }
+    if (!alt && el.localName === "svg") { const t = el.querySelector("title"); alt = t ? t.textContent : ""; }
     items.push({ t: "![" + alt.replace(/\s+/g, " ").trim() + "]()", x: r.left, y: r.top, w: r.width, h: r.height,
                  blk: id(el), cell: 0, pre: false, pfx: "", image: true });
   };
