@@ -100,11 +100,15 @@
   const textNode = (node) => {
     const el = node.parentElement;
     const b = box(el);
-    if (b === null || !node.data.trim()) return;
+    if (b === null) return;
     const s = style(el);
     if (s.visibility !== "visible" || transparent(s.color) || parseFloat(s.fontSize) < 1) return;
     const all = rectsOf(node, 0, node.data.length);
     if (!all.length) return;
+    if (!node.data.trim()) {  // rendered whitespace between inline elements separates their words
+      if (all.length === 1 && inside(all[0], b)) emit(el, node.data, all[0]);
+      return;
+    }
     if (all.length === 1 && fullyInside(all[0], b)) { emit(el, node.data, all[0]); return; }
     // Word by word (character by character for CJK and for a word broken across lines): group into lines.
     const toks = [];
