@@ -3,9 +3,10 @@
 - `BrowserRunner(stage, bounds)` (the driver's Runner protocol) launches Debian's Chromium through Playwright once
   and reuses it across documents; `stage.render(doc, config, stats, session)` gets a `Session` that opens one fresh
   browser context per document.
-- Every request is answered by a route handler: the document's own files (a `Site`) are served from disk or memory,
-  everything else is aborted and counted (`blocked_requests`); the browser's DNS resolves nothing, so a request
-  that escapes routing (a WebSocket with JavaScript on) fails too. JavaScript is off unless the config turns it on.
+- The document's own files (a `Site`, from disk or from memory) are served to the browser by a small HTTP server on
+  127.0.0.1 that only this runner's pages reach; a route handler aborts and counts every other request
+  (`blocked_requests`), and the browser's DNS resolves nothing, so a request that escapes routing (a WebSocket with
+  JavaScript on) fails too. JavaScript is off unless the config turns it on.
 - Per-document bounds: a watchdog thread kills the browser's processes when a document runs past the time bound or
   the browser's memory (RSS of all its processes) passes the memory bound; the document fails with `Timeout` or
   `MemoryError`, the browser is relaunched for the next one. A browser that dies on its own (a crash) is relaunched
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
 import mimetypes
 import secrets
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import psutil
 
@@ -46,7 +48,7 @@ LAUNCH_ARGS = [
     "--no-first-run",
     "--no-default-browser-check",
     "--mute-audio",
-    "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing resolves: no request reaches the network
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # only the runner's own server is reachable
     "--renderer-process-limit=2",
 ]
 WATCH_INTERVAL_S = 0.25
@@ -65,9 +67,7 @@ class BrowserCrashed(RuntimeError):
 
 
 class Site(Protocol):
-    """The files of one document, served to the browser under `base` (a URL no network request can reach)."""
-
-    base: str
+    """The files of one document, by URL path (`/dir/name.css`)."""
 
     def read(self, path: str) -> bytes | None: ...
 
@@ -77,15 +77,12 @@ class Site(Protocol):
 class DirSite:
     """Files under `root` (a document and the CSS/images next to it); nothing outside it, symlinks included."""
 
-    base = "http://document.invalid/"
-
     def __init__(self, root: str | Path, max_bytes: int):
         self.root = Path(root).resolve()
         self.max_bytes = max_bytes
 
-    def url(self, path: str | Path) -> str:
-        rel = Path(path).resolve().relative_to(self.root)
-        return self.base + "/".join(rel.parts)
+    def path_of(self, file: str | Path) -> str:
+        return "/" + "/".join(Path(file).resolve().relative_to(self.root).parts)
 
     def read(self, path: str) -> bytes | None:
         target = (self.root / path.lstrip("/")).resolve()
@@ -97,11 +94,56 @@ class DirSite:
         return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
+class SiteServer:
+    """Serves the current document's `Site` on 127.0.0.1 (a random port) to this runner's browser.
+
+    Bodies go straight from this server to Chromium: sending them through Playwright's pipe (`route.fulfill`) makes
+    a 100 MB page stall the driver so that even killing the browser does not free the runner.
+    """
+
+    def __init__(self) -> None:
+        self.site: Site | None = None
+        self.stats: Counter = Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                site, stats = server.site, server.stats
+                path = unquote(urlsplit(self.path).path)
+                body = site.read(path) if site is not None else None
+                if body is None:
+                    stats["missing_files"] += 1
+                    self.send_error(404)
+                    return
+                stats["served_requests"] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", site.content_type(path))
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:  # the browser went away (killed, or the page was closed)
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 class Session:
     """What a browser renderer gets: fresh, locked-down pages on the runner's browser."""
 
-    def __init__(self, browser: Any, timeout_s: float):
-        self.browser = browser
+    def __init__(self, browser: Any, server: SiteServer, timeout_s: float):
+        self.browser, self.server = browser, server
         self.timeout_ms = timeout_s * 1000
 
     @contextmanager
@@ -113,27 +155,33 @@ class Session:
             service_workers="block",
             accept_downloads=False,
         )
+        self.server.site, self.server.stats = site, stats
         try:
             context.set_default_timeout(self.timeout_ms)
             context.set_default_navigation_timeout(self.timeout_ms)
-            page = Page(context.new_page(), site, stats)
-            context.route("**/*", page.serve)
+            page = Page(context.new_page(), self.server.base, stats)
+            context.route("**/*", page.route)
             yield page
         finally:
+            self.server.site = None
             context.close()
 
 
 class Page:
-    """A Playwright page that navigates only where the renderer sends it (`goto`): a meta refresh or a link the
-    page follows by itself is aborted and counted (`navigations_blocked`)."""
+    """A Playwright page that loads only the document's own files and navigates only where the renderer sends it
+    (`goto`): any other request is aborted and counted (`blocked_requests`), a meta refresh or a link the page follows
+    by itself is answered "204 No Content" and counted (`navigations_blocked`)."""
 
-    def __init__(self, page: Any, site: Site, stats: Counter):
-        self.page, self.site, self.stats = page, site, stats
+    def __init__(self, page: Any, base: str, stats: Counter):
+        self.page, self.base, self.stats = page, base, stats
         self._target = ""
 
-    def goto(self, url: str) -> None:
-        self._target = url
-        self.page.goto(url, wait_until="load")
+    def url(self, path: str) -> str:
+        return self.base + quote(path)
+
+    def goto(self, path: str) -> None:
+        self._target = self.url(path)
+        self.page.goto(self._target, wait_until="load")
 
     def evaluate(self, script: str, arg: Any = None) -> Any:
         return self.page.evaluate(script, arg)
@@ -141,26 +189,20 @@ class Page:
     def screenshot(self, **kwargs: Any) -> bytes:
         return self.page.screenshot(**kwargs)
 
-    def serve(self, route: Any) -> None:
+    def route(self, route: Any) -> None:
         request = route.request
         url = request.url
         if request.is_navigation_request() and request.frame == self.page.main_frame:
             if url != self._target:
                 self.stats["navigations_blocked"] += 1
-                route.abort("blockedbyclient")
+                route.fulfill(status=204)  # the browser stays on the page (an abort would show an error page)
                 return
             self._target = ""  # once: a page that reloads itself is not followed
-        if url.startswith(self.site.base):
-            path = unquote(urlsplit(url).path)
-            body = self.site.read(path)
-            if body is not None:
-                self.stats["served_requests"] += 1
-                route.fulfill(status=200, body=body, content_type=self.site.content_type(path))
-                return
-            self.stats["missing_files"] += 1
+        if url.startswith(self.base + "/"):
+            route.continue_()
         else:
             self.stats["blocked_requests"] += 1
-        route.abort("blockedbyclient")
+            route.abort("blockedbyclient")
 
 
 class _Watchdog:
@@ -204,6 +246,7 @@ class BrowserRunner:
         self.stage, self.bounds = stage, bounds
         self.playwright = sync_playwright().start()
         self.browser: Any = None
+        self.server = SiteServer()
         self.launches = 0
         self._marker = ""
         self._launch()
@@ -263,7 +306,7 @@ class BrowserRunner:
             if not self.alive():
                 self._relaunch()
             stats: Counter = Counter()
-            session = Session(self.browser, self.bounds.timeout_s)
+            session = Session(self.browser, self.server, self.bounds.timeout_s)
             try:
                 with _Watchdog(self, self.bounds) as dog:
                     samples = [s.validate() for s in self.stage.render(doc, self.stage.config, stats, session)]
@@ -296,3 +339,4 @@ class BrowserRunner:
             pass
         self.kill_processes()
         self.playwright.stop()
+        self.server.close()

@@ -152,14 +152,9 @@ class Book:
 class BookSite:
     """The book's members served to the browser; a chapter that is not well-formed XML is served as HTML."""
 
-    base = "http://book.invalid/"
-
     def __init__(self, book: Book, stats: Counter):
         self.book, self.stats = book, stats
         self._as_html: set[str] = set()
-
-    def url(self, name: str) -> str:
-        return self.base + name
 
     def check_chapter(self, name: str) -> None:
         if self.book.chapter_types[name] != "application/xhtml+xml":
@@ -197,7 +192,7 @@ def render(doc: DocInput, cfg: EpubConfig, stats: Counter, session: Session) -> 
                     stats["chapters_over_page_limit"] += 1
                     continue
                 site.check_chapter(name)
-                page.goto(site.url(name))
+                page.goto("/" + name)
                 apply_template(page, template, pc)
                 for p in paginate(page, pc, "template", stats, max_pages=pc.max_pages - part):
                     yield Sample(

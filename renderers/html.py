@@ -49,12 +49,12 @@ def render(doc: DocInput, cfg: HtmlConfig, stats: Counter, session: Session) -> 
     site = DirSite(doc.related.get("root", path.parent), int(cfg.max_file_mb * 1024**2))
     pc = cfg.page
     with session.page(site, pc.width, pc.height, pc.scale, pc.javascript, stats) as page:
-        page.goto(site.url(path))
+        page.goto(site.path_of(path))
         code = None
         if cfg.web_code:
             shot = page.screenshot(type=pc.image_format, **({"quality": pc.jpeg_quality} if pc.image_format == "jpeg" else {}))
             code = page.evaluate(asset("browser_js/webcode.js"),
-                                 {"height": pc.height, "maxInline": cfg.max_inline_bytes, "origin": site.base})
+                                 {"height": pc.height, "maxInline": cfg.max_inline_bytes, "origin": page.base + "/"})
         layout = cfg.layout
         if layout == "auto":
             layout = "native" if _has_own_style(page) else "template"
