@@ -144,3 +144,28 @@ def test_crashed_browser_is_restarted_and_the_document_retried_once(tmp_path):
         assert samples
     finally:
         runner.close()
+
+
+def test_pipeline_records_a_hanging_page_and_goes_on(tmp_path, ray_local):
+    """Through Ray actors: the hanging page is a `Timeout` ledger line, the others render, a re-run has nothing to do."""
+    import argparse
+    import json
+
+    from pipelines import html as html_pipeline
+
+    site = tmp_path / "site"
+    site.mkdir()
+    _write(site, "a.html", GOOD)
+    _write(site, "hang.html", "<html><body><p>x</p><script>while (true) {}</script></body></html>")
+    _write(site, "z.html", "<!DOCTYPE html><html><body><h1>Last page</h1></body></html>")
+    out = tmp_path / "corpus"
+    parser = argparse.ArgumentParser()
+    html_pipeline.add_arguments(parser)
+    argv = [str(site), "--out", str(out), "--doc-timeout", "8", "--batch-size", "3", "--set", "page.javascript=true"]
+    assert html_pipeline.main(parser.parse_args(argv)) == 0
+    entries = {e["origin"]: e for e in map(json.loads, (out / "_ledger" / "html.jsonl").read_text().splitlines())}
+    assert entries["hang.html"]["status"] == "failed" and entries["hang.html"]["error_class"] == "Timeout"
+    assert entries["a.html"]["status"] == entries["z.html"]["status"] == "ok"
+    assert sorted(p.name for p in out.iterdir()) == ["_ledger", "doc_ocr", "web_code"]
+    assert html_pipeline.main(parser.parse_args(argv)) == 0
+    assert len((out / "_ledger" / "html.jsonl").read_text().splitlines()) == 3  # nothing rendered twice
