@@ -152,7 +152,9 @@
     if (r.width < opts.minImage || r.height < opts.minImage || !inside(r, b)) return;
     let alt = el.getAttribute("alt") || el.getAttribute("aria-label") || el.getAttribute("title") || "";
     if (!alt && el.localName === "svg") { const t = el.querySelector("title"); alt = t ? t.textContent : ""; }
-    items.push({ t: "![" + alt.replace(/\s+/g, " ").trim() + "]()", x: r.left, y: r.top, w: r.width, h: r.height,
+    alt = alt.replace(/\s+/g, " ").trim();
+    if (/^\S*\.(png|jpe?g|gif|svg|webp|bmp|tiff?)$/i.test(alt) || /^\S*\/\S*$/.test(alt)) alt = "";  // a file name, not a description
+    items.push({ t: "![" + alt + "]()", x: r.left, y: r.top, w: r.width, h: r.height,
                  blk: id(el), cell: 0, pre: false, pfx: "", image: true });
   };
   const IMAGES = new Set(["img", "svg", "video", "canvas", "object", "embed", "iframe"]);
