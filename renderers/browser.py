@@ -260,13 +260,14 @@ class BrowserRunner:
         self.launches += 1
 
     def processes(self) -> list[psutil.Process]:
-        """This browser's processes (found by a marker on their command line, among this process's descendants)."""
+        """This browser's processes: the one with our marker on its command line (among this process's descendants)
+        and all of its children (renderers, GPU and utility processes do not inherit the marker)."""
         flag = f"--vlcorpus-browser={self._marker}"
         found = []
         for p in psutil.Process().children(recursive=True):
             try:
                 if flag in p.cmdline():
-                    found.append(p)
+                    found += [p, *p.children(recursive=True)]
             except psutil.Error:
                 continue
         return found
