@@ -34,6 +34,8 @@ MODULES = [
     "pipelines.notebooks",
     "pipelines.arxiv",
     "pipelines.pdf",
+    "pipelines.html",
+    "pipelines.epub",
     "vlcorpus.inspect",
     "pipelines.e2e",
     "mixer.mix",

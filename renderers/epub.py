@@ -1,0 +1,207 @@
+"""EPUB 2/3 books -> `doc_ocr` samples: each spine chapter set in a template and paginated in Chromium.
+
+The book is never extracted: the zip is checked (member names, sizes, compression ratios) and its members are served
+to the browser from memory by the session's route handler. `container.xml` names the OPF package; its spine gives the
+chapter order. A spine item that is missing is skipped and counted; a chapter that is not well-formed XHTML is parsed
+as HTML (Chromium's XML parser would stop at the first error) and counted.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+import xml.etree.ElementTree as ET
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+from renderers.browser import Session
+from renderers.pages import PageConfig, image_name, paginate, apply_template, pick_template
+from vlcorpus.driver import DocInput
+from vlcorpus.sample import Sample
+
+CONTAINER = "META-INF/container.xml"
+NS = {
+    "c": "urn:oasis:names:tc:opendocument:xmlns:container",
+    "opf": "http://www.idpf.org/2007/opf",
+    "dc": "http://purl.org/dc/elements/1.1/",
+}
+CHAPTER_TYPES = ("application/xhtml+xml", "text/html", "image/svg+xml")
+
+
+class EpubError(ValueError):
+    """A book that cannot be read safely or has nothing to render; the message says which rule it broke."""
+
+
+@dataclass
+class EpubConfig:
+    page: PageConfig = field(default_factory=PageConfig)
+    max_file_mb: float = 256.0  # the .epub itself
+    max_unpacked_mb: float = 1024.0  # all members together, as declared and as read
+    max_member_mb: float = 128.0
+    max_ratio: float = 200.0  # uncompressed/compressed size of a member above 1 MB
+    max_members: int = 20_000
+
+    def __post_init__(self) -> None:
+        if min(self.max_file_mb, self.max_unpacked_mb, self.max_member_mb, self.max_ratio) <= 0 or self.max_members <= 0:
+            raise ValueError("EPUB limits must be positive")
+
+
+class Book:
+    """A checked EPUB: its members by name, the spine in reading order, the language; reads members with a cap."""
+
+    def __init__(self, path: str | Path, cfg: EpubConfig, stats: Counter):
+        self.cfg = cfg
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise EpubError(f"not a zip archive: {e}") from None
+        infos = self.zip.infolist()
+        if len(infos) > cfg.max_members:
+            raise EpubError(f"{len(infos)} members, more than the {cfg.max_members} allowed")
+        total = 0
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            name = info.filename
+            parts = name.replace("\\", "/").split("/")
+            if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                raise EpubError(f"member {name!r} points outside the book (path traversal); refusing the file")
+            total += info.file_size
+            if info.file_size > cfg.max_member_mb * 1024**2:
+                raise EpubError(f"member {name!r} unpacks to {info.file_size / 1024**2:.0f} MB, over the "
+                                f"{cfg.max_member_mb:g} MB limit (zip bomb?)")
+            if info.file_size > 1024**2 and info.file_size > cfg.max_ratio * max(info.compress_size, 1):
+                raise EpubError(f"member {name!r} has compression ratio {info.file_size / max(info.compress_size, 1):.0f}, "
+                                f"over {cfg.max_ratio:g} (zip bomb?)")
+            if not name.endswith("/"):
+                self.members[name] = info
+        if total > cfg.max_unpacked_mb * 1024**2:
+            raise EpubError(f"the book unpacks to {total / 1024**2:.0f} MB, over the {cfg.max_unpacked_mb:g} MB limit (zip bomb?)")
+        self.read_total = 0
+        self.opf = self._rootfile()
+        self.spine, self.language, self.chapter_types = self._package(stats)
+
+    def read(self, name: str) -> bytes | None:
+        """A member's bytes, reading no more than its declared size (a lying header cannot unpack a bomb)."""
+        info = self.members.get(name)
+        if info is None:
+            return None
+        limit = info.file_size
+        with self.zip.open(info) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise EpubError(f"member {name!r} unpacks to more than its declared {limit} bytes (zip bomb?)")
+        self.read_total += len(data)
+        if self.read_total > self.cfg.max_unpacked_mb * 1024**2:
+            raise EpubError(f"reading the book passed {self.cfg.max_unpacked_mb:g} MB (zip bomb?)")
+        return data
+
+    def _xml(self, name: str) -> ET.Element:
+        data = self.read(name)
+        if data is None:
+            raise EpubError(f"{name} is missing")
+        try:
+            return ET.fromstring(data)
+        except ET.ParseError as e:
+            raise EpubError(f"{name} is not well-formed XML: {e}") from None
+
+    def _rootfile(self) -> str:
+        root = self._xml(CONTAINER).find(".//c:rootfile", NS)
+        if root is None or not root.get("full-path"):
+            raise EpubError(f"{CONTAINER} names no package (rootfile full-path)")
+        path = root.get("full-path", "")
+        if path not in self.members:
+            raise EpubError(f"the package {path!r} named by {CONTAINER} is missing")
+        return path
+
+    def _package(self, stats: Counter) -> tuple[list[str], str, dict[str, str]]:
+        opf = self._xml(self.opf)
+        base = posixpath.dirname(self.opf)
+        manifest: dict[str, tuple[str, str]] = {}
+        for item in opf.iterfind("opf:manifest/opf:item", NS):
+            href = unquote(item.get("href", "").split("#")[0])
+            manifest[item.get("id", "")] = (posixpath.normpath(posixpath.join(base, href)), item.get("media-type", ""))
+        spine: list[str] = []
+        types: dict[str, str] = {}
+        missing: list[str] = []
+        for ref in opf.iterfind("opf:spine/opf:itemref", NS):
+            idref = ref.get("idref", "")
+            if idref not in manifest or manifest[idref][0] not in self.members:
+                missing.append(manifest[idref][0] if idref in manifest else f"#{idref}")
+                continue
+            name, media = manifest[idref]
+            if media not in CHAPTER_TYPES:
+                stats["spine_items_not_documents"] += 1
+                continue
+            spine.append(name)
+            types[name] = media
+        stats["missing_spine_items"] += len(missing)
+        if not spine:
+            detail = f"; missing: {', '.join(missing[:5])}" if missing else ""
+            raise EpubError(f"the spine of {self.opf} has no readable chapter{detail}")
+        lang = opf.findtext("opf:metadata/dc:language", default="", namespaces=NS).strip()
+        return spine, lang, types
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+class BookSite:
+    """The book's members served to the browser; a chapter that is not well-formed XML is served as HTML."""
+
+    def __init__(self, book: Book, stats: Counter):
+        self.book, self.stats = book, stats
+        self._as_html: set[str] = set()
+
+    def check_chapter(self, name: str) -> None:
+        if self.book.chapter_types[name] != "application/xhtml+xml":
+            return
+        try:
+            ET.fromstring(self.book.read(name) or b"")
+        except ET.ParseError:
+            self._as_html.add(name)
+            self.stats["chapters_parsed_as_html"] += 1
+
+    def read(self, path: str) -> bytes | None:
+        return self.book.read(path.lstrip("/"))
+
+    def content_type(self, path: str) -> str:
+        name = path.lstrip("/")
+        if name in self._as_html:
+            return "text/html"
+        if name in self.book.chapter_types:
+            return self.book.chapter_types[name]
+        return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def render(doc: DocInput, cfg: EpubConfig, stats: Counter, session: Session) -> Iterator[Sample]:
+    if Path(doc.path).stat().st_size > cfg.max_file_mb * 1024**2:
+        raise EpubError(f"the file is larger than {cfg.max_file_mb:g} MB")
+    book = Book(doc.path, cfg, stats)
+    pc = cfg.page
+    template = pick_template(doc.doc, pc.templates)
+    site = BookSite(book, stats)
+    part = 0
+    try:
+        with session.page(site, pc.width, pc.height, pc.scale, pc.javascript, stats) as page:
+            for number, name in enumerate(book.spine):
+                if part >= pc.max_pages:
+                    stats["chapters_over_page_limit"] += 1
+                    continue
+                site.check_chapter(name)
+                page.goto("/" + name)
+                apply_template(page, template, pc)
+                for p in paginate(page, pc, "template", stats, max_pages=pc.max_pages - part):
+                    yield Sample(
+                        category="doc_ocr", source="epub", doc=doc.doc, part=part, origin=doc.origin,
+                        segments=[{"image": image_name(pc)}, {"text": p.text}], images={image_name(pc): p.image},
+                        meta={"page_size": [pc.width, pc.height], "scale": pc.scale, "template": template,
+                              "chapter": name, "chapter_index": number, "page_in_chapter": p.index,
+                              "language": book.language, "lines": p.lines},
+                    )
+                    part += 1
+    finally:
+        book.close()
