@@ -5,11 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-<<<<<<< HEAD
-APT_PACKAGES="chromium latexml fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils libcairo2
-=======
-APT_PACKAGES="chromium latexml bubblewrap texlive-latex-base fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils
->>>>>>> arxiv
+APT_PACKAGES="chromium latexml bubblewrap texlive-latex-base fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils libcairo2
   tesseract-ocr tesseract-ocr-jpn tesseract-ocr-jpn-vert tesseract-ocr-chi-sim tesseract-ocr-chi-sim-vert"
 PY=${PYTHON:-python3}
 
