@@ -46,6 +46,7 @@ class TrainSettings:
     preset: str = "tiny"
     device: str = "auto"
     scale: float = 1.0  # multiplies every stage's steps, warm-ups and batch size
+    max_seq_len: int | None = None  # caps every stage's sequence length (compact runs)
     vocab_size: int = 8000
     eval_items: int = 32
     workers: int = 1  # Ray Train workers
@@ -137,6 +138,8 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
                   "--workers", str(cfg.train.workers)]
     for s in schedules:
         train_args += ["--schedule", str(Path(__file__).resolve().parents[1] / s)]
+    if cfg.train.max_seq_len:
+        train_args += ["--max-seq-len", str(cfg.train.max_seq_len)]
     for o in cfg.train.overrides:
         train_args += ["--set", o]
     _cli(train_args)
