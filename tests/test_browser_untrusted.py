@@ -115,6 +115,18 @@ def test_100_mb_dom_is_bounded_and_the_job_goes_on(tmp_path):
     assert "ordinary page" in page_text(samples[0])
 
 
+def test_memory_bound_kills_the_browser(tmp_path):
+    """An idle Chromium alone uses more than 50 MB: the watchdog must trip, kill it, and relaunch it."""
+    good = _write(tmp_path, "good.html", GOOD)
+    runner = new_runner(html_stage(web_code=False), memory_gb=0.05)
+    try:
+        with pytest.raises(RenderMemoryExceeded):
+            runner.render(doc_for(good))
+        assert runner.launches == 2 and runner.processes()
+    finally:
+        runner.close()
+
+
 def _crashing_stage(crashes: int) -> tuple[Stage, dict]:
     """html.render, but the real browser process is killed under it the first `crashes` times."""
     state = {"left": crashes}
