@@ -17,6 +17,7 @@ from pipelines.arxiv import discover_papers
 from tests.test_arxiv import DATA, compile_paper, make_pdf
 from vlcorpus.cli import main
 from vlcorpus.ledger import Ledger
+from vlcorpus.sandbox import bwrap_available
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,8 @@ def test_discovery_pairs_sources_and_pdfs(inputs):
 
 def test_render_arxiv_job(inputs, tmp_path, ray_local):
     out = tmp_path / "corpus"
-    assert main(["render", "arxiv", str(inputs), "--out", str(out), "--batch-size", "2"]) == 0
+    sandbox = f"sandbox={str(bwrap_available()).lower()}"
+    assert main(["render", "arxiv", str(inputs), "--out", str(out), "--batch-size", "2", "--set", sandbox]) == 0
     latest = Ledger(out, "arxiv").latest()
     assert {d: e.status for d, e in latest.items()} == {
         "good-paper": "ok", "2401.00002v1": "failed", "reports/broken": "failed", "reports/blank-scan": "filtered"}
@@ -75,7 +77,7 @@ def test_render_arxiv_job(inputs, tmp_path, ray_local):
     assert index["samples"] == good.samples
 
     # a second run skips what is done and leaves the failures alone
-    assert main(["render", "arxiv", str(inputs), "--out", str(out)]) == 0
+    assert main(["render", "arxiv", str(inputs), "--out", str(out), "--set", sandbox]) == 0
     assert len(Ledger(out, "arxiv").latest()) == 4
     assert sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")) == shards
 
