@@ -53,6 +53,13 @@ def test_discovery_pairs_sources_and_pdfs(inputs):
     assert docs["reports/broken"].related == {"pdf": str(inputs / "reports" / "broken.pdf")}
 
 
+def test_discovery_pairs_a_versioned_source_with_an_unversioned_pdf(tmp_path):
+    (tmp_path / "2402.00003v2.tar.gz").write_bytes(b"")
+    make_pdf(tmp_path / "2402.00003.pdf")
+    [doc] = discover_papers(tmp_path)
+    assert doc.doc == "2402.00003v2" and doc.related["pdf"] == str(tmp_path / "2402.00003.pdf")
+
+
 def test_render_arxiv_job(inputs, tmp_path, ray_local):
     out = tmp_path / "corpus"
     sandbox = f"sandbox={str(bwrap_available()).lower()}"
