@@ -2,7 +2,8 @@
 
 Discovery: a folder holding a `.tex` with `\\documentclass` is one paper (its PDF is picked among the PDFs inside
 it or named like it beside it); elsewhere, source archives (`ID.tar.gz`, `ID.tgz`, `ID.tar`, `ID.gz`) pair with
-`ID.pdf` by stem, and a PDF without a source is rendered from its text layer.
+`ID.pdf` by stem (or by the arXiv id without its version), and a PDF without a source is rendered from its
+text layer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ COMMAND = ("render", "arxiv")
 HELP = "arXiv papers (LaTeX source + PDF) -> doc_ocr page image/markdown samples"
 
 _DOCUMENTCLASS = re.compile(rb"^[^%\n]*\\documentclass", re.M)
+_VERSION = re.compile(r"v\d+$")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,8 +69,10 @@ def discover_papers(root: Path) -> list[DocInput]:
             elif p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES):
                 stem = _stem(p)
                 related = {"source": str(p)}
-                if stem in pdfs:
-                    related["pdf"] = str(pdfs.pop(stem))
+                for key in (stem, _VERSION.sub("", stem)):  # 2401.00001v2.tar.gz also pairs with 2401.00001.pdf
+                    if key in pdfs:
+                        related["pdf"] = str(pdfs.pop(key))
+                        break
                 docs.append(DocInput(doc=str(rel.parent / stem), origin=str(rel), path=str(p), related=related))
         for stem, pdf in pdfs.items():
             rel = pdf.relative_to(root)

@@ -59,7 +59,7 @@ def paper(tmp_path_factory) -> Path:
 def rendered(paper):
     stats: Counter = Counter()
     doc = DocInput(doc="paper", origin="paper", path=str(paper), related={"source": str(paper)})
-    return [s.validate() for s in render_arxiv(doc, PaperConfig(), stats)], stats
+    return [s.validate() for s in render_arxiv(doc, PaperConfig(sandbox=bwrap_available()), stats)], stats
 
 
 def words(text: str) -> list[str]:
@@ -138,7 +138,7 @@ def test_source_archive_with_its_pdf(paper, tmp_path):
     stats: Counter = Counter()
     doc = DocInput("2401.00001", "2401.00001.tar.gz", str(archive),
                    {"source": str(archive), "pdf": str(paper / "paper.pdf")})
-    samples = list(render_arxiv(doc, PaperConfig(latexml_timeout_s=20), stats))
+    samples = list(render_arxiv(doc, PaperConfig(latexml_timeout_s=20, sandbox=bwrap_available()), stats))
     assert stats["latexml_timeout"] + stats["latexml_failed"] == 1 and stats["text_from_pdf"] == 1
     assert samples and all(s.meta["text_from"] == "pdf" for s in samples)
     assert re.search(r"time|longer than", samples[0].meta["latex_error"], re.I)

@@ -17,6 +17,7 @@ from pipelines.arxiv import discover_papers
 from tests.test_arxiv import DATA, compile_paper, make_pdf
 from vlcorpus.cli import main
 from vlcorpus.ledger import Ledger
+from vlcorpus.sandbox import bwrap_available
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,17 @@ def test_discovery_pairs_sources_and_pdfs(inputs):
     assert docs["reports/broken"].related == {"pdf": str(inputs / "reports" / "broken.pdf")}
 
 
+def test_discovery_pairs_a_versioned_source_with_an_unversioned_pdf(tmp_path):
+    (tmp_path / "2402.00003v2.tar.gz").write_bytes(b"")
+    make_pdf(tmp_path / "2402.00003.pdf")
+    [doc] = discover_papers(tmp_path)
+    assert doc.doc == "2402.00003v2" and doc.related["pdf"] == str(tmp_path / "2402.00003.pdf")
+
+
 def test_render_arxiv_job(inputs, tmp_path, ray_local):
     out = tmp_path / "corpus"
-    assert main(["render", "arxiv", str(inputs), "--out", str(out), "--batch-size", "2"]) == 0
+    sandbox = f"sandbox={str(bwrap_available()).lower()}"
+    assert main(["render", "arxiv", str(inputs), "--out", str(out), "--batch-size", "2", "--set", sandbox]) == 0
     latest = Ledger(out, "arxiv").latest()
     assert {d: e.status for d, e in latest.items()} == {
         "good-paper": "ok", "2401.00002v1": "failed", "reports/broken": "failed", "reports/blank-scan": "filtered"}
@@ -75,7 +84,7 @@ def test_render_arxiv_job(inputs, tmp_path, ray_local):
     assert index["samples"] == good.samples
 
     # a second run skips what is done and leaves the failures alone
-    assert main(["render", "arxiv", str(inputs), "--out", str(out)]) == 0
+    assert main(["render", "arxiv", str(inputs), "--out", str(out), "--set", sandbox]) == 0
     assert len(Ledger(out, "arxiv").latest()) == 4
     assert sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")) == shards
 

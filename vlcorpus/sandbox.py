@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import gzip
 import os
 import shutil
@@ -30,6 +31,10 @@ _CHUNK = 1 << 20
 
 class UnsafeArchive(ValueError):
     """An archive refused before anything was extracted; the message says which member and why."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """Isolation was asked for but bubblewrap cannot run on this machine."""
 
 
 class ToolTimeout(TimeoutError):
@@ -176,6 +181,7 @@ def run_bounded(cmd: Sequence[str], *, cwd: Path, timeout_s: float, log: Path, e
                 proc.wait()
 
 
+@functools.cache
 def bwrap_available() -> bool:
     """Whether bubblewrap exists and may create namespaces here (root, or unprivileged user namespaces)."""
     if shutil.which("bwrap") is None:
@@ -190,6 +196,9 @@ def isolated(cmd: Sequence[str], workdir: Path, cwd: str = ".", read_only: Seque
     It sees no network, no other processes, an empty /tmp, and of the host only /usr (read-only) plus the
     read-only paths in `read_only` that exist: a file it is told to read elsewhere simply is not there.
     """
+    if not bwrap_available():
+        raise SandboxUnavailable("bubblewrap (bwrap) cannot create namespaces here: install it (scripts/setup.sh) and "
+                                 "allow user namespaces, or turn isolation off knowingly (sandbox=false)")
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
     for link in ("bin", "lib", "lib64", "sbin"):
         if os.path.islink(f"/{link}"):

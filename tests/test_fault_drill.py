@@ -1,0 +1,137 @@
+"""Issue 9's fault drill over a folder of hostile inputs, through the real commands: every input gets a ledger line,
+nothing is written outside the output, the browser touches no network, and the job finishes."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import shutil
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.browser_fixtures import chapter, make_epub
+from tests.notebook_fixtures import bomb_png, code_cell, notebook, png_output, write
+from vlcorpus.cli import main
+from vlcorpus.ledger import Ledger
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+PAPER = Path(__file__).parent / "data" / "paper"
+
+
+@pytest.fixture
+def listener():
+    """A local HTTP server that counts every request: the renderers must never reach it."""
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+
+
+def tar_with(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def hostile_inputs(root: Path, url: str) -> dict[str, Path]:
+    arxiv = root / "arxiv"
+    arxiv.mkdir(parents=True)
+    tex = (PAPER / "paper.tex").read_text()
+    tar_with(arxiv / "traversal.tar.gz", {"paper.tex": tex.encode(), "../../escaped.txt": b"pwned"})
+    passwd = arxiv / "passwd"
+    shutil.copytree(PAPER, passwd)
+    (passwd / "paper.tex").write_text(tex.replace("\\begin{document}", "\\begin{document}\\input{/etc/passwd}"))
+    bomb = io.BytesIO()
+    with tarfile.open(fileobj=bomb, mode="w:gz") as tar:  # 600 MB of zeros in under a MB of gzip
+        info = tarfile.TarInfo("paper.tex")
+        info.size = 600 * 1024**2
+        tar.addfile(info, _Zeros(info.size))
+    (arxiv / "bomb.tar.gz").write_bytes(bomb.getvalue())
+
+    pdf = root / "pdf"
+    pdf.mkdir()
+    (pdf / "corrupt.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\ngarbage" * 50)
+
+    epub = root / "epub"
+    epub.mkdir()
+    make_epub(epub / "traversal.epub", {"c1.xhtml": chapter("One", "<p>hello</p>")},
+              extra={"../../escaped.txt": b"pwned"})
+    make_epub(epub / "zipbomb.epub", {"c1.xhtml": chapter("One", "<p>" + "a" * 150_000_000 + "</p>")})
+    make_epub(epub / "missing-spine.epub", {"c1.xhtml": chapter("One", "<p>x</p>")}, spine=["c1.xhtml", "gone.xhtml"])
+
+    html = root / "html"
+    html.mkdir()
+    (html / "phone-home.html").write_text(
+        f'<html><head><link rel="stylesheet" href="{url}/style.css"><script src="{url}/t.js"></script></head>'
+        f'<body><h1>Tracker</h1><p>{"Some text to render. " * 40}</p><img src="{url}/pixel.gif">'
+        f'<iframe src="{url}/frame"></iframe><script>fetch("{url}/beacon")</script></body></html>')
+    (html / "spin.html").write_text("<html><body><p>loop</p><script>while(true){}</script></body></html>")
+
+    nbs = root / "notebooks"
+    nbs.mkdir()
+    write(nbs / "bomb.ipynb", notebook([code_cell("import matplotlib\n" * 6, [png_output(bomb_png(30000, 30000))])]))
+    cells = ",".join(['{"cell_type":"code","source":"","metadata":{},"outputs":[],"execution_count":null}'] * 10**6)
+    (nbs / "million-cells.ipynb").write_text('{"nbformat":4,"nbformat_minor":5,"metadata":{},"cells":[' + cells + "]}")
+    (nbs / "truncated.ipynb").write_text('{"nbformat": 4, "cells": [')
+    return {"arxiv": arxiv, "pdf": pdf, "epub": epub, "html": html, "notebooks": nbs}
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, n: int):
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.left)
+        b[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+COMMANDS = {"arxiv": ["render", "arxiv"], "pdf": ["render", "pdf"], "epub": ["render", "epub"],
+            "html": ["render", "html"], "notebooks": ["extract", "notebooks"]}
+
+
+def test_hostile_inputs_are_all_recorded_and_contained(tmp_path, listener):
+    url, hits = listener
+    inputs = hostile_inputs(tmp_path / "in", url)
+    out = tmp_path / "out"
+    before = {p for p in tmp_path.rglob("*") if out not in p.parents}
+    for kind, folder in inputs.items():
+        assert main([*COMMANDS[kind], str(folder), "--out", str(out), "--doc-timeout", "60"]) == 0, kind
+    after = {p for p in tmp_path.rglob("*") if out not in p.parents and p != out}
+    assert after == before, f"written outside the output: {sorted(after - before)}"
+    assert not list(tmp_path.rglob("escaped.txt")) and not Path("/tmp/escaped.txt").exists()
+    assert hits == [], f"the renderers reached the network: {hits}"
+    ledgers = {f.stem: Ledger(out, f.stem).latest() for f in (out / "_ledger").glob("*.jsonl")}
+    recorded = {e.origin: e for entries in ledgers.values() for e in entries.values()}
+    for name in ["traversal.tar.gz", "bomb.tar.gz", "corrupt.pdf", "traversal.epub", "zipbomb.epub",
+                 "missing-spine.epub", "spin.html", "bomb.ipynb", "million-cells.ipynb", "truncated.ipynb"]:
+        match = [e for origin, e in recorded.items() if Path(origin).name == name]
+        assert match, f"{name} has no ledger line"
+        assert match[0].status in ("failed", "filtered") and match[0].error, (name, match[0])
+    passwd = [e for o, e in recorded.items() if o.startswith("passwd")]
+    assert passwd and (passwd[0].status != "ok" or "root:" not in json.dumps(passwd[0].__dict__))
+    phone = [e for o, e in recorded.items() if o.endswith("phone-home.html")]
+    assert phone and phone[0].status == "ok" and sum(v for k, v in phone[0].counts.items() if "block" in k) >= 1
