@@ -439,18 +439,32 @@ def test_multiple_choice_items_come_from_held_out_samples(heldout):
 
 
 @pytest.mark.slow
-def test_ray_train_two_workers_ddp(ray_local, mix, tok_dir, tmp_path):
+def test_ray_train_two_workers_ddp_and_fsdp_with_resume(ray_local, mix, tok_dir, tmp_path):
     from trainer.distributed import launch
 
-    run = RunConfig(mix=str(mix), out=str(tmp_path / "ray"), tokenizer=str(tok_dir), num_workers=0, seed=0, device="cpu")
     st = stage("stage2", steps=3, batch_size=2, packing=True, language_share=0.5)
-    summaries = launch(run, [st], workers=2)
+    base = dict(mix=str(mix), tokenizer=str(tok_dir), num_workers=0, seed=0, device="cpu", ckpt_interval=100)
+    summaries = launch(RunConfig(out=str(tmp_path / "ddp"), **base), [st], workers=2)
     assert summaries and summaries[0]["steps"] == 3
-    ckpt = tmp_path / "ray" / "stage2" / "ckpt"
+    ckpt = tmp_path / "ddp" / "stage2" / "ckpt"
     r0 = torch.load(ckpt / "rank0.pt", weights_only=False)["data"]["consumed"]
     r1 = torch.load(ckpt / "rank1.pt", weights_only=False)["data"]["consumed"]
     assert sum(r0.values()) > 0 and sum(r1.values()) > 0
-    load_trained(tmp_path / "ray" / "stage2" / "final")
+    # FSDP2, stopped after 2 steps and resumed: the same losses and weights as DDP straight through
+    launch(RunConfig(out=str(tmp_path / "fsdp"), fsdp=True, stop_after=2, **base), [st], workers=2)
+    assert not (tmp_path / "fsdp" / "stage2" / "final").exists()
+    launch(RunConfig(out=str(tmp_path / "fsdp"), fsdp=True, **base), [st], workers=2)
+
+    def losses(run):
+        lines = (tmp_path / run / "stage2" / "metrics.jsonl").read_text().splitlines()
+        return [(m["step"], m["modality"], m["loss"]) for m in map(json.loads, lines)]
+
+    ddp, fsdp = losses("ddp"), losses("fsdp")
+    assert [s[:2] for s in ddp] == [s[:2] for s in fsdp]
+    assert all(math.isclose(a[2], b[2], rel_tol=1e-4) for a, b in zip(ddp, fsdp)), (ddp, fsdp)
+    a, b = _state(tmp_path / "ddp" / "stage2" / "final"), _state(tmp_path / "fsdp" / "stage2" / "final")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.gpu

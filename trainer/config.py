@@ -147,6 +147,7 @@ class RunConfig:
     eval_dir: str | None = None  # held-out corpus/mixture folder for evaluation after each stage
     eval_items: int = 64
     stop_after: int | None = None  # stop the stage after this many steps (a planned interruption)
+    fsdp: bool = False  # with several workers: shard parameters, gradients and optimizer state (FSDP2), not DDP
 
     def __post_init__(self) -> None:
         if self.scale <= 0:

@@ -22,10 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 from trainer.config import DEFAULT_SCHEDULES, ModelConfig, RunConfig, StageConfig, load_stage
 from trainer.data import Encoder, StepBatcher, read_mixture, realised_language_share
-from trainer.model import build_model, image_processor, image_token_count, set_trainable
+from trainer.model import build_model, image_processor, image_token_count, load_trained, set_trainable
 from trainer.tokenizer import load_tokenizer, special_ids
 from vlcorpus.shards import atomic_write_json
 
@@ -75,17 +79,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: gathered to rank 0, a collective
+
+
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, data_state: dict, run: RunConfig,
-                    stage: StageConfig) -> None:
+                    stage: StageConfig, fsdp: bool) -> None:
     """Rank 0 writes the model/optimizer state; every rank writes its own data position and RNG."""
     rank, _ = rank_world()
     path.mkdir(parents=True, exist_ok=True)
     own = {"data": data_state, "rng": rng_state(), "step": step}
     torch.save(own, path / f".rank{rank}.pt.tmp")
     os.replace(path / f".rank{rank}.pt.tmp", path / f"rank{rank}.pt")
+    if fsdp:
+        model_state = get_model_state_dict(model, options=FULL_STATE)
+        optim_state = get_optimizer_state_dict(model, optimizer, options=FULL_STATE)
+    else:
+        model_state = (model.module if hasattr(model, "module") else model).state_dict()
+        optim_state = optimizer.state_dict()
     if rank == 0:
-        raw = model.module if hasattr(model, "module") else model
-        state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        state = {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
                  "step": step, "run": asdict(run), "stage": asdict(stage)}
         torch.save(state, path / ".state.pt.tmp")
         os.replace(path / ".state.pt.tmp", path / "state.pt")
@@ -127,7 +139,7 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
     """Train one stage to its `final/` directory; return its summary."""
     rank, world = rank_world()
     device = pick_device(run)
-    torch.manual_seed(run.seed + rank)
+    torch.manual_seed(run.seed)  # the same initial weights on every rank (FSDP shards them without a broadcast)
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (frozen towers' heads, loss)
     out = Path(run.out) / stage.name
     ckpt_dir, final_dir = out / "ckpt", out / "final"
@@ -136,15 +148,12 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
     tokenizer = load_tokenizer(run.tokenizer)
     mcfg = ModelConfig(**{**asdict(run.model), "pretrained": init_from})
     model = build_model(mcfg, tokenizer)
-    trainable = set_trainable(model, stage.trainable)
+    set_trainable(model, stage.trainable)
     if run.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
-    optimizer = torch.optim.AdamW(trainable, lr=stage.lr, betas=tuple(stage.betas), weight_decay=stage.weight_decay,
-                                  fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
 
-    start, data_state = 0, None
+    state = None
     if (ckpt_dir / "state.pt").exists():
         state = torch.load(ckpt_dir / "state.pt", map_location=device, weights_only=False)
         own = torch.load(ckpt_dir / f"rank{rank}.pt", weights_only=False)
@@ -152,17 +161,34 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
             raise ValueError(f"{ckpt_dir}: rank {rank} data state is at step {own['step']}, the model at "
                              f"{state['step']} (interrupted while checkpointing); remove ckpt/ to restart the stage")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+
+    raw = model
+    fsdp = run.fsdp and world > 1
+    if run.compile:
+        model.model.language_model.compile()
+    if fsdp:  # one shard group per decoder layer, the rest (towers, adaptor, embeddings) in the root group
+        for layer in model.model.language_model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    elif world > 1:  # frozen towers and language-only steps leave some trainable parameters without gradients
+        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=stage.lr, betas=tuple(stage.betas), weight_decay=stage.weight_decay,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
+    start, data_state = 0, None
+    if state is not None:
+        if fsdp:
+            # strict=False: a trainable parameter that never had a gradient yet (the adaptor after only language
+            # steps) has no AdamW state, in the checkpoint or in an uninterrupted run
+            set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, data_state = state["step"], own["data"]
         set_rng_state(own["rng"])
         log.info("%s: resuming at step %d from %s", stage.name, start, ckpt_dir)
-
-    raw = model
-    if run.compile:
-        model.model.language_model.compile()
-    if world > 1:  # frozen towers and language-only steps leave some trainable parameters without gradients
-        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     rows = math.ceil(stage.batch_size / world)
     micro = min(run.micro_batch_size or rows, rows)
@@ -197,7 +223,9 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
         for i, mb in enumerate(batch.micro):
             mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
             sync = world == 1 or i == len(batch.micro) - 1
-            with contextlib.nullcontext() if sync else model.no_sync():
+            if fsdp:
+                model.set_requires_gradient_sync(sync)
+            with contextlib.nullcontext() if sync or fsdp else model.no_sync():
                 loss = _micro_loss(model, mb, n_target, autocast)
                 loss.backward()
             losses.append(loss.detach())
@@ -206,6 +234,8 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
         loss_sum, grad_norm = torch.stack(losses).sum().item(), grad_norm.item()  # the step's only host sync
         t_end = time.perf_counter()
         if rank == 0:
@@ -223,7 +253,7 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
             progress.update(1)
             progress.set_postfix(loss=f"{loss_sum:.3f}", mod=batch.modality[:4], lr=f"{lr:.2e}")
         if (step + 1) % run.ckpt_interval == 0 or step + 1 == end:
-            save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, data_after, run, stage)
+            save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, data_after, run, stage, fsdp)
         t0 = time.perf_counter()
     batcher.close()
     if rank == 0:
@@ -239,15 +269,16 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
                "steps_by_modality": dict(batcher.steps_by_modality), "samples_by_category": dict(batcher.consumed),
                "mixture_ratios": batcher.mixture.ratios, "ratio_source": batcher.mixture.ratio_source,
                "stage_config": asdict(stage)}
+    model_state = get_model_state_dict(model, options=FULL_STATE) if fsdp else None
     if rank == 0:
-        raw.save_pretrained(str(final_dir))
+        raw.save_pretrained(str(final_dir), state_dict=model_state)
         tokenizer.save_pretrained(str(final_dir))
         _plot_curves(metrics, out / "curves.png", f"{stage.name} ({run.model.preset})")
         if run.eval_dir:
             from trainer.evaluate import evaluate
 
-            raw.eval()
-            summary["eval"] = evaluate(raw, encoder, run.eval_dir, items=run.eval_items, seed=run.seed)
+            evaluated = load_trained(final_dir, run.model.attn_implementation).to(device) if fsdp else raw
+            summary["eval"] = evaluate(evaluated, encoder, run.eval_dir, items=run.eval_items, seed=run.seed)
             with (Path(run.out) / "eval.jsonl").open("a") as f:
                 f.write(json.dumps({"stage": stage.name, **summary["eval"]}) + "\n")
         atomic_write_json(out / "summary.json", summary)
@@ -302,6 +333,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-items", type=int, default=64)
     p.add_argument("--stop-after", type=int, help="stop each stage after this many steps (resume later)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 1 trains in this process")
+    p.add_argument("--fsdp", action="store_true", help="with --workers: shard the model (FSDP2) instead of DDP")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="stage override key=value")
 
 
@@ -313,7 +345,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      max_seq_len=args.max_seq_len, micro_batch_size=args.micro_batch_size, seed=args.seed,
                      device=args.device, compile=args.compile, activation_checkpointing=args.activation_checkpointing,
                      num_workers=args.num_workers, ckpt_interval=args.ckpt_interval, eval_dir=args.eval_dir,
-                     eval_items=args.eval_items, stop_after=args.stop_after)
+                     eval_items=args.eval_items, stop_after=args.stop_after, fsdp=args.fsdp)
 
 
 def main(args: argparse.Namespace) -> int:
