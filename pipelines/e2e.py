@@ -51,6 +51,7 @@ class TrainSettings:
     eval_items: int = 32
     workers: int = 1  # Ray Train workers
     num_workers: int = 2  # DataLoader workers per category stream (0: decode in the training process)
+    ckpt_interval: int = 100  # steps between checkpoints (a killed run resumes from the last one)
     overrides: list[str] = field(default_factory=list)  # stage settings, key=value
 
 
@@ -136,7 +137,8 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
     train_args = ["train", "--mix", str(mix), "--tokenizer", str(tok), "--out", str(train),
                   "--preset", cfg.train.preset, "--device", cfg.train.device, "--scale", str(cfg.train.scale),
                   "--eval", str(split / "heldout"), "--eval-items", str(cfg.train.eval_items),
-                  "--workers", str(cfg.train.workers), "--num-workers", str(cfg.train.num_workers)]
+                  "--workers", str(cfg.train.workers), "--num-workers", str(cfg.train.num_workers),
+                  "--ckpt-interval", str(cfg.train.ckpt_interval)]
     for s in schedules:
         train_args += ["--schedule", str(Path(__file__).resolve().parents[1] / s)]
     if cfg.train.max_seq_len:
