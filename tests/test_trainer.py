@@ -486,3 +486,21 @@ def test_training_and_reading_shards_never_import_ray():
     code = ("import sys, trainer.train, trainer.data, trainer.evaluate; "
             "sys.exit(1 if any(m == 'ray' or m.startswith('ray.') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+def test_bits_per_byte_counts_only_the_bytes_it_scored(model, tok):
+    from trainer.evaluate import bits_per_byte
+    from vlcorpus.sample import Sample
+
+    encoder = encoder_for(model, tok, seq_len=64)
+    words = "the model reads every page of the corpus and learns " * 60
+    long = Sample(category="text", source="t", doc="long", part=0, origin="x", segments=[{"text": words}])
+    scored = [t for t in encoder(long).labels.tolist() if t >= 0]
+    kept = tok.decode(scored, skip_special_tokens=True)
+    assert len(kept) < len(words) / 4  # the sample really is truncated
+    short = Sample(category="text", source="t", doc="short", part=0, origin="x", segments=[{"text": kept}])
+    model.eval()
+    with torch.no_grad():
+        a = bits_per_byte(model, encoder, [long])["bpb"]
+        b = bits_per_byte(model, encoder, [short])["bpb"]
+    assert a == pytest.approx(b, rel=0.05)

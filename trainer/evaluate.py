@@ -133,14 +133,15 @@ def multiple_choice(model, encoder: Encoder, items: list[Item]) -> dict:
 
 
 def bits_per_byte(model, encoder: Encoder, samples: list[Sample], batch_size: int = 4) -> dict:
-    """Summed NLL of every target token, in bits, over the UTF-8 bytes of the texts they encode."""
+    """Summed NLL of every target token, in bits, over the UTF-8 bytes of the text those tokens encode."""
     nll = 0.0
     nbytes = 0
     encoded = [encoder(s) for s in samples]
     for i in range(0, len(encoded), batch_size):
         nll -= float(_sum_logprobs(model, encoded[i : i + batch_size], encoder.ids.pad).sum())
-    for s in samples:
-        nbytes += len(s.text.encode("utf-8"))
+    for row in encoded:  # the bytes of what was scored: a sample longer than seq_len is truncated
+        scored = [t for t in row.labels.tolist() if t != IGNORE]
+        nbytes += len(encoder.tok.decode(scored, skip_special_tokens=True).encode("utf-8"))
     return {"bpb_samples": len(samples), "bpb": nll / math.log(2) / nbytes if nbytes else math.nan}
 
 
