@@ -37,7 +37,7 @@ def test_rolls_by_samples_and_bytes_with_sidecars(tmp_path):
     side = read_sidecar(tmp_path / infos[0].shard)
     assert side.docs == ["d0", "d1"] and side.images == 4 and side.text_tokens > 0
     assert side.bytes == (tmp_path / infos[0].shard).stat().st_size
-    by_bytes = write_samples(tmp_path / "b", 10, max_bytes=3000)
+    by_bytes = write_samples(tmp_path / "b", 10, max_bytes=1500)
     assert len(by_bytes) > 2 and sum(i.samples for i in by_bytes) == 10
 
 

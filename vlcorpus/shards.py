@@ -139,7 +139,7 @@ class ShardWriter:
         if self._tar is None:
             self._open()
         assert self._info is not None
-        self._tar.write(members)
+        self._written += self._tar.write(members)  # the entry's tar bytes (the stream itself flushes in 10 KB records)
         info = self._info
         info.samples += 1
         info.text_tokens += sample.text_tokens
@@ -148,7 +148,7 @@ class ShardWriter:
             self._docs.add(sample.doc)
             info.docs.append(sample.doc)
         name = info.shard
-        if self._hasher.size >= self.max_bytes or info.samples >= self.max_samples:
+        if self._written >= self.max_bytes or info.samples >= self.max_samples:
             self._finish()
         return name
 
@@ -164,6 +164,7 @@ class ShardWriter:
         self._tar = wds.TarWriter(self._hasher, encoder=False, mtime=0)  # an int: a float mtime costs a PAX header per member
         self._info = ShardInfo(shard=name)
         self._docs: set[str] = set()
+        self._written = 0
 
     def _finish(self) -> None:
         assert self._tar is not None and self._info is not None
