@@ -122,7 +122,7 @@ def table_chart(root: Path) -> None:
         plt.close(fig)
         top = labels[values.index(max(values))]
         records.append({"imgname": f"png/chart{i}.png", "query": "Which category has the highest value?", "label": top})
-        records.append({"imgname": f"png/chart{i}.png", "query": f"What is the value of B?", "label": str(values[1])})
+        records.append({"imgname": f"png/chart{i}.png", "query": "What is the value of B?", "label": str(values[1])})
     (folder / "chartqa_test.json").write_text(json.dumps(records, indent=1))
     write_source(folder, "table_chart", "Bar and line charts drawn with matplotlib from random values, with "
                  "ChartQA-style questions whose answers are computed from the same values.")

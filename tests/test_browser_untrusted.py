@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 
 import pytest
 from browser_fixtures import doc_for, html_stage, new_runner, page_text
@@ -18,27 +16,6 @@ def _write(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text, "utf-8")
     return path
-
-
-@pytest.fixture
-def server():
-    """A local HTTP server that counts the requests that reach it (none should)."""
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"body{background:red}")
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", hits
-    srv.shutdown()
 
 
 def test_no_request_leaves_the_document_and_each_is_counted(tmp_path, server):

@@ -3,13 +3,10 @@ nothing is written outside the output, the browser touches no network, and the j
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import shutil
 import tarfile
-import threading
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,26 +18,6 @@ from vlcorpus.ledger import Ledger
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 PAPER = Path(__file__).parent / "data" / "paper"
-
-
-@pytest.fixture
-def listener():
-    """A local HTTP server that counts every request: the renderers must never reach it."""
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
 
 
 def tar_with(path: Path, members: dict[str, bytes]) -> Path:
@@ -113,8 +90,8 @@ COMMANDS = {"arxiv": ["render", "arxiv"], "pdf": ["render", "pdf"], "epub": ["re
             "html": ["render", "html"], "notebooks": ["extract", "notebooks"]}
 
 
-def test_hostile_inputs_are_all_recorded_and_contained(tmp_path, listener):
-    url, hits = listener
+def test_hostile_inputs_are_all_recorded_and_contained(tmp_path, server):
+    url, hits = server
     inputs = hostile_inputs(tmp_path / "in", url)
     out = tmp_path / "out"
     before = {p for p in tmp_path.rglob("*") if out not in p.parents}
