@@ -37,7 +37,7 @@ if mode == "cluster":
         cluster.add_node(num_cpus=per_node)
     ray.init(address=cluster.address)
 else:
-    ray.init(num_cpus=int(mode))
+    ray.init(address="local", num_cpus=int(mode))
 cfg = E2EConfig(out=out, sources=json.loads(sys.argv[5]))
 start = time.perf_counter()
 build_corpus(cfg, Path(out) / "corpus", [])
@@ -45,6 +45,9 @@ seconds = time.perf_counter() - start
 docs = sum(len(Ledger(Path(out, "corpus"), f.stem).latest()) for f in Path(out, "corpus", "_ledger").glob("*.jsonl"))
 print(json.dumps({"mode": mode, "cpus": ray.cluster_resources().get("CPU"), "nodes": len(ray.nodes()),
                   "docs": docs, "seconds": seconds}))
+ray.shutdown()
+if mode == "cluster":
+    cluster.shutdown()
 """
 
 

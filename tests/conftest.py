@@ -20,7 +20,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -79,3 +79,27 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         main(["import", "text", str(tmp_path)])  # --out missing
     assert e.value.code == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_local_ray_starts_even_when_a_dead_cluster_is_remembered():
+    """`ray.init()` would try to join the cluster named in /tmp/ray/ray_current_cluster and hang if it is gone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    marker = Path("/tmp/ray/ray_current_cluster")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    old = marker.read_text() if marker.exists() else None
+    marker.write_text("127.0.0.1:1")  # nothing listens there
+    try:
+        code = "from vlcorpus.runtime import init_ray; init_ray(num_cpus=1); import ray; print(ray.cluster_resources()['CPU'])"
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    finally:
+        if old is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(old)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "1.0"

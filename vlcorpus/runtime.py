@@ -24,5 +24,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        # "local": a new embedded Ray even when /tmp/ray/ray_current_cluster names another (possibly dead) cluster
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
         log.info("started a local Ray: %s", ray.cluster_resources())
