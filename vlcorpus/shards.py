@@ -131,7 +131,7 @@ class ShardWriter:
         self.prefix, self.max_bytes, self.max_samples = prefix, max_bytes, max_samples
         self.index = start_index
         self.finished: list[ShardInfo] = []
-        self._tar = None  # a webdataset.TarWriter while a shard is open
+        self._tar: tarfile.TarFile | None = None
 
     def write(self, sample: Sample) -> str:
         """Append one sample; return the name of the shard it went into."""
@@ -139,7 +139,7 @@ class ShardWriter:
         if self._tar is None:
             self._open()
         assert self._info is not None
-        self._written += self._tar.write(members)  # the entry's tar bytes (the stream itself flushes in 10 KB records)
+        self._written += self._add(members)
         info = self._info
         info.samples += 1
         info.text_tokens += sample.text_tokens
@@ -159,16 +159,28 @@ class ShardWriter:
         self._tmp = self.folder / f".{name}{TMP_SUFFIX}"
         self._file = open(self._tmp, "wb")
         self._hasher = _HashingFile(self._file)
-        import webdataset as wds  # here, not at the top: webdataset imports torch, which renderer processes do not need
-
-        self._tar = wds.TarWriter(self._hasher, encoder=False, mtime=0)  # an int: a float mtime costs a PAX header per member
+        self._tar = tarfile.open(fileobj=self._hasher, mode="w|")
         self._info = ShardInfo(shard=name)
         self._docs: set[str] = set()
         self._written = 0
 
+    def _add(self, members: dict) -> int:
+        """Append one sample's members exactly as `webdataset.TarWriter` lays them out (sorted `<key>.<suffix>`
+        names, mode 0444, owner "bigdata"), with mtime 0 so that the same samples give the same bytes. Written here
+        rather than through TarWriter, whose import pulls in torch: every pipeline worker would pay seconds for it.
+        Returns the payload bytes added (the tar stream itself flushes in 10 KB records)."""
+        key, total = members["__key__"], 0
+        for suffix in sorted(k for k in members if k != "__key__"):
+            data = members[suffix]
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "bigdata", "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
+            total += info.size
+        return total
+
     def _finish(self) -> None:
         assert self._tar is not None and self._info is not None
-        self._tar.close()  # closes the tarfile; our underlying file stays open
+        self._tar.close()  # writes the end-of-archive blocks; our underlying file stays open
         self._info.sha256 = self._hasher.finish()
         self._info.bytes = self._hasher.size
         self._file.flush()
