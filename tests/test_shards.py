@@ -111,3 +111,18 @@ def test_killed_writer_leaves_no_partial_tar_nor_dangling_sidecar(tmp_path):
     leftovers = clean_partial(tmp_path)
     assert all(p.name.startswith(".") for p in leftovers)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_shards_are_byte_identical_to_webdataset_tarwriter(tmp_path):
+    import io
+
+    samples = [doc_sample(doc=f"d{i}", part=i % 2) for i in range(4)]
+    with ShardWriter(tmp_path, "arxiv-run1-00000") as w:
+        for s in samples:
+            w.write(s)
+    buf = io.BytesIO()
+    plain = wds.TarWriter(buf, encoder=False, mtime=0)
+    for s in samples:
+        plain.write(s.to_wds())
+    plain.close()
+    assert shard_paths(tmp_path)[0].read_bytes() == buf.getvalue()
