@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.job import add_job_arguments, renderer_config
+from pipelines.job import add_job_arguments, job_options, renderer_config
 from pipelines.records import add_record_arguments, record_inputs
 from renderers import conversations, derived, sft_split
-from vlcorpus.driver import Bounds, DocInput, Options, Stage, run_pipeline
+from vlcorpus.driver import DocInput, Stage, run_pipeline
 from vlcorpus.runtime import init_ray
 from vlcorpus.sample import SFT_CATEGORIES
 from vlcorpus.shards import atomic_write_json, shard_paths
@@ -62,17 +62,10 @@ def derived_inputs(corpora: list[Path]) -> list[DocInput]:
     return inputs
 
 
-def _options(args: argparse.Namespace, out: Path) -> Options:
-    return Options(out=out, retry_failed=args.retry_failed,
-                   bounds=Bounds(timeout_s=args.doc_timeout, memory_gb=args.doc_memory_gb),
-                   max_shard_bytes=int(args.max_shard_mb * 1024**2), max_shard_samples=args.max_shard_samples,
-                   limit=args.limit)
-
-
 def _rebuild(args: argparse.Namespace, out: Path, stage: Stage, inputs: list[DocInput]) -> dict[str, int]:
     """Run a write stage from scratch: dropping its ledger makes the driver's reconcile remove its old shards."""
     (out / "_ledger" / f"{stage.source}.jsonl").unlink(missing_ok=True)
-    return run_pipeline(stage, inputs, _options(args, out))
+    return run_pipeline(stage, inputs, job_options(args, out))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -98,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         (Stage(source="derived", render=derived.render, config=cfg, batch_size=args.batch_size), derived_inputs(args.corpus)),
     ):
         if inputs:
-            counts[stage.source] = run_pipeline(stage, inputs, _options(args, staging))
+            counts[stage.source] = run_pipeline(stage, inputs, job_options(args, staging))
     staged = [p for c in SFT_CATEGORIES if (staging / c).is_dir() for p in shard_paths(staging / c)]
     scan = ray.remote(sft_split.scan_shard)
     items = [it for part in ray.get([scan.remote(str(p)) for p in staged]) for it in part]

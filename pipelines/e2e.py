@@ -151,11 +151,11 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
     report = out / "report"
     _cli(["report", str(corpus), "--out", str(report / "corpus")])
     _cli(["report", str(mix), "--out", str(report / "mix")])
-    write_index(report, train, cfg.stages)
+    write_report_page(report, train, cfg.stages)
     return report
 
 
-def write_index(report: Path, train: Path, stages: list[str]) -> None:
+def write_report_page(report: Path, train: Path, stages: list[str]) -> None:
     """One page that links the corpus and mixture reports and shows the loss curves and the evaluation table."""
     rows, curves = [], []
     for stage in stages:

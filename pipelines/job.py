@@ -36,18 +36,23 @@ def renderer_config(cls: type, args: argparse.Namespace) -> Any:
     return load_config(cls, args.config, args.set)
 
 
-def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace) -> dict[str, int]:
-    """Validate the arguments, start or join Ray, run the stage, print the counts."""
-    if not args.input.exists():
-        raise SystemExit(f"error: input {args.input} does not exist")
-    opts = Options(
-        out=args.out,
+def job_options(args: argparse.Namespace, out: Path) -> Options:
+    """The driver's options from the arguments `add_job_arguments` declares, writing under `out`."""
+    return Options(
+        out=out,
         retry_failed=args.retry_failed,
         bounds=Bounds(timeout_s=args.doc_timeout, memory_gb=args.doc_memory_gb),
         max_shard_bytes=int(args.max_shard_mb * 1024**2),
         max_shard_samples=args.max_shard_samples,
         limit=args.limit,
     )
+
+
+def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace) -> dict[str, int]:
+    """Validate the arguments, start or join Ray, run the stage, print the counts."""
+    if not args.input.exists():
+        raise SystemExit(f"error: input {args.input} does not exist")
+    opts = job_options(args, args.out)
     stage = dataclasses.replace(stage, batch_size=args.batch_size)
     init_ray(args.address, args.num_cpus)
     counts = run_pipeline(stage, inputs, opts)
