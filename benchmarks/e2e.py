@@ -27,7 +27,7 @@ CHILD = """
 import json, sys, time
 import ray
 from pathlib import Path
-from pipelines.e2e import E2EConfig, build_corpus
+from chain.run import E2EConfig, build_corpus
 from vlcorpus.ledger import Ledger
 mode, out, nodes, per_node = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if mode == "cluster":

@@ -4,7 +4,7 @@ Playwright screenshots of the same documents, one viewport per page, on the same
     python benchmarks/html_render.py [HTML_DIR] [--repeat N]
 
 Bare: for each document a new context, `goto` (file://, JavaScript off), then for each of the page-high viewports
-of the document `scrollTo` + `page.screenshot()`. Renderer: `renderers.html.render` on the same documents with
+of the document `scrollTo` + `page.screenshot()`. Renderer: `renderers.browser.html.render` on the same documents with
 web_code off (doc_ocr pages only), then with web_code on (one more screenshot and the code cleaning per document).
 """
 
@@ -14,11 +14,13 @@ import argparse
 import math
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
-from renderers import html
-from renderers.browser import BrowserRunner
-from vlcorpus.driver import Bounds, DocInput, Stage
+from pipelines import html as html_job
+from pipelines.browser_runner import BrowserRunner
+from renderers.browser import html
+from vlcorpus.document import Bounds, DocInput
 
 
 def bare(runner: BrowserRunner, files: list[Path], cfg: html.PageConfig) -> int:
@@ -38,8 +40,7 @@ def bare(runner: BrowserRunner, files: list[Path], cfg: html.PageConfig) -> int:
 
 
 def ours(runner: BrowserRunner, files: list[Path], root: Path, web_code: bool) -> tuple[int, int]:
-    runner.stage = Stage(source="html", render=html.render, config=html.HtmlConfig(web_code=web_code),
-                         make_runner=BrowserRunner, actors=True)
+    runner.stage = replace(runner.stage, config=html.HtmlConfig(web_code=web_code))
     pages = codes = 0
     for f in files:
         samples, _ = runner.render(DocInput(doc=f.name, origin=f.name, path=str(f), related={"root": str(root)}))
@@ -55,8 +56,7 @@ def main() -> None:
     args = p.parse_args()
     files = sorted(args.input.rglob("*.html")) * args.repeat
     cfg = html.PageConfig()
-    stage = Stage(source="html", render=html.render, config=html.HtmlConfig(), make_runner=BrowserRunner, actors=True)
-    runner = BrowserRunner(stage, Bounds(timeout_s=600, memory_gb=8))
+    runner = BrowserRunner(replace(html_job.STAGE, config=html.HtmlConfig(), bounds=Bounds(timeout_s=600, memory_gb=8)))
     try:
         bare(runner, files[:1], cfg)  # warm-up: fonts, caches
         results = Counter()

@@ -2,7 +2,7 @@
 
 One run, one generated file (JPEG photos-like noise images with captions in HF `{"bytes", "path"}` structs):
 1. bare: `ParquetFile.iter_batches` + PIL full decode of every image (the floor any importer pays);
-2. renderer: `renderers.caption.render` over every row-group input in this process (reading, checks, Samples);
+2. renderer: `renderers.records.caption.render` over every row-group input in this process (reading, checks, Samples);
 3. job: `vlcorpus import caption` end to end on a local Ray (bounded child processes, shards, sidecars, ledger);
    Ray is started before the clock starts (its start-up time is printed on its own).
 
@@ -56,7 +56,7 @@ def bare(path: Path) -> int:
 
 def renderer(path: Path, staging: Path) -> int:
     from pipelines.records import record_inputs
-    from renderers import caption
+    from renderers.records import caption
 
     cfg, stats = caption.CaptionConfig(), Counter()
     return sum(1 for d in record_inputs(path, staging) for _ in caption.render(d, cfg, stats))

@@ -8,7 +8,7 @@ output is set to a colour naming the copy, so the copies hold distinct images an
 filter does not drop them: every copy does the full work (SVG outputs stay identical, so their copies are dropped
 as duplicates after rendering). Three measurements on the same files:
 - baseline: one process, `json.load` each notebook and `base64.b64decode` every image output;
-- renderer: one process, `renderers.notebook.render` on each notebook (no Ray, no bounded child, no shards);
+- renderer: one process, `renderers.notebook.pairs.render` on each notebook (no Ray, no bounded child, no shards);
 - pipeline: the whole job (Ray tasks over batches, bounded child per batch, dedup registry, shards, ledger), timed
   from the job's start with Ray already running; Ray's start-up is reported separately.
 """
@@ -28,9 +28,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from renderers.notebook import NotebookConfig, render
+from renderers.notebook.pairs import NotebookConfig, render
 from vlcorpus import cli
-from vlcorpus.driver import DocInput
+from vlcorpus.document import DocInput
 from vlcorpus.ledger import Ledger
 from vlcorpus.runtime import init_ray
 

@@ -4,7 +4,7 @@ on the same PDFs in the same run; the whole renderer on the text-layer route; an
 
     python benchmarks/pdf_render.py [FOLDER ...]     (default: demo/arxiv)
 
-Each paper folder's PDF is the one `renderers.arxiv.pick_pdf` chooses. Rasterisation timings are the best of `--rounds`, interleaved.
+Each paper folder's PDF is the one `renderers.paper.arxiv.pick_pdf` chooses. Rasterisation timings are the best of `--rounds`, interleaved.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pymupdf
 
-from renderers.arxiv import PaperConfig, pick_pdf, render_arxiv, render_pdf
-from renderers.pdf_pages import rasterise
-from vlcorpus.driver import DocInput
+from renderers.paper.arxiv import PaperConfig, pick_pdf, render_arxiv, render_pdf
+from renderers.paper.pdf_pages import rasterise
+from vlcorpus.document import DocInput
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter
 

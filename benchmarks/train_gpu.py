@@ -25,7 +25,12 @@ from transformers import LlamaForCausalLM
 
 from trainer.config import ModelConfig, RunConfig, StageConfig, load_stage
 from trainer.data import Encoder, StepBatcher, read_mixture
-from trainer.model import build_model, image_processor, image_token_count, llm_parameter_count
+from trainer.model import (
+    build_model,
+    image_processor,
+    image_token_count,
+    llm_parameter_count,
+)
 from trainer.synthetic import make_mixture
 from trainer.tokenizer import corpus_texts, load_tokenizer, special_ids, train_tokenizer
 from trainer.train import train_stage

@@ -14,7 +14,15 @@ import os
 import shutil
 from pathlib import Path
 
-from vlcorpus.shards import ShardWriter, read_index, read_sidecar, read_shard, shard_paths, sidecar_path, write_index
+from vlcorpus.shards import (
+    ShardWriter,
+    read_index,
+    read_shard,
+    read_sidecar,
+    shard_paths,
+    sidecar_path,
+    write_index,
+)
 
 
 def corpus_fingerprint(corpus: Path) -> str:

@@ -24,7 +24,13 @@ from mixer.config import MixtureConfig
 from mixer.dedup import Deduper
 from mixer.resolve import CategoryPlan
 from vlcorpus.sample import ContractError, Sample
-from vlcorpus.shards import ChecksumError, ShardWriter, iter_members, verify_shard, write_index
+from vlcorpus.shards import (
+    ChecksumError,
+    ShardWriter,
+    iter_members,
+    verify_shard,
+    write_index,
+)
 
 T = TypeVar("T")
 

@@ -95,25 +95,22 @@ def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = Fa
     if problems:
         raise MixError(f"{len(problems)} input shard(s) fail verification, nothing written:\n  " + "\n  ".join(problems))
     out.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(out, f"mix_{cfg.stage}")
-    ledger.lock()
-    partial = out / f".{cfg.stage}.partial"
-    try:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        results = _fan_out(write_category, [(cfg, p, str(partial / p.category)) for p in to_write], local)
-        entries, errors = _ledger_entries(to_write, results, corpora)
-        ledger.append(entries)
-        if errors:
-            raise MixError(f"the mixture failed, nothing finished (see {ledger.path}):\n  " + "\n  ".join(errors))
-        mixture = describe(cfg, plan, corpora, {r["category"]: r for r in results})
-        atomic_write_json(partial / "mixture.json", mixture)
-        _swap_in(partial, final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    finally:
-        ledger.unlock()
+    with Ledger(out, f"mix_{cfg.stage}") as ledger:
+        partial = out / f".{cfg.stage}.partial"
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            results = _fan_out(write_category, [(cfg, p, str(partial / p.category)) for p in to_write], local)
+            entries, errors = _ledger_entries(to_write, results, corpora)
+            ledger.append(entries)
+            if errors:
+                raise MixError(f"the mixture failed, nothing finished (see {ledger.path}):\n  " + "\n  ".join(errors))
+            mixture = describe(cfg, plan, corpora, {r["category"]: r for r in results})
+            atomic_write_json(partial / "mixture.json", mixture)
+            _swap_in(partial, final)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     log.info("%s: wrote %s", cfg.stage, final)
     return mixture
 

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from pipelines.job import add_job_arguments, renderer_config, run_job
-from renderers import arxiv
-from renderers.latexml import ARCHIVE_SUFFIXES
-from vlcorpus.driver import DocInput, Stage
+from renderers.paper import arxiv
+from renderers.paper.latexml import ARCHIVE_SUFFIXES
+from vlcorpus.document import Bounds, DocInput
+from vlcorpus.driver import Stage
 
 COMMAND = ("render", "arxiv")
 HELP = "arXiv papers (LaTeX source + PDF) -> doc_ocr page image/markdown samples"
+
+STAGE = Stage(source="arxiv", render=arxiv.render_arxiv, batch_size=2, bounds=Bounds(timeout_s=1200, memory_gb=4))
 
 _DOCUMENTCLASS = re.compile(rb"^[^%\n]*\\documentclass", re.M)
 _VERSION = re.compile(r"v\d+$")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, batch_size=2, doc_timeout=1200, doc_memory_gb=4)
+    add_job_arguments(p, STAGE)
 
 
 def is_paper_folder(folder: Path) -> bool:
@@ -82,6 +86,5 @@ def discover_papers(root: Path) -> list[DocInput]:
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(arxiv.PaperConfig, args)
-    stage = Stage(source="arxiv", render=arxiv.render_arxiv, config=cfg, cpus=1)
-    run_job(stage, discover_papers(args.input), args)
+    run_job(replace(STAGE, config=cfg), discover_papers(args.input), args)
     return 0

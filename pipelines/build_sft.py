@@ -7,7 +7,7 @@ Three Ray jobs in a row, all through the driver (ledger, bounded documents, atom
    `<category>` one of sft_general, sft_table_chart, sft_web_code, sft_text goes to that category; the rest to
    sft_taxonomy.
 2. plan (on the driver, from light items scanned by Ray tasks): dedup, eval split, per-leaf balancing
-   (`renderers/sft_split.py`); the coverage table is printed and written to `<out>/sft_coverage.json`.
+   (`renderers/sft/split.py`); the coverage table is printed and written to `<out>/sft_coverage.json`.
 3. write: train samples to `<out>/<sft category>/`, eval samples to `<out>/_eval/sft_taxonomy/`. These two are
    rebuilt from the staging on every run (their ledgers are reset), so a changed plan never mixes with an old one.
 """
@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.job import add_job_arguments, job_options, renderer_config
+from pipelines.job import add_job_arguments, job_options, job_stage, renderer_config
 from pipelines.records import add_record_arguments, record_inputs
-from renderers import conversations, derived, sft_split
-from vlcorpus.driver import DocInput, Stage, run_pipeline
+from renderers.sft import conversations, derived
+from renderers.sft import split as sft_split
+from vlcorpus.document import Bounds, DocInput
+from vlcorpus.driver import Stage, run_pipeline
 from vlcorpus.runtime import init_ray
 from vlcorpus.sample import SFT_CATEGORIES
 from vlcorpus.shards import atomic_write_json, shard_paths
@@ -29,10 +31,13 @@ COMMAND = ("build", "sft")
 HELP = "conversation sets + derived tasks -> balanced sft_* shards, taxonomy eval split and coverage table"
 DERIVED_FROM = ("doc_ocr", "web_code")
 STAGING, EVAL = "_sft_staging", "_eval"
+# The staging job; the derived-task and write jobs share its batch size and bounds.
+STAGE = Stage(source="sft_in", render=conversations.render, batch_size=4, bounds=Bounds(timeout_s=900, memory_gb=4))
+READS_CORPUS = True  # `vlcorpus run` passes it the corpus just built (--corpus) and runs it after the other sources
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, batch_size=4, doc_timeout=900, doc_memory_gb=4)
+    add_job_arguments(p, STAGE)
     add_record_arguments(p)
     p.add_argument("--corpus", type=Path, action="append", default=[],
                    help="a corpus whose doc_ocr and web_code shards give derived tasks (repeatable)")
@@ -86,9 +91,8 @@ def main(args: argparse.Namespace) -> int:
     staging = args.out / STAGING
     counts = {}
     for stage, inputs in (
-        (Stage(source="sft_in", render=conversations.render, config=cfg, batch_size=args.batch_size),
-         conversation_inputs(args.input, staging, args.lines_per_doc)),
-        (Stage(source="derived", render=derived.render, config=cfg, batch_size=args.batch_size), derived_inputs(args.corpus)),
+        (job_stage(STAGE, args, config=cfg), conversation_inputs(args.input, staging, args.lines_per_doc)),
+        (job_stage(STAGE, args, source="derived", render=derived.render, config=cfg), derived_inputs(args.corpus)),
     ):
         if inputs:
             counts[stage.source] = run_pipeline(stage, inputs, job_options(args, staging))
@@ -100,8 +104,8 @@ def main(args: argparse.Namespace) -> int:
     atomic_write_json(plan_path, assign)
     shard_inputs = [DocInput(doc=str(p.relative_to(staging)), origin=str(p.relative_to(staging)), path=str(p)) for p in staged]
     for split, out in (("train", args.out), ("eval", args.out / EVAL)):
-        stage = Stage(source="sft" if split == "train" else "sft_eval", render=sft_split.render, config=sft_split.SplitConfig(plan=str(plan_path), split=split),
-                      batch_size=args.batch_size)
+        stage = job_stage(STAGE, args, source="sft" if split == "train" else "sft_eval", render=sft_split.render,
+                          config=sft_split.SplitConfig(plan=str(plan_path), split=split))
         counts[split] = _rebuild(args, out, stage, shard_inputs)
     report["jobs"] = counts
     atomic_write_json(args.out / "sft_coverage.json", report)

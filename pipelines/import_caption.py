@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from pipelines.job import add_job_arguments, renderer_config, run_job
 from pipelines.records import RECORD_SUFFIXES, add_record_arguments, record_inputs
-from renderers import caption
+from renderers.records import caption
+from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
 
 COMMAND = ("import", "caption")
 HELP = "image+caption sets (folder + JSONL/CSV, Parquet with image bytes, WebDataset tars) -> caption samples"
+STAGE = Stage(source="caption", render=caption.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=4))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, batch_size=4, doc_timeout=600, doc_memory_gb=4)
+    add_job_arguments(p, STAGE)
     add_record_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(caption.CaptionConfig, args)
-    stage = Stage(source="caption", render=caption.render, config=cfg, cpus=1)
+    stage = replace(STAGE, config=cfg)
     run_job(stage, record_inputs(args.input, args.out / "_staging" / "caption", RECORD_SUFFIXES + (".tar",), args.lines_per_doc), args)
     return 0

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from dataclasses import replace
 
 from pipelines.job import add_job_arguments, renderer_config, run_job
 from pipelines.records import add_record_arguments, json_records, record_inputs
-from renderers import scene_ocr
+from renderers.records import scene_ocr
+from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
 
 COMMAND = ("import", "scene_ocr")
 HELP = "scene-text images with word/line boxes (TextOCR-style JSON, or JSONL per image) -> scene_ocr samples"
+STAGE = Stage(source="scene_ocr", render=scene_ocr.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, batch_size=4, doc_timeout=600, doc_memory_gb=3)
+    add_job_arguments(p, STAGE)
     add_record_arguments(p)
 
 
@@ -32,7 +35,7 @@ def image_records(data: object) -> Iterable[dict]:
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(scene_ocr.SceneOcrConfig, args)
-    stage = Stage(source="scene_ocr", render=scene_ocr.render, config=cfg, cpus=1)
+    stage = replace(STAGE, config=cfg)
     inputs = record_inputs(args.input, args.out / "_staging" / "scene_ocr", (".jsonl", ".json"), args.lines_per_doc, image_records)
     run_job(stage, inputs, args)
     return 0

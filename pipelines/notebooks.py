@@ -12,15 +12,16 @@ images written does not.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from pipelines.job import add_job_arguments, discover, renderer_config, run_job
-from renderers import notebook
-from vlcorpus.driver import Bounds, DocInput, Filtered, IsolatedRunner, Stage, reconcile
+from renderers.notebook import pairs as notebook
+from vlcorpus.document import Bounds, DocInput, Filtered
+from vlcorpus.driver import IsolatedRunner, Stage, reconcile
 from vlcorpus.ledger import Ledger
 from vlcorpus.runtime import init_ray
 from vlcorpus.sample import Sample
@@ -29,10 +30,11 @@ from vlcorpus.shards import iter_members
 COMMAND = ("extract", "notebooks")
 HELP = "Jupyter notebooks -> plot/code pairs (web_code samples)"
 SOURCE = "notebook"
+STAGE = Stage(source=SOURCE, render=notebook.render, batch_size=64, bounds=Bounds(timeout_s=120, memory_gb=2))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, batch_size=64, doc_timeout=120, doc_memory_gb=2)
+    add_job_arguments(p, STAGE)
     p.add_argument("--keep-magics", action="store_true", help="keep %%magic, !shell and help? lines in the code")
     p.add_argument("--all-kernels", action="store_true",
                    help="keep notebooks of every kernel language, not only Python")
@@ -52,8 +54,8 @@ class ImageRegistry:
 class DedupRunner:
     """Renders each notebook in the bounded child process, then drops images another sample already owns."""
 
-    def __init__(self, stage: Stage, bounds: Bounds, registry) -> None:
-        self.inner = IsolatedRunner(stage, bounds)
+    def __init__(self, stage: Stage, registry) -> None:
+        self.inner = IsolatedRunner(stage)
         self.registry = registry
 
     def render(self, doc: DocInput) -> tuple[list[Sample], dict[str, int]]:
@@ -85,12 +87,8 @@ def committed_images(out: Path) -> Iterator[tuple[str, str]]:
     line commits, neither count nor stay."""
     if not out.exists():
         return
-    ledger = Ledger(out, SOURCE)
-    ledger.lock()
-    try:
+    with Ledger(out, SOURCE) as ledger:
         reconcile(out, SOURCE, ledger)
-    finally:
-        ledger.unlock()
     for tar in sorted((out / "web_code").glob(f"{SOURCE}-*.tar")):
         for members in iter_members(tar):
             yield json.loads(members["json"])["meta"]["image_sha256"], members["__key__"]
@@ -104,9 +102,9 @@ def notebooks(root: Path) -> list[DocInput]:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(notebook.NotebookConfig, args)
     if args.keep_magics:
-        cfg = dataclasses.replace(cfg, keep_magics=True)
+        cfg = replace(cfg, keep_magics=True)
     if args.all_kernels:
-        cfg = dataclasses.replace(cfg, languages=[])
+        cfg = replace(cfg, languages=[])
     if not args.input.exists():
         raise SystemExit(f"error: input {args.input} does not exist")
     import ray
@@ -114,7 +112,6 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.address, args.num_cpus)
     registry = ray.remote(ImageRegistry).options(num_cpus=0).remote()
     ray.get(registry.claim.remote(list(committed_images(args.out))))
-    stage = Stage(source=SOURCE, render=notebook.render, config=cfg, cpus=1,
-                  make_runner=functools.partial(DedupRunner, registry=registry))
+    stage = replace(STAGE, config=cfg, make_runner=functools.partial(DedupRunner, registry=registry))
     run_job(stage, notebooks(args.input), args)
     return 0

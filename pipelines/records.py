@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from vlcorpus.driver import DocInput
+from vlcorpus.document import DocInput
 from vlcorpus.shards import atomic_write_bytes
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

@@ -4,24 +4,27 @@ Parquet `text` column, split into row-group pieces) -> the `text` category."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from pipelines.job import add_job_arguments, discover, renderer_config, run_job
 from pipelines.records import add_record_arguments, record_inputs
-from renderers import text
+from renderers.records import text
+from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
 
 COMMAND = ("import", "text")
 HELP = "plain text / markdown files, JSONL and Parquet text records -> text samples"
+STAGE = Stage(source="text", render=text.render, batch_size=64, bounds=Bounds(timeout_s=60, memory_gb=2))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, batch_size=64, doc_timeout=60, doc_memory_gb=2)
+    add_job_arguments(p, STAGE)
     add_record_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(text.TextConfig, args)
-    stage = Stage(source="text", render=text.render, config=cfg, cpus=1)
+    stage = replace(STAGE, config=cfg)
     files = discover(args.input, (".txt", ".md")) if args.input.is_dir() else []
     run_job(stage, files + record_inputs(args.input, args.out / "_staging" / "text", (".jsonl", ".parquet"), args.lines_per_doc), args)
     return 0

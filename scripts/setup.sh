@@ -32,10 +32,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-if ! "$PY" -c "import vlcorpus.nougat_tools" 2>/dev/null || [ pyproject.toml -nt .setup-done ]; then
+if ! "$PY" -c "import renderers.paper.nougat_tools" 2>/dev/null || [ pyproject.toml -nt .setup-done ]; then
   pip_install -e .
   # nougat-ocr pins its model stack (timm==0.5.4, lightning, datasets, albumentations, opencv), none of which the
-  # dataset tools use; install it without them and load the tools through vlcorpus.nougat_tools.
+  # dataset tools use; install it without them and load the tools through renderers.paper.nougat_tools.
   pip_install --no-deps "nougat-ocr==0.1.17"
   touch .setup-done
 fi

@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from renderers import epub, html
-from renderers.browser import BrowserRunner
-from vlcorpus.driver import Bounds, DocInput, Stage
+from pipelines import epub as epub_job
+from pipelines import html as html_job
+from pipelines.browser_runner import BrowserRunner
+from renderers.browser import epub, html
+from vlcorpus.document import Bounds, DocInput
+from vlcorpus.driver import Stage
 from vlcorpus.sample import Sample
 
 
@@ -20,12 +24,12 @@ def html_stage(**overrides: Any) -> Stage:
     page = {k[5:]: v for k, v in overrides.items() if k.startswith("page_")}
     rest = {k: v for k, v in overrides.items() if not k.startswith("page_")}
     cfg = html.HtmlConfig(page=html.PageConfig(**page), **rest)
-    return Stage(source="html", render=html.render, config=cfg, make_runner=BrowserRunner, actors=True)
+    return replace(html_job.STAGE, config=cfg)
 
 
 def epub_stage(**page: Any) -> Stage:
     cfg = epub.EpubConfig(page=epub.PageConfig(**page))
-    return Stage(source="epub", render=epub.render, config=cfg, make_runner=BrowserRunner, actors=True)
+    return replace(epub_job.STAGE, config=cfg)
 
 
 def doc_for(path: Path, root: Path | None = None) -> DocInput:
@@ -39,7 +43,7 @@ def render_with(runner: BrowserRunner, stage: Stage, path: Path) -> tuple[list[S
 
 
 def new_runner(stage: Stage, timeout_s: float = 120, memory_gb: float = 4) -> BrowserRunner:
-    return BrowserRunner(stage, Bounds(timeout_s=timeout_s, memory_gb=memory_gb))
+    return BrowserRunner(replace(stage, bounds=Bounds(timeout_s=timeout_s, memory_gb=memory_gb)))
 
 
 def image(sample: Sample) -> Image.Image:

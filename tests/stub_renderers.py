@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from vlcorpus.driver import DocInput, Filtered
+from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 
 

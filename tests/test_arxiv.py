@@ -18,9 +18,9 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from renderers import floats
-from renderers.arxiv import PaperConfig, pick_pdf, render_arxiv, render_pdf
-from renderers.latexml import (
+from renderers.paper import floats
+from renderers.paper.arxiv import PaperConfig, pick_pdf, render_arxiv, render_pdf
+from renderers.paper.latexml import (
     LatexmlSettings,
     MainTexError,
     UnsafeSource,
@@ -29,9 +29,9 @@ from renderers.latexml import (
     latexml_to_html,
     pick_main_tex,
 )
-from renderers.pdf_pages import PdfError, rasterise
-from vlcorpus.driver import DocInput, Filtered
-from vlcorpus.sandbox import ArchiveLimits, UnsafeArchive, bwrap_available
+from renderers.paper.pdf_pages import PdfError, rasterise
+from renderers.paper.sandbox import ArchiveLimits, UnsafeArchive, bwrap_available
+from vlcorpus.document import DocInput, Filtered
 
 DATA = Path(__file__).parent / "data" / "paper"
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 from browser_fixtures import doc_for, html_stage, new_runner, page_text
-from renderers import html
-from renderers.browser import BrowserCrashed, RenderMemoryExceeded, RenderTimeout
+
+from pipelines.browser_runner import BrowserCrashed, RenderMemoryExceeded, RenderTimeout
+from renderers.browser import html
 from vlcorpus.driver import Stage
 
 GOOD = "<!DOCTYPE html><html><body><p>a perfectly ordinary page</p></body></html>"

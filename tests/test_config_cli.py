@@ -55,10 +55,11 @@ def test_ledger_ignores_a_torn_last_line_and_repairs_it_on_append(tmp_path):
 
 def test_second_run_on_the_same_ledger_is_refused(tmp_path):
     first, second = Ledger(tmp_path, "src"), Ledger(tmp_path, "src")
-    first.lock()
-    with pytest.raises(RuntimeError, match="another run"):
-        second.lock()
-    first.unlock()
+    with first:
+        with pytest.raises(RuntimeError, match="another run"), second:
+            pass
+    with second:  # released on exit
+        pass
 
 
 def test_every_command_group_has_help(capsys):

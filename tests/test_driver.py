@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests import stub_renderers
-from vlcorpus.driver import Bounds, DocInput, Options, Stage, run_pipeline
+from vlcorpus.document import Bounds, DocInput
+from vlcorpus.driver import Options, Stage, run_pipeline
 from vlcorpus.ledger import Ledger
 from vlcorpus.shards import read_samples, shard_paths, verify_shard
 
@@ -21,8 +22,8 @@ def docs(*names: str) -> list[DocInput]:
     return [DocInput(doc=n, origin=f"in/{n}", path=f"/nonexistent/{n}") for n in names]
 
 
-def stage(batch_size: int = 3, **cfg) -> Stage:
-    return Stage(source="stub", render=stub_renderers.render, config=cfg, batch_size=batch_size)
+def stage(batch_size: int = 3, bounds: Bounds = Bounds(), **cfg) -> Stage:
+    return Stage(source="stub", render=stub_renderers.render, config=cfg, batch_size=batch_size, bounds=bounds)
 
 
 def keys(out: Path) -> list[str]:
@@ -31,8 +32,8 @@ def keys(out: Path) -> list[str]:
 
 def test_every_document_lands_in_the_ledger_and_bad_ones_do_not_stop_the_job(tmp_path):
     names = ["a", "raise1", "hang1", "hog1", "filter1", "offcontract1", "b"]
-    opts = Options(out=tmp_path, bounds=Bounds(timeout_s=5, memory_gb=1.0))
-    counts = run_pipeline(stage(batch_size=4), docs(*names), opts)
+    bounds = Bounds(timeout_s=5, memory_gb=1.0)
+    counts = run_pipeline(stage(batch_size=4, bounds=bounds), docs(*names), Options(out=tmp_path))
     latest = Ledger(tmp_path, "stub").latest()
     assert set(latest) == set(names)
     assert counts == {"ok": 2, "filtered": 1, "failed": 4, "samples": 4}
@@ -52,8 +53,7 @@ def test_every_document_lands_in_the_ledger_and_bad_ones_do_not_stop_the_job(tmp
 
 
 def test_rerun_skips_done_documents_and_retries_failed_on_request(tmp_path):
-    opts = Options(out=tmp_path, bounds=Bounds(timeout_s=10, memory_gb=2.0))
-    run_pipeline(stage(), docs("a", "b", "raise1"), opts)
+    run_pipeline(stage(bounds=Bounds(timeout_s=10, memory_gb=2.0)), docs("a", "b", "raise1"), Options(out=tmp_path))
     first = sorted(keys(tmp_path))
     counts = run_pipeline(stage(), docs("a", "b", "raise1", "c"), Options(out=tmp_path))
     assert counts["ok"] == 1 and counts["failed"] == 0  # only c was pending
@@ -98,7 +98,8 @@ def test_killed_ray_worker_is_retried_and_no_sample_is_duplicated(tmp_path):
 CRASH_SCRIPT = """
 import sys
 from tests import stub_renderers
-from vlcorpus.driver import DocInput, Options, Stage, run_pipeline
+from vlcorpus.document import DocInput
+from vlcorpus.driver import Options, Stage, run_pipeline
 from vlcorpus.runtime import init_ray
 init_ray(num_cpus=1)
 docs = [DocInput(doc=f"d{i:02d}", origin=f"d{i:02d}", path="-") for i in range(int(sys.argv[2]))]

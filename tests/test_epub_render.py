@@ -8,7 +8,15 @@ import zipfile
 
 import pytest
 import webdataset as wds
-from browser_fixtures import chapter, doc_for, epub_stage, make_epub, new_runner, page_text, text_lines
+from browser_fixtures import (
+    chapter,
+    doc_for,
+    epub_stage,
+    make_epub,
+    new_runner,
+    page_text,
+    text_lines,
+)
 
 from pipelines import epub as epub_pipeline
 

@@ -9,7 +9,14 @@ import subprocess
 
 import numpy as np
 import pytest
-from browser_fixtures import html_stage, image, new_runner, page_text, render_with, text_lines
+from browser_fixtures import (
+    html_stage,
+    image,
+    new_runner,
+    page_text,
+    render_with,
+    text_lines,
+)
 from PIL import Image
 
 LINES = [f"line {i:03d} " + " ".join(["alpha", "beta", "gamma", "delta"][i % 4] for _ in range(3)) for i in range(60)]

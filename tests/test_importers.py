@@ -17,9 +17,9 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.records import jsonl_pieces, record_inputs
-from renderers import scene_ocr
-from renderers.images import BadImage, ImageLimits, checked_image, load_ref
-from renderers.records import read_records
+from renderers.images import BadImage, ImageLimits, check_image, load_ref
+from renderers.records import scene_ocr
+from renderers.records.reader import read_records
 from vlcorpus.cli import main as cli
 from vlcorpus.ledger import Ledger
 from vlcorpus.shards import shard_paths
@@ -55,19 +55,19 @@ def ledger_counts(out: Path, source: str) -> Counter:
     return total
 
 
-def test_checked_image_refuses_what_does_not_decode():
-    assert checked_image(png(), ImageLimits())[0] == "png"
-    assert checked_image(jpeg(), ImageLimits())[0] == "jpg"
+def test_check_image_refuses_what_does_not_decode():
+    assert check_image(png(), ImageLimits()).ext == "png"
+    assert check_image(jpeg(), ImageLimits()).ext == "jpg"
     buf = io.BytesIO()
     Image.new("RGB", (20, 20), "green").save(buf, "WEBP")
-    ext, data, w, h = checked_image(buf.getvalue(), ImageLimits())
-    assert (ext, w, h) == ("png", 20, 20) and data.startswith(b"\x89PNG")
+    image = check_image(buf.getvalue(), ImageLimits())
+    assert (image.ext, image.width, image.height) == ("png", 20, 20) and image.data.startswith(b"\x89PNG")
     with pytest.raises(BadImage) as e:
-        checked_image(jpeg(size=(400, 300))[:300], ImageLimits())
+        check_image(jpeg(size=(400, 300))[:300], ImageLimits())
     assert e.value.reason == "image_undecodable"
     with pytest.raises(BadImage) as e:
-        checked_image(png(size=(300, 300)), ImageLimits(max_pixels=10_000))
-    assert e.value.reason == "image_too_large"
+        check_image(png(size=(300, 300)), ImageLimits(max_pixels=10_000))
+    assert e.value.reason == "image_too_many_pixels"
 
 
 def test_load_ref_stays_inside_the_image_root(tmp_path):
@@ -175,7 +175,7 @@ def test_parquet_reading_is_streamed(tmp_path):
     size = path.stat().st_size
     code = (
         "import pyarrow as pa, sys\nfrom collections import Counter\n"
-        "from pipelines.records import record_inputs\nfrom renderers import caption\n"
+        "from pipelines.records import record_inputs\nfrom renderers.records import caption\n"
         f"docs = record_inputs(__import__('pathlib').Path({str(path)!r}), None)\n"
         "n = sum(1 for d in docs for _ in caption.render(d, caption.CaptionConfig(), Counter()))\n"
         "print(n, len(docs), pa.default_memory_pool().max_memory())\n"
@@ -279,4 +279,4 @@ def test_text_from_jsonl_and_parquet(tmp_path, ray_local):
     rows = read_back(out, "text")
     assert len(rows) == 2 and all(r["json"]["meta"]["tokens"] > 50 for r in rows)
     c = ledger_counts(out, "text")
-    assert (c["bad_json_line"], c["no_text_field"], c["too_short"]) == (1, 1, 1)
+    assert (c["bad_json_line"], c["no_text_field"], c["text_too_short"]) == (1, 1, 1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from mix_corpus import build_corpus
+
 from mixer.config import load_mixture
 from mixer.mix import run_mix
 from vlcorpus import cli

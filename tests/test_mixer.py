@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 import yaml
-
 from mix_corpus import build_corpus, make_sample, write_category
+
 from mixer.config import load_mixture
 from mixer.mix import run_mix
 from mixer.resolve import MixError
@@ -21,7 +21,13 @@ from vlcorpus import cli
 from vlcorpus.config import ConfigError
 from vlcorpus.ledger import Ledger
 from vlcorpus.sample import PRETRAIN_CATEGORIES, SFT_CATEGORIES
-from vlcorpus.shards import ShardInfo, atomic_write_json, file_sha256, verify_shard, write_index
+from vlcorpus.shards import (
+    ShardInfo,
+    atomic_write_json,
+    file_sha256,
+    verify_shard,
+    write_index,
+)
 
 
 def mixture_file(tmp_path: Path, **cfg) -> Path:

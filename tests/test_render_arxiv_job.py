@@ -14,10 +14,10 @@ import pytest
 import webdataset as wds
 
 from pipelines.arxiv import discover_papers
+from renderers.paper.sandbox import bwrap_available
 from tests.test_arxiv import DATA, compile_paper, make_pdf
 from vlcorpus.cli import main
 from vlcorpus.ledger import Ledger
-from vlcorpus.sandbox import bwrap_available
 
 
 @pytest.fixture(scope="module")

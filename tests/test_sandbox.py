@@ -1,4 +1,4 @@
-"""vlcorpus.sandbox: archives refused before extraction, bounded subprocesses, bubblewrap isolation."""
+"""renderers.paper.sandbox: archives refused before extraction, bounded subprocesses, bubblewrap isolation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from vlcorpus.sandbox import ArchiveLimits, ToolTimeout, UnsafeArchive, bwrap_available, isolated, run_bounded, safe_extract
+from renderers.paper.sandbox import (
+    ArchiveLimits,
+    ToolTimeout,
+    UnsafeArchive,
+    bwrap_available,
+    isolated,
+    run_bounded,
+    safe_extract,
+)
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
@@ -100,7 +108,7 @@ def test_command_dies_with_its_parent(tmp_path):
     """PR_SET_PDEATHSIG: if the renderer process is killed, its LaTeXML does not live on."""
     pidfile = tmp_path / "pid"
     script = (
-        "import sys; from pathlib import Path; from vlcorpus.sandbox import run_bounded; "
+        "import sys; from pathlib import Path; from renderers.paper.sandbox import run_bounded; "
         f"run_bounded(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 300'], cwd=Path('{tmp_path}'), timeout_s=300, "
         f"log=Path('{tmp_path}/log'))"
     )

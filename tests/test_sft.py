@@ -14,10 +14,10 @@ import pytest
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from renderers.classify import EmbeddingClassifier, KeywordClassifier
-from renderers.conversations import SftConfig
-from renderers.sft_split import Item, plan
-from renderers.taxonomy import TaxonomyError, UnknownLabel, load_taxonomy
+from renderers.sft.classify import EmbeddingClassifier, KeywordClassifier
+from renderers.sft.conversations import SftConfig
+from renderers.sft.split import Item, plan
+from renderers.sft.taxonomy import TaxonomyError, UnknownLabel, load_taxonomy
 from vlcorpus.cli import main as cli
 from vlcorpus.ledger import Ledger
 from vlcorpus.sample import Sample

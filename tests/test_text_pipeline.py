@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from renderers.text import split_paragraphs
+from renderers.records.text import split_paragraphs
 from vlcorpus.cli import main
 from vlcorpus.ledger import Ledger
 from vlcorpus.shards import read_samples, shard_paths
@@ -31,7 +31,7 @@ def test_import_text_then_inspect(tmp_path, capsys):
     assert {s.doc for s in samples} == {"a.md", "sub/b.txt"}
     assert all(len(s.text) <= 2000 for s in samples)
     latest = Ledger(out, "text").latest()
-    assert latest["tiny.txt"].status == "filtered" and latest["tiny.txt"].counts == {"too_short": 1}
+    assert latest["tiny.txt"].status == "filtered" and latest["tiny.txt"].counts == {"text_too_short": 1}
     assert latest["latin1.txt"].status == "failed" and "UTF-8" in latest["latin1.txt"].error
     capsys.readouterr()
     assert main(["inspect", str(out), "--verify", "--samples", "1"]) == 0

@@ -14,16 +14,45 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from transformers import (DeepseekVLConfig, DeepseekVLHybridConfig, LlamaConfig, LlamaModel, SiglipConfig, SiglipModel,
-                          SiglipTextConfig)
+from transformers import (
+    DeepseekVLConfig,
+    DeepseekVLHybridConfig,
+    LlamaConfig,
+    LlamaModel,
+    SiglipConfig,
+    SiglipModel,
+    SiglipTextConfig,
+)
 
 from trainer.config import ModelConfig, RunConfig, load_stage
-from trainer.data import IGNORE, CategoryStream, Encoder, StepBatcher, collate_rows, language_share, read_mixture, step_rng
+from trainer.data import (
+    IGNORE,
+    CategoryStream,
+    Encoder,
+    StepBatcher,
+    collate_rows,
+    language_share,
+    read_mixture,
+    step_rng,
+)
 from trainer.evaluate import build_items, held_out_samples
-from trainer.model import (build_config, build_model, image_processor, image_token_count, llm_parameter_count,
-                           load_trained, parameter_groups)
+from trainer.model import (
+    build_config,
+    build_model,
+    image_processor,
+    image_token_count,
+    llm_parameter_count,
+    load_trained,
+    parameter_groups,
+)
 from trainer.synthetic import make_mixture, make_sample
-from trainer.tokenizer import END, corpus_texts, load_tokenizer, special_ids, train_tokenizer
+from trainer.tokenizer import (
+    END,
+    corpus_texts,
+    load_tokenizer,
+    special_ids,
+    train_tokenizer,
+)
 from trainer.train import lr_factor, run_stages, train_stage
 from vlcorpus import cli
 from vlcorpus.sample import Sample

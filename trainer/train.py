@@ -22,14 +22,30 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from trainer.config import DEFAULT_SCHEDULES, ModelConfig, RunConfig, StageConfig, load_stage
+from trainer.config import (
+    DEFAULT_SCHEDULES,
+    ModelConfig,
+    RunConfig,
+    StageConfig,
+    load_stage,
+)
 from trainer.data import Encoder, StepBatcher, read_mixture, realised_language_share
-from trainer.model import build_model, image_processor, image_token_count, load_trained, set_trainable
+from trainer.model import (
+    build_model,
+    image_processor,
+    image_token_count,
+    load_trained,
+    set_trainable,
+)
 from trainer.tokenizer import load_tokenizer, special_ids
 from vlcorpus.shards import atomic_write_json
 

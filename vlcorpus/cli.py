@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
 
 from vlcorpus.config import ConfigError
 from vlcorpus.driver import OutputFull
@@ -24,34 +25,48 @@ GROUPS = {
     "run": "run the whole chain from raw sources to a trained model",
 }
 
-MODULES = [
-    "pipelines.text",
+# The one registry of commands. The source commands (groups in SOURCE_GROUPS) are also what `vlcorpus run` runs, in
+# this order; a command that declares READS_CORPUS runs after the others, with the corpus they built.
+COMMANDS = [
+    "pipelines.arxiv",
+    "pipelines.pdf",
+    "pipelines.epub",
+    "pipelines.html",
+    "pipelines.notebooks",
     "pipelines.import_caption",
     "pipelines.import_interleaved",
     "pipelines.import_table_chart",
     "pipelines.import_scene_ocr",
+    "pipelines.text",
     "pipelines.build_sft",
-    "pipelines.notebooks",
-    "pipelines.arxiv",
-    "pipelines.pdf",
-    "pipelines.html",
-    "pipelines.epub",
     "vlcorpus.inspect",
-    "pipelines.e2e",
     "mixer.mix",
     "mixer.report",
     "trainer.train",
     "trainer.tokenizer",
+    "chain.run",
 ]
+SOURCE_GROUPS = ("render", "extract", "import", "build")
+
+
+def command_modules() -> list[ModuleType]:
+    return [importlib.import_module(m) for m in COMMANDS]
+
+
+def source_commands() -> dict[str, ModuleType]:
+    """Source kind (the command's last word: `arxiv`, `notebooks`, `sft`, ...) -> its module, in the order `vlcorpus
+    run` runs them: the order of COMMANDS, those that read the corpus last."""
+    sources = [m for m in command_modules() if m.COMMAND[0] in SOURCE_GROUPS]
+    sources.sort(key=lambda m: getattr(m, "READS_CORPUS", False))
+    return {m.COMMAND[-1]: m for m in sources}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlcorpus", description="vision-language pretraining corpora and training")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = [importlib.import_module(m) for m in MODULES]
     groups: dict[str, argparse._SubParsersAction] = {}
-    for mod in commands:
+    for mod in command_modules():
         group, *name = mod.COMMAND
         if not name:
             p = top.add_parser(group, help=mod.HELP, description=mod.HELP)

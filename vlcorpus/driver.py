@@ -25,49 +25,30 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from vlcorpus.document import Bounds, DocInput, Filtered, Render
 from vlcorpus.ledger import DONE, Entry, Ledger, summarize
 from vlcorpus.sample import Sample
-from vlcorpus.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, ShardWriter, clean_partial, read_sidecar, sidecar_path, write_index
+from vlcorpus.shards import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_SAMPLES,
+    ShardWriter,
+    clean_partial,
+    read_sidecar,
+    sidecar_path,
+    write_index,
+)
 
 log = logging.getLogger("vlcorpus.driver")
-
-Render = Callable[["DocInput", Any, Counter], Iterable[Sample]]
-
-
-@dataclass(frozen=True)
-class DocInput:
-    """One raw input document. `doc` is its stable id (it makes the keys), `origin` where it came from."""
-
-    doc: str
-    origin: str
-    path: str
-    related: dict[str, str] = field(default_factory=dict)  # e.g. {"pdf": ...} next to a LaTeX source
 
 
 class OutputFull(RuntimeError):
     """The output volume is full: an environment failure that stops the job, never a document's fault."""
-
-
-class Filtered(Exception):
-    """Raised by a renderer for a document that is fine but yields nothing useful; the message is the reason."""
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Per-document limits: one bad document can neither stall nor kill a job."""
-
-    timeout_s: float = 300.0
-    memory_gb: float = 4.0
-
-    def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.memory_gb <= 0:
-            raise ValueError("per-document timeout and memory bound must be positive")
 
 
 @dataclass(frozen=True)
@@ -79,7 +60,8 @@ class Stage:
     config: Any = None
     cpus: float = 1.0
     batch_size: int = 8
-    make_runner: Callable[[Stage, Bounds], Runner] | None = None  # None: render in a bounded child process
+    bounds: Bounds = Bounds()
+    make_runner: Callable[[Stage], Runner] | None = None  # None: render in a bounded child process
     actors: bool = False  # keep one runner per Ray actor across batches (browser renderers)
 
 
@@ -87,7 +69,6 @@ class Stage:
 class Options:
     out: Path
     retry_failed: bool = False
-    bounds: Bounds = Bounds()
     max_shard_bytes: int = DEFAULT_MAX_BYTES
     max_shard_samples: int = DEFAULT_MAX_SAMPLES
     max_in_flight: int | None = None  # batches submitted at once; default twice the cluster's CPUs
@@ -131,19 +112,19 @@ class IsolatedRunner:
     pebble kills a child that runs past the timeout and starts a fresh one for the next document.
     """
 
-    def __init__(self, stage: Stage, bounds: Bounds):
+    def __init__(self, stage: Stage):
         from pebble import ProcessPool
 
-        self.stage, self.bounds = stage, bounds
+        self.stage = stage
         self.pool = ProcessPool(
             max_workers=1,
             initializer=_limit_memory,
-            initargs=(bounds.memory_gb,),
+            initargs=(stage.bounds.memory_gb,),
             context=multiprocessing.get_context("spawn"),
         )
 
     def render(self, doc: DocInput) -> tuple[list[Sample], dict[str, int]]:
-        future = self.pool.submit(render_all, self.bounds.timeout_s, self.stage.render, doc, self.stage.config)
+        future = self.pool.submit(render_all, self.stage.bounds.timeout_s, self.stage.render, doc, self.stage.config)
         return future.result()
 
     def close(self) -> None:
@@ -151,8 +132,8 @@ class IsolatedRunner:
         self.pool.join()
 
 
-def make_runner(stage: Stage, bounds: Bounds) -> Runner:
-    return (stage.make_runner or IsolatedRunner)(stage, bounds)
+def make_runner(stage: Stage) -> Runner:
+    return (stage.make_runner or IsolatedRunner)(stage)
 
 
 def _failure(exc: BaseException, bounds: Bounds) -> tuple[str, str]:
@@ -178,7 +159,7 @@ def process_batch(stage: Stage, docs: list[DocInput], opts: Options, batch: int,
     for old in opts.out.glob(f"*/{prefix}-*"):  # left by an earlier attempt of this very batch
         old.unlink(missing_ok=True)
     own_runner = runner is None
-    runner = runner or make_runner(stage, opts.bounds)
+    runner = runner or make_runner(stage)
     writers: dict[str, ShardWriter] = {}
     entries: list[Entry] = []
     try:
@@ -192,7 +173,7 @@ def process_batch(stage: Stage, docs: list[DocInput], opts: Options, batch: int,
                 entry.counts = getattr(e, "counts", {})
             except Exception as e:  # noqa: BLE001 - every failure becomes a ledger line; the job goes on
                 entry.status = "failed"
-                entry.error_class, entry.error = _failure(e, opts.bounds)
+                entry.error_class, entry.error = _failure(e, stage.bounds)
                 log.debug("%s failed:\n%s", doc.origin, "".join(traceback.format_exception(e)))
             else:
                 if not samples:
@@ -224,7 +205,7 @@ class BatchActor:
 
     def __init__(self, stage: Stage, opts: Options):
         self.stage, self.opts = stage, opts
-        self.runner = make_runner(stage, opts.bounds)
+        self.runner = make_runner(stage)
 
     def process(self, docs: list[DocInput], batch: int) -> list[Entry]:
         return process_batch(self.stage, docs, self.opts, batch, self.runner)
@@ -281,70 +262,72 @@ def pending(inputs: Iterable[DocInput], latest: dict[str, Entry], retry_failed: 
 
 def run_pipeline(stage: Stage, inputs: Iterable[DocInput], opts: Options) -> dict[str, int]:
     """Run a stage over its inputs on Ray (started by `vlcorpus.runtime.init_ray`); return the job's counts."""
-    import ray
-
     if stage.batch_size <= 0:
         raise ValueError("batch size must be positive")
     opts.out.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(opts.out, stage.source)
-    ledger.lock()
-    try:
-        latest = reconcile(opts.out, stage.source, ledger)
-        todo = pending(inputs, latest, opts.retry_failed)
-        if opts.limit is not None:
-            todo = todo[: opts.limit]
-        batches = [todo[i : i + stage.batch_size] for i in range(0, len(todo), stage.batch_size)]
-        log.info("%s: %d document(s) to render in %d batch(es), run %s", stage.source, len(todo), len(batches), opts.run_id)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // stage.cpus))
-        in_flight_cap = opts.max_in_flight or 2 * cpus
-        submit = _submitter(stage, opts, cpus)
-        committed: list[Entry] = []
-        futures: dict[Any, int] = {}
-        next_batch = 0
-        last_index = time.monotonic()
-        with tqdm(total=len(todo), desc=f"render {stage.source}", unit="doc", mininterval=5) as bar:
-            while next_batch < len(batches) or futures:
-                while next_batch < len(batches) and len(futures) < in_flight_cap:
-                    futures[submit(batches[next_batch], next_batch)] = next_batch
-                    next_batch += 1
-                done, _ = ray.wait(list(futures), num_returns=1)
-                batch = futures.pop(done[0])
-                try:
-                    entries = ray.get(done[0])
-                except (ray.exceptions.RayError, OSError) as e:
-                    _drop_batch(opts.out, batch_prefix(stage.source, opts.run_id, batch))
-                    if _is_full(getattr(e, "cause", e)):
-                        raise OutputFull(f"no space left writing shards under {opts.out}: free space and run again "
-                                         "(finished batches are committed; this one was removed)") from None
-                    entries = [
-                        Entry(doc=d.doc, origin=d.origin, status="failed", error_class=type(e).__name__,
-                              error=f"the batch's Ray worker failed after its retries: {str(e)[:500]}", run=opts.run_id)
-                        for d in batches[batch]
-                    ]
-                ledger.append(entries)
-                committed.extend(entries)
-                bar.update(len(entries))
-                bar.set_postfix(summarize(committed), refresh=False)
-                if time.monotonic() - last_index > 30:
-                    _write_indexes(opts.out)
-                    last_index = time.monotonic()
-        reconcile(opts.out, stage.source, ledger)
-        _write_indexes(opts.out)
-    except OSError as e:
-        if _is_full(e):
-            raise OutputFull(f"no space left under {opts.out} ({e}): free space and run again") from None
-        raise
-    finally:
-        ledger.unlock()
+    with Ledger(opts.out, stage.source) as ledger:
+        try:
+            todo = pending(inputs, reconcile(opts.out, stage.source, ledger), opts.retry_failed)
+            if opts.limit is not None:
+                todo = todo[: opts.limit]
+            committed = _run_batches(stage, todo, opts, ledger)
+            reconcile(opts.out, stage.source, ledger)
+            _write_indexes(opts.out)
+        except OSError as e:
+            if _is_full(e):
+                raise OutputFull(f"no space left under {opts.out} ({e}): free space and run again") from None
+            raise
     counts = summarize(committed)
     log.info("%s: %s (ledger %s)", stage.source, counts, ledger.path)
     return counts
 
 
+def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledger) -> list[Entry]:
+    """Submit the batches (a bounded number in flight) and commit each one's entries as it finishes."""
+    import ray
+
+    batches = [todo[i : i + stage.batch_size] for i in range(0, len(todo), stage.batch_size)]
+    log.info("%s: %d document(s) to render in %d batch(es), run %s", stage.source, len(todo), len(batches), opts.run_id)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // stage.cpus))
+    in_flight_cap = opts.max_in_flight or 2 * cpus
+    submit = _submitter(stage, opts, cpus)
+    committed: list[Entry] = []
+    futures: dict[Any, int] = {}
+    next_batch = 0
+    last_index = time.monotonic()
+    with tqdm(total=len(todo), desc=f"render {stage.source}", unit="doc", mininterval=5) as bar:
+        while next_batch < len(batches) or futures:
+            while next_batch < len(batches) and len(futures) < in_flight_cap:
+                futures[submit(batches[next_batch], next_batch)] = next_batch
+                next_batch += 1
+            done, _ = ray.wait(list(futures), num_returns=1)
+            batch = futures.pop(done[0])
+            try:
+                entries = ray.get(done[0])
+            except (ray.exceptions.RayError, OSError) as e:
+                _drop_batch(opts.out, batch_prefix(stage.source, opts.run_id, batch))
+                if _is_full(getattr(e, "cause", e)):
+                    raise OutputFull(f"no space left writing shards under {opts.out}: free space and run again "
+                                     "(finished batches are committed; this one was removed)") from None
+                entries = [
+                    Entry(doc=d.doc, origin=d.origin, status="failed", error_class=type(e).__name__,
+                          error=f"the batch's Ray worker failed after its retries: {str(e)[:500]}", run=opts.run_id)
+                    for d in batches[batch]
+                ]
+            ledger.append(entries)
+            committed.extend(entries)
+            bar.update(len(entries))
+            bar.set_postfix(summarize(committed), refresh=False)
+            if time.monotonic() - last_index > 30:
+                _write_indexes(opts.out)
+                last_index = time.monotonic()
+    return committed
+
+
 def _submitter(stage: Stage, opts: Options, cpus: int) -> Callable[[list[DocInput], int], Any]:
     import ray
 
-    memory = int(opts.bounds.memory_gb * 1024**3)
+    memory = int(stage.bounds.memory_gb * 1024**3)
     if not stage.actors:
         task = ray.remote(process_batch).options(num_cpus=stage.cpus, memory=memory, max_retries=3, retry_exceptions=False)
         return lambda docs, batch: task.remote(stage, docs, opts, batch)

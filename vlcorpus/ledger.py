@@ -39,7 +39,7 @@ class Entry:
 
 
 class Ledger:
-    """Append-only JSONL per source, with an exclusive lock so two runs never write the same source at once."""
+    """Append-only JSONL per source; `with ledger:` holds an exclusive lock so two runs never write one source at once."""
 
     def __init__(self, out: str | Path, source: str):
         self.dir = Path(out) / "_ledger"
@@ -47,20 +47,23 @@ class Ledger:
         self.path = self.dir / f"{source}.jsonl"
         self._lock_file = None
 
-    def lock(self) -> None:
+    def __enter__(self) -> Ledger:
+        """Hold the source's lock: `with Ledger(out, source) as ledger: ...`."""
         self._lock_file = open(self.dir / f".{self.path.stem}.lock", "w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
             raise RuntimeError(
                 f"another run is writing {self.path}; wait for it to finish or use another --out"
             ) from None
+        return self
 
-    def unlock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
+        self._lock_file = None
 
     def latest(self) -> dict[str, Entry]:
         """The last complete line for each document."""

@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from vlcorpus.sample import Sample
 
 DEFAULT_MAX_BYTES = 256 * 1024**2

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pymupdf
 
-from renderers import floats
-from renderers.latexml import (
+from renderers.paper import floats
+from renderers.paper.latexml import (
     LatexmlError,
     LatexmlSettings,
     check_sources,
@@ -26,9 +26,16 @@ from renderers.latexml import (
     pick_main_tex,
     prepare_source,
 )
-from renderers.pdf_pages import PdfLimits, open_pdf, page_texts, page_too_large, rasterise, text_layer_markdown
-from vlcorpus.driver import DocInput, Filtered
-from vlcorpus.sandbox import ArchiveLimits, ToolTimeout
+from renderers.paper.pdf_pages import (
+    PdfLimits,
+    open_pdf,
+    page_texts,
+    page_too_large,
+    rasterise,
+    text_layer_markdown,
+)
+from renderers.paper.sandbox import ArchiveLimits, ToolTimeout
+from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 
 
@@ -98,8 +105,8 @@ def pick_pdf(tree: Path, name: str) -> Path:
 
 def split_pages(markdown: str, figures: dict[str, str], pdf: Path, page_texts: list[str]) -> tuple[list[str], dict[int, float]]:
     """Nougat's `split_markdown`: the markdown cut at the PDF's page breaks, with a confidence per page; then the
-    tables and figures put back where their captions are printed (see `renderers.floats`)."""
-    from vlcorpus.nougat_tools import remove_pretty_linebreaks, split_markdown
+    tables and figures put back where their captions are printed (see `renderers.paper.floats`)."""
+    from renderers.paper.nougat_tools import remove_pretty_linebreaks, split_markdown
 
     located = floats.locate(figures, page_texts)
     footnotes = {k: v for k, v in figures.items() if floats.caption_of(k, v) is None}

@@ -19,27 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixer.heldout import corpus_fingerprint, split_corpus
+from trainer.config import SCHEDULE_DIR
+from vlcorpus.cli import main as cli_main
+from vlcorpus.cli import source_commands
 from vlcorpus.config import load_config
 
 COMMAND = ("run",)
 HELP = "run the whole chain from raw sources to a trained, evaluated model (see e2e.yaml)"
 log = logging.getLogger("vlcorpus.e2e")
-
-# source kind -> the command that reads it (in the order they run: the SFT build derives tasks from the rest)
-SOURCE_COMMANDS = {
-    "arxiv": ["render", "arxiv"],
-    "pdf": ["render", "pdf"],
-    "epub": ["render", "epub"],
-    "html": ["render", "html"],
-    "notebooks": ["extract", "notebooks"],
-    "caption": ["import", "caption"],
-    "interleaved": ["import", "interleaved"],
-    "table_chart": ["import", "table_chart"],
-    "scene_ocr": ["import", "scene_ocr"],
-    "text": ["import", "text"],
-    "sft": ["build", "sft"],
-}
-
 
 @dataclass
 class TrainSettings:
@@ -58,15 +45,16 @@ class TrainSettings:
 @dataclass
 class E2EConfig:
     out: str = "out/e2e"
-    sources: dict[str, str] = field(default_factory=dict)  # kind -> input folder (kinds: SOURCE_COMMANDS)
+    sources: dict[str, str] = field(default_factory=dict)  # kind -> input folder (kinds: vlcorpus.cli.source_commands)
     heldout_fraction: float = 0.1
     stages: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.sources) - set(SOURCE_COMMANDS))
+        known = source_commands()
+        unknown = sorted(set(self.sources) - set(known))
         if unknown:
-            raise ValueError(f"sources: unknown kind(s) {unknown}; known: {', '.join(SOURCE_COMMANDS)}")
+            raise ValueError(f"sources: unknown kind(s) {unknown}; known: {', '.join(known)}")
         if not self.sources:
             raise ValueError("sources: name at least one input folder")
         for kind, folder in self.sources.items():
@@ -84,10 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cli(argv: list[str]) -> None:
-    from vlcorpus.cli import main
-
     log.info("$ vlcorpus %s", " ".join(argv))
-    code = main(argv)
+    code = cli_main(argv)
     if code:
         raise SystemExit(f"error: step `vlcorpus {' '.join(argv)}` failed with exit code {code}")
 
@@ -98,10 +84,10 @@ def _step(name: str) -> float:
 
 
 def build_corpus(cfg: E2EConfig, corpus: Path, ray_args: list[str]) -> None:
-    for kind, command in SOURCE_COMMANDS.items():
+    for kind, command in source_commands().items():
         if kind in cfg.sources:
-            extra = ["--corpus", str(corpus)] if kind == "sft" else []
-            _cli([*command, cfg.sources[kind], "--out", str(corpus), *extra, *ray_args])
+            extra = ["--corpus", str(corpus)] if getattr(command, "READS_CORPUS", False) else []
+            _cli([*command.COMMAND, cfg.sources[kind], "--out", str(corpus), *extra, *ray_args])
 
 
 def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
@@ -133,14 +119,13 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
         partial.rename(tok)
 
     _step("5/6 training stages " + " -> ".join(cfg.stages) + " with evaluation")
-    schedules = [f"trainer/schedules/{s}.yaml" for s in cfg.stages]
     train_args = ["train", "--mix", str(mix), "--tokenizer", str(tok), "--out", str(train),
                   "--preset", cfg.train.preset, "--device", cfg.train.device, "--scale", str(cfg.train.scale),
                   "--eval", str(split / "heldout"), "--eval-items", str(cfg.train.eval_items),
                   "--workers", str(cfg.train.workers), "--num-workers", str(cfg.train.num_workers),
                   "--ckpt-interval", str(cfg.train.ckpt_interval)]
-    for s in schedules:
-        train_args += ["--schedule", str(Path(__file__).resolve().parents[1] / s)]
+    for s in cfg.stages:
+        train_args += ["--schedule", str(SCHEDULE_DIR / f"{s}.yaml")]
     if cfg.train.max_seq_len:
         train_args += ["--max-seq-len", str(cfg.train.max_seq_len)]
     for o in cfg.train.overrides:

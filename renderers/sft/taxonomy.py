@@ -1,6 +1,6 @@
 """The SFT use-case taxonomy (DeepSeek-VL Table 3) as data: load, validate, resolve labels to leaf paths.
 
-The default lives in `renderers/taxonomy.yaml`; a user file with the same shape replaces it (`--taxonomy`).
+The default lives in `renderers/sft/taxonomy.yaml`; a user file with the same shape replaces it (`--taxonomy`).
 A leaf is a node without children; its path (2 or 3 names) is what samples carry in `taxonomy`.
 """
 

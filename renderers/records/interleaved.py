@@ -11,10 +11,10 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from renderers.caption import image_root
 from renderers.images import ImageLimits, image_or_count
-from renderers.records import first_field, read_records
-from vlcorpus.driver import DocInput
+from renderers.records.caption import image_root
+from renderers.records.reader import first_field, read_records
+from vlcorpus.document import DocInput
 from vlcorpus.sample import Sample
 
 

@@ -1,6 +1,6 @@
 """A LaTeX source tree -> Nougat markdown, through LaTeXML and Nougat's own parser (the route DeepSeek-VL used).
 
-The source is untrusted: it is unpacked with `vlcorpus.sandbox.safe_extract`, every file-reading command is checked
+The source is untrusted: it is unpacked with `renderers.paper.sandbox.safe_extract`, every file-reading command is checked
 for absolute or `..` targets before LaTeXML runs, and LaTeXML itself runs in bubblewrap (no network, only the
 paper's folder and the read-only system) with its own timeout, killed as a process group.
 """
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlcorpus.sandbox import ArchiveLimits, isolated, run_bounded, safe_extract
+from renderers.paper.sandbox import ArchiveLimits, isolated, run_bounded, safe_extract
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".gz")
 SOURCE_SUFFIXES = (".tex", ".sty", ".cls", ".bbl", ".clo", ".def", ".cfg", ".ltx")
@@ -174,7 +174,7 @@ def html_to_markdown(html: Path) -> tuple[str, dict[str, str]]:
     import htmlmin
     from bs4 import BeautifulSoup
 
-    from vlcorpus.nougat_tools import format_document, parse_latexml
+    from renderers.paper.nougat_tools import format_document, parse_latexml
 
     raw = html.read_text("utf-8", errors="replace").replace("\xa0", " ")
     soup = BeautifulSoup(htmlmin.minify(raw, remove_all_empty_space=1), features="html.parser")

@@ -15,8 +15,8 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 
-from renderers.conversations import SftConfig, taxonomy_for
-from vlcorpus.driver import DocInput
+from renderers.sft.conversations import SftConfig, taxonomy_for
+from vlcorpus.document import DocInput
 from vlcorpus.sample import Sample
 from vlcorpus.shards import read_shard
 

@@ -5,7 +5,7 @@ code and kept instances of a single image with at least 5 lines of code; these a
 
 Per notebook: read it with nbformat (v4 as is, v3 upgraded) after checking the file size; keep only Python kernels
 unless told otherwise; for each code cell whose outputs hold an image, decode the image within bounds
-(`notebook_image`), clean the cell's code and collate the earlier cells it depends on (`notebook_code`), apply the
+(`renderers.images`), clean the cell's code and collate the earlier cells it depends on (`renderers.notebook.code`), apply the
 filters and emit `[image, code]`. Every dropped image is counted by reason; a notebook that yields nothing raises
 `Filtered` naming the reasons. Job-wide exact-duplicate images are dropped by the pipeline (`meta.image_sha256`),
 not here: a renderer sees one notebook.
@@ -16,19 +16,37 @@ filters change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from renderers.notebook_code import CellNames, CodeContext, cell_names, clean_code, code_lines, collate, source_text
-from renderers.notebook_image import IMAGE_MIMES, ImageDropped, ImageLimits, PlotImage, decode_image
-from vlcorpus.driver import DocInput, Filtered
+from renderers.images import (
+    BadImage,
+    CheckedImage,
+    ImageLimits,
+    check_image,
+    decode_base64,
+    rasterise_svg,
+)
+from renderers.notebook.code import (
+    CellNames,
+    CodeContext,
+    cell_names,
+    clean_code,
+    code_lines,
+    collate,
+    source_text,
+)
+from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 
 OUTPUT_TYPES = ("execute_result", "display_data", "stream", "error")
-# What a kept image passed (`notebook_image`); the pipeline adds the job-wide duplicate check.
+# Image representations we can decode, in the order we prefer them when one output carries several.
+IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+# What a kept image passed (`renderers.images`); the pipeline adds the job-wide duplicate check.
 IMAGE_CHECKS = ("encoded_size", "base64", "pixels", "decodes", "min_side", "not_uniform")
 _MAX_REASONS = 5  # drop reasons quoted in a Filtered message
 
@@ -66,7 +84,7 @@ class NotebookConfig:
 
     def limits(self) -> ImageLimits:
         return ImageLimits(
-            max_encoded_bytes=int(self.max_image_mb * 1024**2),
+            max_bytes=int(self.max_image_mb * 1024**2),
             max_pixels=self.max_image_pixels,
             min_side=self.min_image_side,
             uniform_tolerance=self.uniform_tolerance,
@@ -179,6 +197,37 @@ def _image_outputs(outputs: list, stats: Counter) -> list[tuple[str, object]]:
     return images
 
 
+def field_text(value: object) -> str | None:
+    """A mime bundle value: a string, or a list of strings (nbformat's multiline form)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "".join(value)
+    return None
+
+
+def field_length(value: object) -> int:
+    """Length of a mime bundle value without joining it (the join is what a huge field must not cost)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(len(v) for v in value if isinstance(v, str))
+    return 0
+
+
+def decode_output(mime: str, value: object, limits: ImageLimits) -> CheckedImage:
+    """One output's image through the image gate; its encoded size is checked before anything is decoded."""
+    size = field_length(value)
+    if size > limits.max_bytes:
+        raise BadImage("image_too_large", f"{size / 1024**2:.1f} MB encoded, over the "
+                                          f"{limits.max_bytes / 1024**2:g} MB limit (max_image_mb)")
+    text = field_text(value)
+    if text is None:
+        raise BadImage("image_undecodable", f"a {type(value).__name__}, not a string")
+    data = rasterise_svg(text.encode("utf-8"), limits) if mime == "image/svg+xml" else decode_base64(text)
+    return check_image(data, limits)
+
+
 def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sample]:
     nb = read_notebook(Path(doc.path), cfg.max_file_mb)
     language, kernel = kernel_language(nb)
@@ -205,11 +254,11 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
             continue
         stats["images"] += len(images)
         if cfg.one_image_only and len(images) != 1:
-            drop("several_images", cell.index, f"{len(images)} images in the outputs (one_image_only)")
+            drop("not_one_image", cell.index, f"{len(images)} images in the outputs (one_image_only)")
             continue
         own_lines = code_lines(cell.code)
         if own_lines < cfg.min_cell_lines:
-            drop("short_code", cell.index, f"{own_lines} line(s) of code, under min_cell_lines={cfg.min_cell_lines}")
+            drop("code_too_short", cell.index, f"{own_lines} line(s) of code, under min_cell_lines={cfg.min_cell_lines}")
             continue
         if own_lines > cfg.max_code_lines or len(cell.code) > cfg.max_code_chars:
             drop("code_over_budget", cell.index, f"{own_lines} lines / {len(cell.code)} chars of code, over the "
@@ -219,18 +268,18 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
         context = collate(cell.index, codes, names, cfg.max_code_lines, cfg.max_code_chars)
         for k, (mime, value) in enumerate(images):
             if mime not in IMAGE_MIMES:
-                drop("unsupported_image", cell.index, f"{mime} output is not a supported image type")
+                drop("image_unsupported", cell.index, f"{mime} output is not a supported image type")
                 continue
             try:
-                image = decode_image(mime, value, limits)
-            except ImageDropped as e:
-                drop(e.reason, cell.index, str(e))
+                image = decode_output(mime, value, limits)
+            except BadImage as e:
+                drop(e.reason, cell.index, f"{mime} output: {e}")
                 continue
             written += 1
             filters = {"images_in_cell": len(images), "one_image_only": cfg.one_image_only,
                        "cell_code_lines": own_lines, "min_cell_lines": cfg.min_cell_lines,
                        "image_checks": list(IMAGE_CHECKS)}
-            yield _sample(doc, first + k, cell.index, image, context, language, kernel, filters)
+            yield _sample(doc, first + k, cell.index, image, mime, context, language, kernel, filters)
     if not written:
         if not reasons:
             raise Filtered("no plot/code pair kept: no code cell has an image output")
@@ -239,8 +288,8 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
     stats["pairs"] += written
 
 
-def _sample(doc: DocInput, part: int, cell: int, image: PlotImage, context: CodeContext, language: str | None,
-            kernel: str | None, filters: dict) -> Sample:
+def _sample(doc: DocInput, part: int, cell: int, image: CheckedImage, mime: str, context: CodeContext,
+            language: str | None, kernel: str | None, filters: dict) -> Sample:
     name = f"0.{image.ext}"
     return Sample(
         category="web_code",
@@ -254,8 +303,8 @@ def _sample(doc: DocInput, part: int, cell: int, image: PlotImage, context: Code
             "notebook": doc.origin,
             "cell": cell,
             "kernel": {"language": language, "name": kernel},
-            "image": {"width": image.width, "height": image.height, "mime": image.mime},
-            "image_sha256": image.sha256,
+            "image": {"width": image.width, "height": image.height, "mime": mime},
+            "image_sha256": hashlib.sha256(image.data).hexdigest(),
             "code": {"cells": context.cells, "omitted_cells": context.omitted, "analysis": context.analysis,
                      "lines": code_lines(context.code), "chars": len(context.code)},
             "filters": filters,

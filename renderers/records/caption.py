@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from renderers.images import ImageLimits, image_or_count
-from renderers.records import first_field, read_records
-from vlcorpus.driver import DocInput
+from renderers.records.reader import first_field, read_records
+from vlcorpus.document import DocInput
 from vlcorpus.sample import Sample
 from vlcorpus.shards import iter_members
 

@@ -1,7 +1,7 @@
 """Plain text -> `text` samples, split at paragraph boundaries into documents of bounded size.
 
 Inputs: text files (.txt, .md), one document each; and record files (JSONL with a `text` field, Parquet with a
-`text` column), read piece by piece through `renderers.records`, one document per record.
+`text` column), read piece by piece through `renderers.records.reader`, one document per record.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from renderers.records import read_records
-from vlcorpus.driver import DocInput, Filtered
+from renderers.records.reader import read_records
+from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample, estimate_tokens
 
 
 @dataclass
 class TextConfig:
     max_chars: int = 20_000  # one sample at most; longer files are split at blank lines
-    min_chars: int = 200  # shorter pieces are dropped (counted as too_short)
+    min_chars: int = 200  # shorter pieces are dropped (counted as text_too_short)
     max_file_mb: float = 512.0
     text_field: str = "text"  # the field of JSONL records / column of Parquet files holding the text
 
@@ -74,7 +74,7 @@ def render(doc: DocInput, cfg: TextConfig, stats: Counter) -> Iterator[Sample]:
     for pos, text in _texts(doc, cfg, stats):
         for piece in split_paragraphs(text.replace("\r\n", "\n"), cfg.max_chars):
             if len(piece) < cfg.min_chars:
-                stats["too_short"] += 1
+                stats["text_too_short"] += 1
                 continue
             meta = {"chars": len(piece), "tokens": estimate_tokens(piece)}
             if pos is not None:

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from renderers.caption import image_root
-from renderers.classify import make_classifier
-from renderers.images import BadImage, ImageLimits, checked_image, load_ref
-from renderers.records import read_records
-from renderers.taxonomy import Taxonomy, UnknownLabel, load_taxonomy
-from vlcorpus.driver import DocInput
+from renderers.images import BadImage, ImageLimits, check_image, load_ref
+from renderers.records.caption import image_root
+from renderers.records.reader import read_records
+from renderers.sft.classify import make_classifier
+from renderers.sft.taxonomy import Taxonomy, UnknownLabel, load_taxonomy
+from vlcorpus.document import DocInput
 from vlcorpus.sample import SFT_CATEGORIES, TEXT_ONLY_CATEGORIES, Sample
 from vlcorpus.shards import read_shard
 
@@ -35,7 +35,7 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 
 @dataclass
 class SftConfig:
-    taxonomy: str = ""  # a taxonomy YAML; empty: DeepSeek-VL Table 3 (renderers/taxonomy.yaml)
+    taxonomy: str = ""  # a taxonomy YAML; empty: DeepSeek-VL Table 3 (renderers/sft/taxonomy.yaml)
     image_root: str = ""  # where image paths point; default: the folder of the conversation file
     classifier: str = "embedding"  # or "keyword"
     min_confidence: float = 0.5  # below it a classified conversation goes to Others
@@ -168,11 +168,11 @@ def _materialise(segs: list[dict], refs: list, root, limits: ImageLimits) -> tup
     for seg in segs:
         if "image" in seg:
             try:
-                ext, data, _, _ = checked_image(load_ref(refs[seg["image"]], root), limits)
+                image = check_image(load_ref(refs[seg["image"]], root), limits)
             except BadImage as e:
                 raise Dropped(e.reason) from None
-            name = f"{len(images)}.{ext}"
-            images[name] = data
+            name = f"{len(images)}.{image.ext}"
+            images[name] = image.data
             out.append({"role": seg["role"], "image": name})
         else:
             out.append(seg)

@@ -1,6 +1,6 @@
 """Paginate a page loaded in Chromium into page images, each with exactly the text laid out on it.
 
-`browser_js/layout.js` reads the DOM layout: every visible line fragment of text (and every visible image, as
+`js/layout.js` reads the DOM layout: every visible line fragment of text (and every visible image, as
 markdown `![alt]()`) with its box, in DOM order. Python groups fragments into visual lines, gives each whole line to
 one page and screenshots the pages, so no line is split between two pages or counted twice. Two layouts:
 
@@ -29,7 +29,7 @@ INF = 1e12
 
 @dataclass
 class PageConfig:
-    """Page geometry and look. `templates` are stylesheets in renderers/templates/ (one picked per document)."""
+    """Page geometry and look. `templates` are stylesheets in renderers/browser/templates/ (one picked per document)."""
 
     width: int = 1024
     height: int = 1024
@@ -63,7 +63,7 @@ def available_templates() -> list[str]:
 
 @cache
 def asset(rel: str) -> str:
-    """A file shipped with the renderers (a script in browser_js/, a stylesheet in templates/)."""
+    """A file shipped with the renderers (a script in js/, a stylesheet in templates/)."""
     return (HERE / rel).read_text("utf-8")
 
 
@@ -202,7 +202,7 @@ def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages:
             if (p === 'fixed') el.style.setProperty('position', 'absolute', 'important');
             else if (p === 'sticky') el.style.setProperty('position', 'relative', 'important'); } }""")
     area = {"l": 0, "t": 0, "r": INF, "b": h} if layout == "template" else {"l": 0, "t": 0, "r": w, "b": INF}
-    measured = page.evaluate(asset("browser_js/layout.js"), {"area": area, "minImage": cfg.min_image_px})
+    measured = page.evaluate(asset("js/layout.js"), {"area": area, "minImage": cfg.min_image_px})
     if layout == "template":
         lines = group_lines(measured["items"], w)
         count = max((int((ln.left + 1) // w) for ln in lines), default=-1) + 1

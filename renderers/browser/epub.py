@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from renderers.browser import Session
-from renderers.pages import PageConfig, image_name, paginate, apply_template, pick_template
-from vlcorpus.driver import DocInput
+from renderers.browser.pages import (
+    PageConfig,
+    apply_template,
+    image_name,
+    paginate,
+    pick_template,
+)
+from renderers.browser.session import Session
+from vlcorpus.document import DocInput
 from vlcorpus.sample import Sample
 
 CONTAINER = "META-INF/container.xml"

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
-from renderers.taxonomy import Taxonomy
+from renderers.sft.taxonomy import Taxonomy
 
 log = logging.getLogger("vlcorpus.classify")
 EMBED_TEMPERATURE = 0.05

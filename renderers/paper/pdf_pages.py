@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pymupdf
 
-from vlcorpus.driver import Filtered
+from vlcorpus.document import Filtered
 
 
 class PdfError(ValueError):

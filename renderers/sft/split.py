@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from renderers.conversations import SftConfig, taxonomy_for, user_text
-from renderers.derived import pick
-from vlcorpus.driver import DocInput
+from renderers.sft.conversations import SftConfig, taxonomy_for, user_text
+from renderers.sft.derived import pick
+from vlcorpus.document import DocInput
 from vlcorpus.sample import Sample
 from vlcorpus.shards import read_shard
 

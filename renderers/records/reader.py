@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 
-from vlcorpus.driver import DocInput
+from vlcorpus.document import DocInput
 
 PARQUET_BATCH_ROWS = 256
 

@@ -1,7 +1,7 @@
 """HTML pages -> `doc_ocr` samples (page images with exactly the text shown on each) and a `web_code` sample
 (the first viewport's screenshot with the cleaned HTML+CSS that draws it).
 
-Runs on a `renderers.browser.Session` (one Chromium per worker, one context per document, no network, JavaScript
+Runs on a `renderers.browser.session.Session` (one Chromium per worker, one context per document, no network, JavaScript
 off). A page with its own stylesheets keeps its design (`native` layout, cut into page-high slices); a page
 without any is set in one of the templates (`template` layout), as e-books are.
 """
@@ -13,9 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from renderers.browser import DirSite, Session
-from renderers.pages import PageConfig, asset, image_name, paginate, apply_template, pick_template
-from vlcorpus.driver import DocInput, Filtered
+from renderers.browser.pages import (
+    PageConfig,
+    apply_template,
+    asset,
+    image_name,
+    paginate,
+    pick_template,
+)
+from renderers.browser.session import DirSite, Session
+from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 
 LAYOUTS = ("auto", "native", "template")
@@ -53,7 +60,7 @@ def render(doc: DocInput, cfg: HtmlConfig, stats: Counter, session: Session) -> 
         code = None
         if cfg.web_code:
             shot = page.screenshot(type=pc.image_format, **({"quality": pc.jpeg_quality} if pc.image_format == "jpeg" else {}))
-            code = page.evaluate(asset("browser_js/webcode.js"),
+            code = page.evaluate(asset("js/webcode.js"),
                                  {"height": pc.height, "maxInline": cfg.max_inline_bytes, "origin": page.base + "/"})
         layout = cfg.layout
         if layout == "auto":

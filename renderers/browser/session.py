@@ -1,0 +1,160 @@
+"""What a browser renderer works with: locked-down pages that load only the document's own files.
+
+- `Session` (given to `render(doc, config, stats, session)` by the runner that owns the browser,
+  `pipelines/browser_runner.py`) opens one fresh browser context per document.
+- The document's own files (a `Site`, from disk or from memory) are served to the browser by a small HTTP server on
+  127.0.0.1 (`SiteServer`) that only this runner's pages reach; a route handler aborts and counts every other request
+  (`blocked_requests`), and the browser's DNS resolves nothing, so a request that escapes routing (a WebSocket with
+  JavaScript on) fails too. JavaScript is off unless the config turns it on.
+"""
+
+from __future__ import annotations
+
+import http.server
+import mimetypes
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+
+class Site(Protocol):
+    """The files of one document, by URL path (`/dir/name.css`)."""
+
+    def read(self, path: str) -> bytes | None: ...
+
+    def content_type(self, path: str) -> str: ...
+
+
+class DirSite:
+    """Files under `root` (a document and the CSS/images next to it); nothing outside it, symlinks included."""
+
+    def __init__(self, root: str | Path, max_bytes: int):
+        self.root = Path(root).resolve()
+        self.max_bytes = max_bytes
+
+    def path_of(self, file: str | Path) -> str:
+        return "/" + "/".join(Path(file).resolve().relative_to(self.root).parts)
+
+    def read(self, path: str) -> bytes | None:
+        target = (self.root / path.lstrip("/")).resolve()
+        if not target.is_relative_to(self.root) or not target.is_file() or target.stat().st_size > self.max_bytes:
+            return None
+        return target.read_bytes()
+
+    def content_type(self, path: str) -> str:
+        return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+class SiteServer:
+    """Serves the current document's `Site` on 127.0.0.1 (a random port) to this runner's browser.
+
+    Bodies go straight from this server to Chromium: sending them through Playwright's pipe (`route.fulfill`) makes
+    a 100 MB page stall the driver so that even killing the browser does not free the runner.
+    """
+
+    def __init__(self) -> None:
+        self.site: Site | None = None
+        self.stats: Counter = Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                site, stats = server.site, server.stats
+                path = unquote(urlsplit(self.path).path)
+                body = site.read(path) if site is not None else None
+                if body is None:
+                    stats["missing_files"] += 1
+                    self.send_error(404)
+                    return
+                stats["served_requests"] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", site.content_type(path))
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:  # the browser went away (killed, or the page was closed)
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Session:
+    """What a browser renderer gets: fresh, locked-down pages on the runner's browser."""
+
+    def __init__(self, browser: Any, server: SiteServer, timeout_s: float):
+        self.browser, self.server = browser, server
+        self.timeout_ms = timeout_s * 1000
+
+    @contextmanager
+    def page(self, site: Site, width: int, height: int, scale: float, javascript: bool, stats: Counter) -> Iterator[Page]:
+        context = self.browser.new_context(
+            viewport={"width": width, "height": height},
+            device_scale_factor=scale,
+            java_script_enabled=javascript,
+            service_workers="block",
+            accept_downloads=False,
+        )
+        self.server.site, self.server.stats = site, stats
+        try:
+            context.set_default_timeout(self.timeout_ms)
+            context.set_default_navigation_timeout(self.timeout_ms)
+            page = Page(context.new_page(), self.server.base, stats)
+            context.route("**/*", page.route)
+            yield page
+        finally:
+            self.server.site = None
+            context.close()
+
+
+class Page:
+    """A Playwright page that loads only the document's own files and navigates only where the renderer sends it
+    (`goto`): any other request is aborted and counted (`blocked_requests`), a meta refresh or a link the page follows
+    by itself is answered "204 No Content" and counted (`navigations_blocked`)."""
+
+    def __init__(self, page: Any, base: str, stats: Counter):
+        self.page, self.base, self.stats = page, base, stats
+        self._target = ""
+
+    def url(self, path: str) -> str:
+        return self.base + quote(path)
+
+    def goto(self, path: str) -> None:
+        self._target = self.url(path)
+        self.page.goto(self._target, wait_until="load")
+
+    def evaluate(self, script: str, arg: Any = None) -> Any:
+        return self.page.evaluate(script, arg)
+
+    def screenshot(self, **kwargs: Any) -> bytes:
+        return self.page.screenshot(**kwargs)
+
+    def route(self, route: Any) -> None:
+        request = route.request
+        url = request.url
+        if request.is_navigation_request() and request.frame == self.page.main_frame:
+            if url != self._target:
+                self.stats["navigations_blocked"] += 1
+                route.fulfill(status=204)  # the browser stays on the page (an abort would show an error page)
+                return
+            self._target = ""  # once: a page that reloads itself is not followed
+        if url.startswith(self.base + "/"):
+            route.continue_()
+        else:
+            self.stats["blocked_requests"] += 1
+            route.abort("blockedbyclient")
