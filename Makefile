@@ -1,10 +1,12 @@
-.PHONY: setup demo test
+# Both targets install first (scripts/setup.sh: Debian packages, then .venv) and run inside .venv.
+.PHONY: demo test
 
-setup:
-	bash scripts/setup.sh
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-demo: setup
+demo:
+	bash scripts/setup.sh classifier
 	bash scripts/demo.sh
 
-test: setup
-	python3 -m pytest -q
+test:
+	bash scripts/setup.sh classifier test
+	python -m pytest -q
