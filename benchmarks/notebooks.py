@@ -1,7 +1,7 @@
 """Notebooks/s and pairs/s of `vlcorpus extract notebooks` versus bare `json.load` + `base64.b64decode` of the same
 notebooks, in one run.
 
-    python benchmarks/notebooks.py --input /work/shared/samples/notebooks --copies 8 --num-cpus 2
+    python benchmarks/notebooks.py --input demo/notebooks --copies 8 --num-cpus 2
 
 The input notebooks are copied `--copies` times into a temporary folder. In each copy, one corner pixel of every PNG
 output is set to a colour naming the copy, so the copies hold distinct images and the job-wide exact-duplicate

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipelines.job import add_job_arguments, job_options, job_stage, renderer_config
 from pipelines.records import add_record_arguments, record_inputs
-from renderers.sft import conversations, derived
+from renderers.sft import classify, conversations, derived
 from renderers.sft import split as sft_split
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Stage, run_pipeline
@@ -80,6 +80,8 @@ def main(args: argparse.Namespace) -> int:
         args.set = [*args.set, f"taxonomy={args.taxonomy}"]
     cfg = renderer_config(conversations.SftConfig, args)
     taxonomy = conversations.taxonomy_for(cfg.taxonomy)
+    if cfg.classifier == "embedding":
+        classify.verified_model_dir()  # a tampered weights file stops the job here, before any batch
     if not args.input.exists():
         raise FileNotFoundError(f"input {args.input} does not exist")
     if args.corpus:

