@@ -51,6 +51,26 @@ def test_extracts_a_clean_archive(tmp_path):
     assert (tmp_path / "out/sec/b.tex").read_bytes() == b"A"
 
 
+@pytest.mark.parametrize("stdlib_filter", [True, False])
+def test_extracted_files_lose_special_bits_and_foreign_owners(tmp_path, monkeypatch, stdlib_filter):
+    """Python before 3.11.4 (Debian 12's python3 is 3.11.2) has no extraction filters; the result is the same."""
+    if not stdlib_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile extraction filters")
+    info = tarfile.TarInfo("main.tex")
+    info.size, info.mode, info.uid, info.gid = 1, 0o6777, 12345, 12345
+    bare = tarfile.TarInfo("unreadable.tex")
+    bare.size, bare.mode = 1, 0o000
+    with tarfile.open(tmp_path / "paper.tar", "w") as tar:
+        tar.addfile(info, io.BytesIO(b"x"))
+        tar.addfile(bare, io.BytesIO(b"y"))
+    safe_extract(tmp_path / "paper.tar", tmp_path / "out")
+    st = (tmp_path / "out" / "main.tex").stat()
+    assert st.st_mode & 0o7777 == 0o755 and (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert (tmp_path / "out" / "unreadable.tex").stat().st_mode & 0o777 == 0o600
+
+
 def test_single_gzipped_file(tmp_path):
     (tmp_path / "2101.00001.gz").write_bytes(gzip.compress(b"\\documentclass{article}"))
     [out] = safe_extract(tmp_path / "2101.00001.gz", tmp_path / "out")

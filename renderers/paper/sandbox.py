@@ -141,7 +141,13 @@ def _extract_checked(tar: tarfile.TarFile, label: str, dest: Path, limits: Archi
             reason = _check_member(m, names)
             if reason:
                 raise UnsafeArchive(f"{label}: member {m.name!r} refused: {reason}")
-        tar.extractall(dest, members=members, filter="data")  # the stdlib's own guard, on top of ours
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")  # the stdlib's own guard, on top of ours
+        else:  # Python before 3.11.4 (Debian 12's 3.11.2) has no filters: ours stand alone, and as the data
+            for m in members:  # filter does, no special mode bits, owner may read and write, nobody else's owner
+                m.mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
+                m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), "", ""
+            tar.extractall(dest, members=members)
     return [dest / m.name for m in members if m.isfile()]
 
 
