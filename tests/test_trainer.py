@@ -411,31 +411,35 @@ def test_every_rank_picks_the_same_modality_from_the_shared_tally(mix, model, to
 
 
 def _packed_vs_alone(tok, attn: str, device: str) -> None:
+    """Per-token log-likelihoods of a micro-batch of two packed rows under `attn` equal those of each document alone
+    (under eager attention, the reference, with the same weights: flex compiles once per shape)."""
     torch.manual_seed(0)
     dev = torch.device(device)
     model = build_model(ModelConfig(preset="tiny", attn_implementation=attn), tok, packing=True, device=dev).to(dev).eval()
+    ref = build_model(ModelConfig(preset="tiny", attn_implementation="eager"), tok).to(dev).eval()
+    ref.load_state_dict(model.state_dict())
     enc = encoder_for(model, tok)
     rng = random.Random(5)
     docs = [enc(make_sample(c, i, rng, 30)) for i, c in enumerate(["caption", "text", "doc_ocr", "text", "web_code"])]
     rows = [docs[:3], docs[3:]]  # a micro-batch of two packed rows
 
-    def logprobs(batch):
+    def logprobs(m, batch):
         labels = batch.pop("labels").to(dev)
         batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            logits = model(**batch, use_cache=False).logits.float()
+            logits = m(**batch, use_cache=False).logits.float()
         lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0]
         return lp[labels[:, 1:] != IGNORE]
 
-    alone = torch.cat([logprobs(collate_rows([[d]], enc.ids.pad)) for d in docs])
+    alone = torch.cat([logprobs(ref, collate_rows([[d]], enc.ids.pad)) for d in docs])
     length = max(sum(len(d) for d in r) for r in rows) + 5  # padding at the row ends too
-    packed = logprobs(collate_rows(rows, enc.ids.pad, length, varlen=attn.startswith("flash")))
+    packed = logprobs(model, collate_rows(rows, enc.ids.pad, length, varlen=attn.startswith("flash")))
     tol = dict(atol=2e-5, rtol=1e-5) if device == "cpu" else dict(atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(packed, alone, **tol)
     # the same rows with running positions (one causal document per row) must differ: the test can fail
     crossed = collate_rows(rows, enc.ids.pad, length)
     crossed["position_ids"] = torch.arange(length).expand(2, -1)
-    assert not torch.allclose(logprobs(crossed), alone, atol=1e-2)
+    assert not torch.allclose(logprobs(model, crossed), alone, atol=1e-2)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)])
