@@ -28,7 +28,9 @@ from transformers import (
     SiglipModel,
     SiglipTextConfig,
 )
-from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+from transformers.modeling_flash_attention_utils import (
+    prepare_fa_kwargs_from_position_ids,
+)
 
 from tests.trainer_fixtures import DS_EOS, released_bundle, stage
 from trainer.cli import run_config
@@ -58,7 +60,16 @@ from trainer.model import (
     set_trainable,
 )
 from trainer.synthetic import make_mixture, make_sample, write_stage
-from trainer.tokenizer import END, OURS, ROLES, chat_format, corpus_texts, load_tokenizer, special_ids, train_tokenizer
+from trainer.tokenizer import (
+    END,
+    OURS,
+    ROLES,
+    chat_format,
+    corpus_texts,
+    load_tokenizer,
+    special_ids,
+    train_tokenizer,
+)
 from trainer.train import lr_factor, run_stages, train_stage
 from vlcorpus import cli
 from vlcorpus.config import ConfigError

@@ -18,9 +18,21 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from tests.trainer_fixtures import stage
 from trainer.config import ModelConfig, RunConfig
 from trainer.data import Encoder
-from trainer.model import build_config, image_processor, image_token_count, load_trained, parameter_groups
+from trainer.model import (
+    build_config,
+    image_processor,
+    image_token_count,
+    load_trained,
+    parameter_groups,
+)
 from trainer.synthetic import make_mixture, make_sample
-from trainer.tokenizer import chat_format, corpus_texts, load_tokenizer, special_ids, train_tokenizer
+from trainer.tokenizer import (
+    chat_format,
+    corpus_texts,
+    load_tokenizer,
+    special_ids,
+    train_tokenizer,
+)
 from trainer.train import run_stages
 from vlcorpus.sample import Sample
 
