@@ -15,11 +15,13 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import yaml
+
 from mixer.heldout import corpus_fingerprint, split_corpus
-from trainer.config import SCHEDULE_DIR
+from trainer.config import RunConfig
 from vlcorpus.cli import main as cli_main
 from vlcorpus.cli import source_commands
 from vlcorpus.config import load_config
@@ -29,26 +31,15 @@ HELP = "run the whole chain from raw sources to a trained, evaluated model (see 
 log = logging.getLogger("vlcorpus.e2e")
 
 @dataclass
-class TrainSettings:
-    preset: str = "tiny"
-    device: str = "auto"
-    scale: float = 1.0  # multiplies every stage's steps, warm-ups and batch size
-    max_seq_len: int | None = None  # caps every stage's sequence length (compact runs)
-    vocab_size: int = 8000
-    eval_items: int = 32
-    workers: int = 1  # Ray Train workers
-    num_workers: int = 2  # DataLoader workers per category stream (0: decode in the training process)
-    ckpt_interval: int = 100  # steps between checkpoints (a killed run resumes from the last one)
-    overrides: list[str] = field(default_factory=list)  # stage settings, key=value
-
-
-@dataclass
 class E2EConfig:
     out: str = "out/e2e"
     sources: dict[str, str] = field(default_factory=dict)  # kind -> input folder (kinds: vlcorpus.cli.source_commands)
     heldout_fraction: float = 0.1
     stages: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])
-    train: TrainSettings = field(default_factory=TrainSettings)
+    vocab_size: int = 8000  # the tokenizer trained on the corpus
+    # the trainer's own settings (trainer.config.RunConfig); the chain fills in mix, out, tokenizer, eval_dir and
+    # schedules (from `stages`)
+    train: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
         known = source_commands()
@@ -65,7 +56,7 @@ class E2EConfig:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="e2e YAML (see e2e.yaml in the repository)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. out=/data/run")
-    p.add_argument("--preset", help="model preset (tiny | small | deepseek-vl-1.3b); same as --set train.preset=")
+    p.add_argument("--preset", help="model preset (tiny | small | deepseek-vl-1.3b); same as --set train.model.preset=")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="same as --set train.device=")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
@@ -115,22 +106,15 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
     if not (tok / "tokenizer.json").exists():
         partial = tok.with_name(tok.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        _cli(["train-tokenizer", str(split / "train"), "--out", str(partial), "--vocab-size", str(cfg.train.vocab_size)])
+        _cli(["train-tokenizer", str(split / "train"), "--out", str(partial), "--vocab-size", str(cfg.vocab_size)])
         partial.rename(tok)
 
     _step("5/6 training stages " + " -> ".join(cfg.stages) + " with evaluation")
-    train_args = ["train", "--mix", str(mix), "--tokenizer", str(tok), "--out", str(train),
-                  "--preset", cfg.train.preset, "--device", cfg.train.device, "--scale", str(cfg.train.scale),
-                  "--eval", str(split / "heldout"), "--eval-items", str(cfg.train.eval_items),
-                  "--workers", str(cfg.train.workers), "--num-workers", str(cfg.train.num_workers),
-                  "--ckpt-interval", str(cfg.train.ckpt_interval)]
-    for s in cfg.stages:
-        train_args += ["--schedule", str(SCHEDULE_DIR / f"{s}.yaml")]
-    if cfg.train.max_seq_len:
-        train_args += ["--max-seq-len", str(cfg.train.max_seq_len)]
-    for o in cfg.train.overrides:
-        train_args += ["--set", o]
-    _cli(train_args)
+    run_cfg = replace(cfg.train, mix=str(mix), out=str(train), tokenizer=str(tok), eval_dir=str(split / "heldout"),
+                      schedules=list(cfg.stages))
+    train.mkdir(parents=True, exist_ok=True)
+    (train / "run.yaml").write_text(yaml.safe_dump(asdict(run_cfg), sort_keys=False))
+    _cli(["train", "--config", str(train / "run.yaml")])
 
     _step("6/6 report")
     report = out / "report"
@@ -169,7 +153,7 @@ img{{max-width:900px}}</style></head><body>
 def main(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.preset:
-        overrides.append(f"train.preset={args.preset}")
+        overrides.append(f"train.model.preset={args.preset}")
     if args.device:
         overrides.append(f"train.device={args.device}")
     cfg = load_config(E2EConfig, args.config, overrides)

@@ -25,7 +25,8 @@ sources:
   caption: {caption}
 heldout_fraction: 0.2
 stages: [stage1]
-train: {{preset: tiny, device: cpu, scale: 0.002, max_seq_len: 256, vocab_size: 1000, eval_items: 4, num_workers: 0,
+vocab_size: 1000
+train: {{model: {{preset: tiny}}, device: cpu, scale: 0.002, max_seq_len: 256, eval_items: 4, num_workers: 0,
         ckpt_interval: 5}}
 """
 

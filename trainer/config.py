@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vlcorpus.config import ConfigError, load_config
 
 SCHEDULE_DIR = Path(__file__).parent / "schedules"
-DEFAULT_SCHEDULES = tuple(SCHEDULE_DIR / f"stage{i}.yaml" for i in (1, 2, 3))
 
 # Parameter groups a stage can train, named after the parts of DeepSeek-VL (paper §3.2).
 PARAM_GROUPS = ("aligner", "vision", "high_res_vision", "llm")
@@ -47,7 +47,7 @@ PRESETS: dict[str, Preset] = {
         high_res=dict(hidden_size=768, output_channels=256, num_hidden_layers=12, num_attention_heads=12,
                       mlp_dim=3072, image_size=1024, patch_size=16, window_size=14, global_attn_indexes=[2, 5, 8, 11]),
         llm=dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=16, num_attention_heads=12,
-                 num_key_value_heads=12, max_position_embeddings=4096),
+                 num_key_value_heads=12, max_position_embeddings=8192),  # 4096 text + 576 image tokens fit
     ),
     # DeepSeek-VL-1.3B's shape: SigLIP-L/16 at 384 only, DeepSeek-LLM-1.3B (LLaMA layout, vocab 102400).
     "deepseek-vl-1.3b": Preset(
@@ -59,12 +59,18 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+ATTENTION = ("sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "eager")
+SHAPE_PARTS = ("vision", "high_res", "llm")
+
+
 @dataclass
 class ModelConfig:
     """Which preset, and local pretrained directories to start from (none: random init).
 
-    `pretrained` is a whole DeepseekVL(Hybrid) checkpoint (e.g. a converted deepseek-vl-1.3b-base); the three
-    component paths load one tower each (a SiglipVisionModel, a SamVisionModel, a LlamaModel/ForCausalLM dir).
+    `pretrained` is a whole DeepseekVL(Hybrid) checkpoint (a released one, e.g. a converted deepseek-vl-1.3b-base, or a
+    stage's `final/`); the three component paths load one tower each (a SiglipVisionModel, a SamVisionModel, a
+    LlamaModel/ForCausalLM dir). `shape` sets sub-config values on top of the preset, e.g. `{llm: {num_hidden_layers:
+    2}}` for the real geometry at a reduced depth.
     """
 
     preset: str = "tiny"
@@ -73,12 +79,19 @@ class ModelConfig:
     high_res_pretrained: str | None = None
     llm_pretrained: str | None = None
     attn_implementation: str = "sdpa"
+    shape: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"model.preset: {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.high_res_pretrained and PRESETS[self.preset].high_res is None:
             raise ConfigError(f"model.high_res_pretrained: preset {self.preset} is SigLIP-only (no SAM tower)")
+        if self.attn_implementation not in ATTENTION:
+            raise ConfigError(f"model.attn_implementation: {self.attn_implementation!r} is not one of {', '.join(ATTENTION)}")
+        bad = sorted(set(self.shape) - set(SHAPE_PARTS))
+        if bad or ("high_res" in self.shape and PRESETS[self.preset].high_res is None):
+            raise ConfigError(f"model.shape: {bad or ['high_res']} not a part of preset {self.preset}; "
+                              f"parts: {', '.join(p for p in SHAPE_PARTS if p != 'high_res' or PRESETS[self.preset].high_res)}")
 
 
 @dataclass
@@ -129,13 +142,16 @@ class StageConfig:
 
 @dataclass
 class RunConfig:
-    """Settings for the whole run (every stage)."""
+    """Settings for the whole run (every stage): `vlcorpus train --config run.yaml` (flags override it) and the
+    `train:` section of `vlcorpus run`'s config, loaded with the project's strict loader (`vlcorpus.config`)."""
 
-    mix: str
-    out: str
-    tokenizer: str
+    mix: str = ""  # mixture folder: <mix>/<stage>/mixture.json + <category>/*.tar
+    out: str = ""  # run folder: <out>/<stage>/ (checkpoints, metrics, final bundle)
+    tokenizer: str | None = None  # a local tokenizer; a pretrained checkpoint with its own tokenizer needs none
     model: ModelConfig = field(default_factory=ModelConfig)
-    scale: float = 1.0
+    schedules: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])  # names or YAML paths
+    stage_overrides: list[str] = field(default_factory=list)  # key=value applied to every stage's schedule
+    scale: float = 1.0  # multiplies every stage's steps, warm-ups and batch size
     max_seq_len: int | None = None  # cap on every stage's seq_len (compact runs)
     micro_batch_size: int | None = None  # rows per forward; batch_size / micro = gradient accumulation steps
     seed: int = 0
@@ -144,9 +160,12 @@ class RunConfig:
     activation_checkpointing: bool = False
     num_workers: int = 2  # DataLoader workers per category stream
     ckpt_interval: int = 100
-    eval_dir: str | None = None  # held-out corpus/mixture folder for evaluation after each stage
+    keep_checkpoints: int = 2  # the last K checkpoints are kept, older ones removed
+    eval_dir: str | None = None  # held-out corpus/mixture folder: evaluation after each stage (and every eval_interval)
     eval_items: int = 64
+    eval_interval: int = 0  # evaluate every N steps into the metrics and curves (0: only after each stage)
     stop_after: int | None = None  # stop the stage after this many steps (a planned interruption)
+    workers: int = 1  # Ray Train workers (DDP); 1 trains in this process
     fsdp: bool = False  # with several workers: shard parameters, gradients and optimizer state (FSDP2), not DDP
 
     def __post_init__(self) -> None:
@@ -154,7 +173,28 @@ class RunConfig:
             raise ConfigError("scale must be positive")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device: {self.device!r} must be auto, cpu or cuda")
+        if self.keep_checkpoints < 1 or self.ckpt_interval < 1 or self.workers < 1 or self.eval_interval < 0:
+            raise ConfigError("keep_checkpoints, ckpt_interval and workers must be >= 1, eval_interval >= 0")
+        if not self.schedules:
+            raise ConfigError("schedules: name at least one stage (stage1, stage2, stage3 or a YAML file)")
+
+    def check_paths(self) -> None:
+        """What a run needs before it starts (the chain fills these in, so they are not required at load time)."""
+        missing = [k for k in ("mix", "out") if not getattr(self, k)]
+        if not self.tokenizer and not self.model.pretrained:
+            missing.append("tokenizer (or model.pretrained with its own tokenizer)")
+        if missing:
+            raise ConfigError(f"train: set {', '.join(missing)}")
+
+
+def schedule_path(name: str) -> Path:
+    """`stage2` -> trainer/schedules/stage2.yaml; anything else is a path to a stage YAML file."""
+    return SCHEDULE_DIR / f"{name}.yaml" if (SCHEDULE_DIR / f"{name}.yaml").exists() else Path(name)
 
 
 def load_stage(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
-    return load_config(StageConfig, path, overrides)
+    return load_config(StageConfig, schedule_path(str(path)), overrides)
+
+
+def load_stages(run: RunConfig) -> list[StageConfig]:
+    return [load_stage(p, run.stage_overrides).scaled(run.scale, run.max_seq_len) for p in run.schedules]

@@ -1,49 +1,47 @@
-"""`vlcorpus train --workers N`: the same stage loop on N Ray Train workers (TorchTrainer, DDP).
+"""`vlcorpus train --workers N`: the same stage loop on N Ray Train workers (TorchTrainer, DDP or FSDP2).
 
 Ray Train starts the workers and the process group (NCCL on GPUs, gloo on CPUs); each worker runs
-`trainer.train.run_stages`, which sees the process group and wraps the model in DDP. Data reading stays plain
-webdataset (split by node through torch.distributed's rank), so this is the only trainer module that imports Ray.
+`trainer.train.run_stages`, which sees the process group and wraps the model. Data reading stays plain webdataset
+(split by rank through torch.distributed), so this is the only trainer module that imports Ray.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import os
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from trainer.config import RunConfig, StageConfig
+from trainer.train import run_stages
 from vlcorpus.config import from_dict
 from vlcorpus.runtime import init_ray
 
 
 def _worker(config: dict) -> None:
-    import os
-
-    from trainer.train import run_stages
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run = from_dict(RunConfig, config["run"])
-    stages = [from_dict(StageConfig, s) for s in config["stages"]]
-    run_stages(run, stages)
+    run_stages(from_dict(RunConfig, config["run"]), [from_dict(StageConfig, s) for s in config["stages"]])
 
 
-def launch(run: RunConfig, stages: list[StageConfig], workers: int, address: str | None = None) -> list[dict]:
-    """Train on `workers` Ray Train workers; return the stage summaries rank 0 wrote."""
+def launch(run: RunConfig, stages: list[StageConfig], address: str | None = None) -> list[dict]:
+    """Train on `run.workers` Ray Train workers; return the stage summaries rank 0 wrote."""
     from ray.train import RunConfig as RayRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     init_ray(address)
     absolute = {k: str(Path(v).resolve()) for k in ("mix", "out", "tokenizer", "eval_dir") if (v := getattr(run, k))}
-    run = RunConfig(**{**run.__dict__, **absolute})  # Ray workers run in their own working directory
+    run = replace(run, **absolute)  # Ray workers run in their own working directory
+    if run.model.pretrained:
+        run = replace(run, model=replace(run.model, pretrained=str(Path(run.model.pretrained).resolve())))
     use_gpu = torch.cuda.is_available() and run.device != "cpu"
     out = Path(run.out).resolve()
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"run": asdict(run), "stages": [asdict(s) for s in stages]},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RayRunConfig(name="train", storage_path=str(out / "_ray")),
     )

@@ -1,9 +1,11 @@
-"""A thin builder around transformers' DeepSeek-VL classes: preset -> config -> model, the matching image processor,
-and the per-stage choice of which parameter groups train.
+"""A thin builder around transformers' DeepSeek-VL classes: preset -> config -> model, the attention kernel of each
+part, the per-stage choice of which parameter groups train, and the Hugging Face bundle (model + processor).
 
 Hybrid presets use `DeepseekVLHybridForConditionalGeneration` (SigLIP low-res + SAM high-res, the paper's hybrid
-encoder and two-path adaptor); the SigLIP-only 1.3B shape uses `DeepseekVLForConditionalGeneration`. A checkpoint
-is `save_pretrained` of that class, so released DeepSeek-VL weights in that format load and train further.
+encoder and two-path adaptor); the SigLIP-only 1.3B shape uses `DeepseekVLForConditionalGeneration`. A stage's
+`final/` is a complete bundle (`save_pretrained` of the model and of its `DeepseekVL(Hybrid)Processor`: tokenizer with
+its `image_token`, image processor, chat template), so `AutoModelForImageTextToText` and `AutoProcessor` load it, and
+released DeepSeek-VL bundles load and train further with their own processor settings.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoProcessor,
     DeepseekVLConfig,
     DeepseekVLForConditionalGeneration,
     DeepseekVLHybridConfig,
     DeepseekVLHybridForConditionalGeneration,
+    DeepseekVLHybridProcessor,
+    DeepseekVLProcessor,
     LlamaConfig,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
     SamVisionConfig,
     SiglipVisionConfig,
 )
@@ -32,13 +38,13 @@ from transformers.models.deepseek_vl_hybrid.image_processing_pil_deepseek_vl_hyb
 )
 
 from trainer.config import PRESETS, ModelConfig
-from trainer.tokenizer import special_ids
+from trainer.tokenizer import ChatFormat, special_ids
 
 VLModel = DeepseekVLHybridForConditionalGeneration | DeepseekVLForConditionalGeneration
 
 
 def _sub_config(cls, preset_values: dict, pretrained: str | None, **extra):
-    """The preset's shape, or the shape of the pretrained tower when one is given."""
+    """The preset's shape (with `ModelConfig.shape` on top), or the shape of the pretrained tower when one is given."""
     if pretrained:
         cfg = AutoConfig.from_pretrained(pretrained)
         cfg = cfg if isinstance(cfg, cls) else getattr(cfg, "vision_config", cfg)  # a whole SiglipModel / SamModel
@@ -52,27 +58,42 @@ def build_config(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Deeps
     preset = PRESETS[mcfg.preset]
     ids = special_ids(tokenizer)
     vocab = math.ceil(len(tokenizer) / 64) * 64  # a multiple of 64 keeps the LM head's matmul efficient
-    llm = _sub_config(LlamaConfig, preset.llm, mcfg.llm_pretrained, vocab_size=vocab,
-                      bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad)
+    llm = _sub_config(LlamaConfig, {**preset.llm, **mcfg.shape.get("llm", {})}, mcfg.llm_pretrained,
+                      vocab_size=vocab, bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad)
     if llm.vocab_size < len(tokenizer):
         llm.vocab_size = vocab
-    vision = _sub_config(SiglipVisionConfig, preset.vision, mcfg.vision_pretrained)
+    vision = _sub_config(SiglipVisionConfig, {**preset.vision, **mcfg.shape.get("vision", {})}, mcfg.vision_pretrained)
     common = dict(text_config=llm, vision_config=vision, image_token_id=ids.image)
     if preset.high_res is None:
         return DeepseekVLConfig(**common)
-    high_res = _sub_config(SamVisionConfig, preset.high_res, mcfg.high_res_pretrained)
+    high_res = _sub_config(SamVisionConfig, {**preset.high_res, **mcfg.shape.get("high_res", {})},
+                           mcfg.high_res_pretrained)
     return DeepseekVLHybridConfig(**common, high_res_vision_config=high_res)
 
 
-def build_model(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> VLModel:
+def attention(config, requested: str, packing: bool, device: torch.device) -> dict[str, str]:
+    """The attention kernel of each part. The LLM gets the requested one, except that packed rows under SDPA on CUDA
+    run flex attention (the documents as a block mask): SDPA would need a dense 4-D mask, which also forfeits its
+    fast kernels. The vision towers never see packed rows: SDPA, or eager when eager (the reference) is asked for."""
+    tower = "eager" if requested == "eager" else "sdpa"
+    out = {"text_config": "flex_attention" if requested == "sdpa" and packing and device.type == "cuda" else requested,
+           "vision_config": tower}
+    if isinstance(config, DeepseekVLHybridConfig):
+        out["high_res_vision_config"] = tower
+    return out
+
+
+def build_model(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, packing: bool = False,
+                device: torch.device = torch.device("cpu")) -> VLModel:
     """A whole pretrained checkpoint, or the preset with optional pretrained towers, random init elsewhere."""
     hybrid = PRESETS[mcfg.preset].high_res is not None
     cls = DeepseekVLHybridForConditionalGeneration if hybrid else DeepseekVLForConditionalGeneration
     if mcfg.pretrained:  # the checkpoint's own class and shape, whatever the preset says
-        model = load_trained(mcfg.pretrained, mcfg.attn_implementation)
+        model = load_trained(mcfg.pretrained, mcfg.attn_implementation, packing, device)
         model.config.image_token_id = special_ids(tokenizer).image
     else:
-        model = cls._from_config(build_config(mcfg, tokenizer), attn_implementation=mcfg.attn_implementation,
+        config = build_config(mcfg, tokenizer)
+        model = cls._from_config(config, attn_implementation=attention(config, mcfg.attn_implementation, packing, device),
                                  dtype=torch.float32)
         towers = {"vision_model": mcfg.vision_pretrained, "language_model": mcfg.llm_pretrained}
         if hybrid:
@@ -98,7 +119,8 @@ def _load_tower(tower: torch.nn.Module, path: str) -> None:
 
 
 def image_processor(config: DeepseekVLHybridConfig | DeepseekVLConfig):
-    """Pad-to-square + resize to each encoder's size, with transformers' DeepSeek-VL processors (PIL backend)."""
+    """For a model from scratch: pad-to-square + resize to each encoder's size, with transformers' DeepSeek-VL image
+    processors (PIL backend) at their default normalisation. A pretrained bundle keeps its own (`load_processor`)."""
     low = config.vision_config.image_size
     if isinstance(config, DeepseekVLHybridConfig):
         high = config.high_res_vision_config.image_size
@@ -112,19 +134,26 @@ def image_token_count(config: DeepseekVLHybridConfig | DeepseekVLConfig) -> int:
     return (config.vision_config.image_size // config.vision_config.patch_size) ** 2
 
 
+# The paper's VL adaptor (§3.1): on the SAM path the 96x96 interpolation and the two stride-2 convs
+# (`high_res_vision_proj`), with the neck copy on the first global-attention block (`high_res_vision_neck`) and its
+# zero-initialised `high_res_vision_alpha`; then the two-path MLP (`aligner`). All of it trains from stage 1.
+ADAPTOR = ("model.aligner.", "model.high_res_vision_proj.", "model.high_res_vision_neck.", "model.high_res_vision_alpha")
+
+
 def parameter_groups(model: VLModel) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
     """Named parameters by the stage groups of `trainer.config.PARAM_GROUPS`.
 
-    `high_res_vision` is SAM with its neck and downsampling convs (DeepSeek-VL keeps those inside the SAM encoder);
-    `aligner` is the adaptor; `llm` the decoder, its embeddings and the LM head (tied or not).
+    `aligner` is the whole VL adaptor (`ADAPTOR`, the high-resolution path after SAM-B included); `vision` is
+    SigLIP; `high_res_vision` is SAM-B itself (its ViT and its own neck, 64x64x256 out); `llm` the decoder, its
+    embeddings and the LM head (tied or not).
     """
     groups: dict[str, list] = {"aligner": [], "vision": [], "high_res_vision": [], "llm": []}
     for name, p in model.named_parameters():
-        if name.startswith("model.aligner."):
+        if name.startswith(ADAPTOR):
             groups["aligner"].append((name, p))
         elif name.startswith("model.vision_model."):
             groups["vision"].append((name, p))
-        elif name.startswith("model.high_res_vision"):
+        elif name.startswith("model.high_res_vision_model."):
             groups["high_res_vision"].append((name, p))
         elif name.startswith(("model.language_model.", "lm_head.")):
             groups["llm"].append((name, p))
@@ -150,9 +179,42 @@ def llm_parameter_count(model: VLModel) -> int:
     return sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n) + model.lm_head.weight.numel()
 
 
-def load_trained(path: str | Path, attn_implementation: str = "sdpa") -> VLModel:
+def load_trained(path: str | Path, attn_implementation: str = "sdpa", packing: bool = False,
+                 device: torch.device = torch.device("cpu")) -> VLModel:
     """A DeepseekVL(Hybrid) checkpoint directory (ours or a released one), whichever of the two classes it is."""
     cfg = AutoConfig.from_pretrained(str(path))
     hybrid = isinstance(cfg, DeepseekVLHybridConfig)
     cls = DeepseekVLHybridForConditionalGeneration if hybrid else DeepseekVLForConditionalGeneration
-    return cls.from_pretrained(str(path), dtype=torch.float32, attn_implementation=attn_implementation)
+    return cls.from_pretrained(str(path), dtype=torch.float32,
+                               attn_implementation=attention(cfg, attn_implementation, packing, device))
+
+
+def has_processor(path: str | Path | None) -> bool:
+    return path is not None and (Path(path) / "processor_config.json").exists()
+
+
+def has_tokenizer(path: str | Path | None) -> bool:
+    return path is not None and (Path(path) / "tokenizer_config.json").exists()
+
+
+def load_processor(path: str | Path) -> ProcessorMixin:
+    """A bundle's own processor: its image processor settings (sizes, mean/std), tokenizer and chat template."""
+    return AutoProcessor.from_pretrained(str(path))
+
+
+def new_processor(config, tokenizer: PreTrainedTokenizerBase, chat: ChatFormat) -> ProcessorMixin:
+    """The processor of a model without one: default image processing for its sizes, the chat format's template."""
+    cls = DeepseekVLHybridProcessor if isinstance(config, DeepseekVLHybridConfig) else DeepseekVLProcessor
+    return cls(image_processor=image_processor(config), tokenizer=tokenizer,
+               chat_template=chat.template(tokenizer.bos_token), num_image_tokens=image_token_count(config))
+
+
+def save_bundle(model: VLModel, processor: ProcessorMixin, chat: ChatFormat, out: str | Path,
+                state_dict: dict | None = None) -> None:
+    """`final/`: the model and its processor, generation stopping where the chat format closes an answer."""
+    tok = processor.tokenizer
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids(t) for t in chat.stops]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(str(out), state_dict=state_dict)
+    processor.save_pretrained(str(out))

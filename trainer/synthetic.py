@@ -1,7 +1,7 @@
 """A small synthetic mixture in the mixer's output layout, for tests, the CPU benchmark and smoke runs.
 
-`<out>/<stage>/<category>/*.tar` written with the project's ShardWriter, plus `<out>/<stage>/mixture.json` with
-requested and realised ratios per category. Images are drawn with PIL (coloured boxes, any aspect ratio), texts
+`<out>/<stage>/<category>/*.tar` written with the project's ShardWriter, plus `<out>/<stage>/mixture.json` in the
+mixer's schema (unit, requested and realised ratio per category, written counts, shards with their sample counts). Images are drawn with PIL (coloured boxes, any aspect ratio), texts
 are sentences over a fixed word list, so everything is generated here and carries no licence question.
 """
 
@@ -46,7 +46,7 @@ def _image(rng: random.Random, fmt: str) -> bytes:
 def make_sample(category: str, i: int, rng: random.Random, max_words: int = 60) -> Sample:
     doc = f"synthetic/{category}/{i}"
     common = dict(category=category, source="synthetic", doc=doc, part=0, origin=doc, meta={"synthetic": True})
-    text = _sentence(rng, rng.randint(5, max_words))
+    text = _sentence(rng, rng.randint(min(5, max_words), max_words))
     if category == "text":
         return Sample(segments=[{"text": text}], **common)
     if category == "sft_text":
@@ -59,16 +59,33 @@ def make_sample(category: str, i: int, rng: random.Random, max_words: int = 60) 
     return Sample(segments=[{"image": "0.jpg"}, {"text": text}], images=image, **common)
 
 
+def write_stage(out: Path, stage: str, samples: dict[str, list[Sample]], ratios: dict[str, float],
+                shard_samples: int = 6, unit: str = "tokens", seed: int = 0) -> Path:
+    """`<out>/<stage>/<category>/*.tar` + `mixture.json` (schema vlcorpus-mix/1) holding the given samples."""
+    cats = {}
+    for cat, ratio in ratios.items():
+        with ShardWriter(out / stage / cat, f"synthetic-{cat}", max_samples=shard_samples) as w:
+            for sample in samples[cat]:
+                w.write(sample)
+        infos = w.finished
+        cats[cat] = {"requested_ratio": ratio, "realised_ratio": ratio,
+                     "written": {"samples": sum(i.samples for i in infos), "text_tokens": sum(i.text_tokens for i in infos)},
+                     "shards": [{"shard": f"{cat}/{i.shard}", "samples": i.samples} for i in infos]}
+    meta = {"schema": "vlcorpus-mix/1", "stage": stage, "unit": unit, "seed": seed, "categories": cats}
+    (out / stage / "mixture.json").write_text(json.dumps(meta, indent=1))
+    return out / stage
+
+
 def make_mixture(out: str | Path, samples_per_category: int = 24, shard_samples: int = 6, seed: int = 0,
-                 stages: dict[str, dict[str, float]] | None = None, max_words: int = 60) -> Path:
+                 stages: dict[str, dict[str, float]] | None = None, max_words: int | dict[str, int] = 60,
+                 unit: str = "tokens") -> Path:
+    """`max_words` per category (a dict) makes categories of different lengths; the ratios count `unit`."""
     out = Path(out)
     rng = random.Random(seed)
     for stage, ratios in (stages or STAGES).items():
-        cats = {}
-        for cat, ratio in ratios.items():
-            with ShardWriter(out / stage / cat, f"synthetic-{cat}", max_samples=shard_samples) as w:
-                for i in range(samples_per_category):
-                    w.write(make_sample(cat, i + seed * 100000, rng, max_words))
-            cats[cat] = {"requested_ratio": ratio, "realised_ratio": ratio, "samples": samples_per_category}
-        (out / stage / "mixture.json").write_text(json.dumps({"stage": stage, "seed": seed, "categories": cats}, indent=1))
+        samples = {}
+        for cat in ratios:
+            words = max_words[cat] if isinstance(max_words, dict) else max_words
+            samples[cat] = [make_sample(cat, i + seed * 100000, rng, words) for i in range(samples_per_category)]
+        write_stage(out, stage, samples, ratios, shard_samples, unit, seed)
     return out

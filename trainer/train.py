@@ -1,22 +1,23 @@
-"""`vlcorpus train --schedule stage1.yaml [--schedule ...] --mix MIX --tokenizer TOK --out RUN`: the three-stage
-DeepSeek-VL schedule, one loop that reads top to bottom (nanoGPT's train.py, around transformers' model).
+"""The three-stage DeepSeek-VL schedule: one loop that reads top to bottom (nanoGPT's train.py, around transformers'
+model). `vlcorpus train` is `trainer/cli.py`; `--workers N` runs `run_stages` on Ray Train workers
+(`trainer/distributed.py`), each of which sees the process group and wraps the model in DDP or FSDP2.
 
-Each stage starts from the previous stage's final model (`<out>/<stage>/final`, `save_pretrained`), trains the
-parameter groups its schedule names, checkpoints to `<out>/<stage>/ckpt/state.pt` (model, optimizer, scheduler,
-step, RNG, data position) and resumes from there when re-run. A finished stage (its `summary.json`) is skipped.
+Each stage starts from the previous stage's `final/` bundle, trains the parameter groups its schedule names,
+checkpoints to `<out>/<stage>/ckpt/step-NNNNNNNN/` (written in a temporary folder, then renamed; the last
+`keep_checkpoints` kept) and resumes from the newest one when re-run. A finished stage (its `summary.json`) is skipped.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,28 +32,25 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from trainer.config import (
-    DEFAULT_SCHEDULES,
-    ModelConfig,
-    RunConfig,
-    StageConfig,
-    load_stage,
-)
-from trainer.data import Encoder, StepBatcher, read_mixture, realised_language_share
+from trainer.config import ModelConfig, RunConfig, StageConfig
+from trainer.data import OVER_BUDGET, Encoder, StepBatcher, Tally, read_mixture
 from trainer.model import (
     build_model,
-    image_processor,
+    has_processor,
+    has_tokenizer,
     image_token_count,
+    load_processor,
     load_trained,
+    new_processor,
+    save_bundle,
     set_trainable,
 )
-from trainer.tokenizer import load_tokenizer, special_ids
-from vlcorpus.shards import atomic_write_json
-
-COMMAND = ("train",)
-HELP = "train the DeepSeek-VL-style model through the stage schedule(s) on a mixture"
+from trainer.tokenizer import chat_format, load_tokenizer
+from vlcorpus.config import ConfigError
+from vlcorpus.shards import atomic_write_json, fsync_dir
 
 log = logging.getLogger("trainer")
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: gathered to rank 0, a collective
 
 
 def lr_factor(step: int, stage: StageConfig) -> float:
@@ -95,91 +93,117 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: gathered to rank 0, a collective
+@dataclass
+class StageRun:
+    """Everything one stage trains with, on this rank."""
+
+    run: RunConfig
+    stage: StageConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    raw: torch.nn.Module  # the model itself (FSDP shards it in place; DDP wraps it)
+    model: torch.nn.Module  # what the loop calls: raw, or its DDP wrapper
+    processor: object
+    encoder: Encoder
+    fsdp: bool
+    resume: Path | None  # the checkpoint folder the stage continues from
+    resume_state: dict | None  # its model/optimizer/scheduler state, until `restore` has used it
+    trainable: list[torch.nn.Parameter] | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    @property
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, data_state: dict, run: RunConfig,
-                    stage: StageConfig, fsdp: bool) -> None:
-    """Rank 0 writes the model/optimizer state; every rank writes its own data position and RNG."""
-    rank, _ = rank_world()
-    path.mkdir(parents=True, exist_ok=True)
-    own = {"data": data_state, "rng": rng_state(), "step": step}
-    torch.save(own, path / f".rank{rank}.pt.tmp")
-    os.replace(path / f".rank{rank}.pt.tmp", path / f"rank{rank}.pt")
-    if fsdp:
-        model_state = get_model_state_dict(model, options=FULL_STATE)
-        optim_state = get_optimizer_state_dict(model, optimizer, options=FULL_STATE)
+# --- checkpoints ---------------------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(ckpt: Path) -> Path | None:
+    done = sorted(ckpt.glob("step-*")) if ckpt.is_dir() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(st: StageRun, step: int, data_state: dict, tally: Tally) -> None:
+    """Every rank writes its data position and RNG, rank 0 the model, optimizer and scheduler, all into a temporary
+    folder that rank 0 renames to `step-N` once complete; only the last `keep_checkpoints` stay."""
+    ckpt = st.out / "ckpt"
+    tmp = ckpt / f".step-{step:08d}.tmp"
+    if st.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    st.barrier()
+    own = {"data": data_state, "tally": tally.state_dict(), "rng": rng_state(), "step": step}
+    torch.save(own, tmp / f"rank{st.rank}.pt")
+    if st.fsdp:
+        model_state = get_model_state_dict(st.model, options=FULL_STATE)
+        optim_state = get_optimizer_state_dict(st.model, st.optimizer, options=FULL_STATE)
     else:
-        model_state = (model.module if hasattr(model, "module") else model).state_dict()
-        optim_state = optimizer.state_dict()
-    if rank == 0:
-        state = {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-                 "step": step, "run": asdict(run), "stage": asdict(stage)}
-        torch.save(state, path / ".state.pt.tmp")
-        os.replace(path / ".state.pt.tmp", path / "state.pt")
+        model_state, optim_state = st.raw.state_dict(), st.optimizer.state_dict()
+    if st.rank == 0:
+        torch.save({"model": model_state, "optimizer": optim_state, "scheduler": st.scheduler.state_dict(),
+                    "step": step, "run": asdict(st.run), "stage": asdict(st.stage)}, tmp / "state.pt")
+    st.barrier()
+    if st.rank == 0:
+        for f in tmp.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        final = ckpt / f"step-{step:08d}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        fsync_dir(ckpt)
+        for old in sorted(ckpt.glob("step-*"))[: -st.run.keep_checkpoints]:
+            shutil.rmtree(old)
 
 
-def _micro_loss(model, mb: dict, n_target: int, autocast) -> torch.Tensor:
-    with autocast:
-        out = model(**mb, num_items_in_batch=n_target, use_cache=False)
-    return out.loss
+# --- one stage, top to bottom --------------------------------------------------------------------------------------
 
 
-def _plot_curves(metrics: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [m["step"] for m in metrics]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for mod, color in (("language", "tab:blue"), ("multimodal", "tab:orange"), ("mixed", "tab:green")):
-        pts = [(m["step"], m["loss"]) for m in metrics if m["modality"] == mod]
-        if pts:
-            axes[0].plot(*zip(*pts), ".-", color=color, label=mod, markersize=3)
-    axes[0].set(title="loss per target token", xlabel="step")
-    axes[0].legend()
-    axes[1].plot(steps, [m["lr"] for m in metrics])
-    axes[1].set(title="learning rate", xlabel="step")
-    axes[2].plot(steps, [m["language_share"] for m in metrics], label="scheduled")
-    axes[2].plot(steps, [m["realised_language_share"] for m in metrics], label="realised")
-    axes[2].set(title="language share", xlabel="step", ylim=(-0.05, 1.05))
-    axes[2].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> dict:
-    """Train one stage to its `final/` directory; return its summary."""
+def open_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> StageRun:
+    """Tokenizer, processor and model (from `init_from`'s bundle, or from scratch), the newest checkpoint's weights,
+    the stage's trainable groups, and the DDP/FSDP wrapping."""
     rank, world = rank_world()
     device = pick_device(run)
     torch.manual_seed(run.seed)  # the same initial weights on every rank (FSDP shards them without a broadcast)
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (frozen towers' heads, loss)
     out = Path(run.out) / stage.name
-    ckpt_dir, final_dir = out / "ckpt", out / "final"
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        for stale in (out / "ckpt").glob(".step-*.tmp"):  # a checkpoint interrupted while written
+            shutil.rmtree(stale)
 
-    tokenizer = load_tokenizer(run.tokenizer)
+    processor = load_processor(init_from) if has_processor(init_from) else None
+    if processor is not None:  # a bundle: its own tokenizer, image processor and chat template
+        tokenizer = processor.tokenizer
+    else:  # new special tokens only from scratch
+        tokenizer = load_tokenizer(init_from if has_tokenizer(init_from) else run.tokenizer, scratch=init_from is None)
+    chat = chat_format(tokenizer)
     mcfg = ModelConfig(**{**asdict(run.model), "pretrained": init_from})
-    model = build_model(mcfg, tokenizer)
+    model = build_model(mcfg, tokenizer, stage.packing, device)
+    processor = processor or new_processor(model.config, tokenizer, chat)
+    n_img = image_token_count(model.config)
+    if stage.seq_len + n_img > model.config.text_config.max_position_embeddings:
+        raise ConfigError(f"{stage.name}: seq_len {stage.seq_len} + {n_img} image tokens exceed the LLM's "
+                          f"{model.config.text_config.max_position_embeddings} positions; lower seq_len")
+    encoder = Encoder(tokenizer, chat, n_img, processor.image_processor, stage.seq_len)
+    encoder.check_template(processor)
+
     set_trainable(model, stage.trainable)
     if run.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
-
-    state = None
-    if (ckpt_dir / "state.pt").exists():
-        state = torch.load(ckpt_dir / "state.pt", map_location=device, weights_only=False)
-        own = torch.load(ckpt_dir / f"rank{rank}.pt", weights_only=False)
-        if own["step"] != state["step"]:
-            raise ValueError(f"{ckpt_dir}: rank {rank} data state is at step {own['step']}, the model at "
-                             f"{state['step']} (interrupted while checkpointing); remove ckpt/ to restart the stage")
-        model.load_state_dict(state["model"])
-
-    raw = model
-    fsdp = run.fsdp and world > 1
+    resume = latest_checkpoint(out / "ckpt")
+    state = torch.load(resume / "state.pt", map_location=device, weights_only=False) if resume else None
+    if state is not None:
+        model.load_state_dict(state.pop("model"))
+    raw, fsdp = model, run.fsdp and world > 1
     if run.compile:
         model.model.language_model.compile()
     if fsdp:  # one shard group per decoder layer, the rest (towers, adaptor, embeddings) in the root group
@@ -188,123 +212,246 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
         fully_shard(model)
     elif world > 1:  # frozen towers and language-only steps leave some trainable parameters without gradients
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=stage.lr, betas=tuple(stage.betas), weight_decay=stage.weight_decay,
-                                  fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
-    start, data_state = 0, None
-    if state is not None:
-        if fsdp:
-            # strict=False: a trainable parameter that never had a gradient yet (the adaptor after only language
-            # steps) has no AdamW state, in the checkpoint or in an uninterrupted run
-            set_optimizer_state_dict(model, optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True, strict=False))
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, data_state = state["step"], own["data"]
-        set_rng_state(own["rng"])
-        log.info("%s: resuming at step %d from %s", stage.name, start, ckpt_dir)
+    return StageRun(run, stage, out, rank, world, device, raw, model, processor, encoder, fsdp, resume, state)
 
-    rows = math.ceil(stage.batch_size / world)
-    micro = min(run.micro_batch_size or rows, rows)
-    encoder = Encoder(tokenizer, special_ids(tokenizer), image_token_count(raw.config), image_processor(raw.config),
-                      stage.seq_len)
-    batcher = StepBatcher(read_mixture(run.mix, stage.mix_stage), encoder, seed=run.seed, batch_size=rows,
-                          micro_batch_size=micro, seq_len=stage.seq_len, packing=stage.packing,
-                          target_share=stage.language_share, modality_warmup_steps=stage.modality_warmup_steps,
-                          grouped=stage.grouped, num_workers=run.num_workers, pin_memory=device.type == "cuda",
-                          state=data_state)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
 
-    metrics_path = out / "metrics.jsonl"
-    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    metrics = [m for m in metrics if m["step"] < start]
-    writer = progress = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
+def make_optimizer(st: StageRun) -> None:
+    st.trainable = [p for p in st.model.parameters() if p.requires_grad]
+    st.optimizer = torch.optim.AdamW(st.trainable, lr=st.stage.lr, betas=tuple(st.stage.betas),
+                                     weight_decay=st.stage.weight_decay, fused=st.device.type == "cuda")
+    st.scheduler = torch.optim.lr_scheduler.LambdaLR(st.optimizer, lambda s: lr_factor(s, st.stage))
 
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in metrics))
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start)
-        progress = tqdm(total=stage.steps, initial=start, desc=stage.name, dynamic_ncols=True)
 
-    model.train()
+def restore(st: StageRun) -> tuple[int, dict | None, Tally]:
+    """Optimizer, scheduler, RNG and data position from the newest checkpoint: (step, data state, tally)."""
+    if st.resume is None:
+        return 0, None, Tally()
+    state, st.resume_state = st.resume_state, None
+    own = torch.load(st.resume / f"rank{st.rank}.pt", weights_only=False)
+    if st.fsdp:
+        # strict=False: a trainable parameter that never had a gradient yet (the adaptor after only language
+        # steps) has no AdamW state, in the checkpoint or in an uninterrupted run
+        set_optimizer_state_dict(st.model, st.optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        st.optimizer.load_state_dict(state["optimizer"])
+    st.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(own["rng"])
+    log.info("%s: resuming at step %d from %s", st.stage.name, state["step"], st.resume)
+    return state["step"], own["data"], Tally.from_state(own["tally"])
+
+
+def make_batcher(st: StageRun, data_state: dict | None) -> StepBatcher:
+    rows = math.ceil(st.stage.batch_size / st.world)
+    micro = min(st.run.micro_batch_size or rows, rows)
+    varlen = st.run.model.attn_implementation.startswith("flash_attention")
+    return StepBatcher(read_mixture(st.run.mix, st.stage.mix_stage), st.encoder, seed=st.run.seed, batch_size=rows,
+                       micro_batch_size=micro, packing=st.stage.packing, target_share=st.stage.language_share,
+                       modality_warmup_steps=st.stage.modality_warmup_steps, grouped=st.stage.grouped, varlen=varlen,
+                       num_workers=st.run.num_workers, pin_memory=st.device.type == "cuda", world=st.world,
+                       state=data_state)
+
+
+def sum_over_ranks(st: StageRun, values: list[float]) -> list[float]:
+    if st.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=st.device if st.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_step(st: StageRun, micro: list[dict], n_target: float) -> tuple[float, float, float]:
+    """Forward/backward over the micro-batches, one optimizer step; (loss per target token over all ranks, grad
+    norm, lr). Each rank's loss is divided by the step's target tokens over all ranks, times the world size because
+    DDP/FSDP average gradients over ranks: every target token weighs the same, whatever rank holds it."""
+    items = torch.tensor(max(n_target, 1.0) / st.world, device=st.device)
+    losses = []
+    for i, mb in enumerate(micro):
+        mb = {k: v.to(st.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in mb.items()}
+        sync = st.world == 1 or i == len(micro) - 1
+        if st.fsdp:
+            st.model.set_requires_gradient_sync(sync)
+        with contextlib.nullcontext() if sync or st.fsdp else st.model.no_sync():
+            with st.autocast:
+                loss = st.model(**mb, num_items_in_batch=items, use_cache=False).loss
+            if not loss.requires_grad:
+                raise RuntimeError(f"{st.stage.name}: a micro-batch reaches no trainable parameter (it trains "
+                                   f"{st.stage.trainable}; a stage that trains only the adaptor needs images)")
+            loss.backward()
+        losses.append(loss.detach())
+    grad_norm = torch.nn.utils.clip_grad_norm_(st.trainable, st.stage.grad_clip)
+    lr = st.scheduler.get_last_lr()[0]
+    st.optimizer.step()
+    st.scheduler.step()
+    st.optimizer.zero_grad(set_to_none=True)
+    if isinstance(grad_norm, DTensor):
+        grad_norm = grad_norm.full_tensor()
+    total = torch.stack(losses).sum()
+    if st.world > 1:
+        dist.all_reduce(total)
+    return total.item() / st.world, grad_norm.item(), lr  # the step's only host syncs
+
+
+def evaluate_model(st: StageRun, model: torch.nn.Module) -> dict:
+    """The one call of `trainer.evaluate.evaluate` (during the stage and after it)."""
+    from trainer.evaluate import evaluate
+
+    return evaluate(model, st.encoder, st.run.eval_dir, items=st.run.eval_items, seed=st.run.seed)
+
+
+class Metrics:
+    """`metrics.jsonl`, TensorBoard and the progress bar on rank 0; `curves.png` at the end of the stage."""
+
+    def __init__(self, st: StageRun, start: int):
+        self.st, self.path = st, st.out / "metrics.jsonl"
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        self.rows = [m for m in map(json.loads, lines) if m["step"] < start]
+        self.writer = self.progress = None
+        if st.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            from tqdm import tqdm
+
+            self.path.write_text("".join(json.dumps(m) + "\n" for m in self.rows))
+            self.writer = SummaryWriter(str(st.out / "tensorboard"), purge_step=start)
+            self.progress = tqdm(total=st.stage.steps, initial=start, desc=st.stage.name, dynamic_ncols=True)
+
+    def log(self, m: dict) -> None:
+        if self.st.rank != 0:
+            return
+        self.rows.append(m)
+        with self.path.open("a") as f:
+            f.write(json.dumps(m) + "\n")
+        name, step = self.st.stage.name, m["step"]
+        for k in ("loss", "lr", "grad_norm", "language_share", "realised_language_share", "tokens_per_s", "data_wait_s"):
+            self.writer.add_scalar(f"{name}/{k}", m[k], step)
+        self.writer.add_scalar(f"{name}/loss_{m['modality']}", m["loss"], step)
+        for c, v in m["realised_shares"]["units"].items():
+            self.writer.add_scalar(f"{name}/share_{c}", v, step)
+        for k, v in m.get("eval", {}).items():
+            if isinstance(v, (int, float)):
+                self.writer.add_scalar(f"{name}/eval_{k}", v, step)
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{m['loss']:.3f}", mod=m["modality"][:4], lr=f"{m['lr']:.2e}")
+
+    def close(self) -> None:
+        if self.st.rank == 0:
+            self.progress.close()
+            self.writer.close()
+
+    def plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows, steps = self.rows, [m["step"] for m in self.rows]
+        fig, axes = plt.subplots(1, 5, figsize=(24, 3.6))
+        for mod, color in (("language", "tab:blue"), ("multimodal", "tab:orange"), ("mixed", "tab:green")):
+            pts = [(m["step"], m["loss"]) for m in rows if m["modality"] == mod]
+            if pts:
+                axes[0].plot(*zip(*pts), ".-", color=color, label=mod, markersize=3)
+        axes[0].set(title="loss per target token", xlabel="step")
+        axes[0].legend()
+        axes[1].plot(steps, [m["lr"] for m in rows])
+        axes[1].set(title="learning rate", xlabel="step")
+        axes[2].plot(steps, [m["language_share"] for m in rows], label="scheduled")
+        axes[2].plot(steps, [m["realised_language_share"] for m in rows], label="realised")
+        axes[2].set(title="language share (cumulative, mixture unit)", xlabel="step", ylim=(-0.05, 1.05))
+        axes[2].legend()
+        for c in sorted({c for m in rows for c in m["realised_shares"]["units"]}):
+            axes[3].plot(steps, [m["realised_shares"]["units"].get(c, 0.0) for m in rows], label=c)
+        axes[3].set(title="realised share per category", xlabel="step", ylim=(-0.05, 1.05))
+        axes[3].legend(fontsize=7)
+        evals = [(m["step"], m["eval"]) for m in rows if "eval" in m]
+        for k in ("mc_acc", "mc_acc_norm", "bpb"):
+            pts = [(s, e[k]) for s, e in evals if isinstance(e.get(k), (int, float)) and math.isfinite(e[k])]
+            if pts:
+                axes[4].plot(*zip(*pts), "o-", label=k, markersize=3)
+        axes[4].set(title="evaluation (held-out)", xlabel="step")
+        if evals:
+            axes[4].legend()
+        fig.suptitle(f"{self.st.stage.name} ({self.st.run.model.preset})")
+        fig.tight_layout()
+        fig.savefig(self.st.out / "curves.png", dpi=100)
+        plt.close(fig)
+
+
+def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> dict:
+    """Train one stage to its `final/` bundle; return its summary."""
+    st = open_stage(run, stage, init_from)
+    make_optimizer(st)
+    start, data_state, tally = restore(st)
+    batcher = make_batcher(st, data_state)
+    metrics = Metrics(st, start)
     end = stage.steps if run.stop_after is None else min(stage.steps, run.stop_after)
+    languages = batcher.mixture.language
+
+    st.model.train()
+    batcher.start()
+    if start < end:
+        batcher.prefetch(start, tally)
     t0 = time.perf_counter()
-    for step, batch, data_after in batcher.iterate(start, end):
+    for step in range(start, end):
+        batch, data_after = batcher.result()
         t_data = time.perf_counter()
-        n_target = max(batch.target_tokens, 1)
-        losses = []
-        for i, mb in enumerate(batch.micro):
-            mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
-            sync = world == 1 or i == len(batch.micro) - 1
-            if fsdp:
-                model.set_requires_gradient_sync(sync)
-            with contextlib.nullcontext() if sync or fsdp else model.no_sync():
-                loss = _micro_loss(model, mb, n_target, autocast)
-                loss.backward()
-            losses.append(loss.detach())
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, stage.grad_clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
-        loss_sum, grad_norm = torch.stack(losses).sum().item(), grad_norm.item()  # the step's only host sync
+        counts = sum_over_ranks(st, batch.counts(batcher.categories))
+        batcher.record(tally, step, batch.modality, counts)
+        if step + 1 < end:
+            batcher.prefetch(step + 1, tally)  # the next batch is drawn from the tally up to this step
+        loss, grad_norm, lr = train_step(st, batch.micro, counts[-2])
         t_end = time.perf_counter()
-        if rank == 0:
-            m = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "modality": batch.modality,
-                 "language_share": batcher.share(step), "realised_language_share": realised_language_share(data_after),
-                 "tokens": batch.tokens * world, "target_tokens": batch.target_tokens,
-                 "categories": dict(batch.categories), "data_wait_s": t_data - t0, "step_s": t_end - t0,
-                 "tokens_per_s": batch.tokens * world / (t_end - t0)}
-            metrics.append(m)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(m) + "\n")
-            for k in ("loss", "lr", "grad_norm", "language_share", "realised_language_share", "tokens_per_s", "data_wait_s"):
-                writer.add_scalar(f"{stage.name}/{k}", m[k], step)
-            writer.add_scalar(f"{stage.name}/loss_{batch.modality}", loss_sum, step)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum:.3f}", mod=batch.modality[:4], lr=f"{lr:.2e}")
+        m = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "modality": batch.modality,
+             "language_share": batcher.share(step), "realised_language_share": tally.language_share(languages),
+             "realised_shares": {"units": tally.shares(tally.units), "tokens": tally.shares(tally.tokens),
+                                 "samples": tally.shares(tally.samples)},
+             "tokens": counts[-1], "target_tokens": counts[-2], "samples": dict(batch.samples),
+             "dropped": sum(tally.dropped.values()), "cut": sum(tally.cut.values()),
+             "data_wait_s": t_data - t0, "step_s": t_end - t0, "tokens_per_s": counts[-1] / (t_end - t0)}
+        if run.eval_dir and run.eval_interval and (step + 1) % run.eval_interval == 0:
+            m["eval"] = evaluate_model(st, st.raw)
+        metrics.log(m)
         if (step + 1) % run.ckpt_interval == 0 or step + 1 == end:
-            save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, data_after, run, stage, fsdp)
+            save_checkpoint(st, step + 1, data_after, tally)
         t0 = time.perf_counter()
     batcher.close()
-    if rank == 0:
-        progress.close()
-        writer.close()
+    metrics.close()
     if end < stage.steps:
         log.info("%s: stopped after step %d as asked (stop_after); re-run to resume", stage.name, end)
         return {"stopped_at": end}
+    return finish_stage(st, batcher, tally, metrics)
 
-    summary = {"stage": stage.name, "steps": stage.steps, "final": str(final_dir),
+
+def finish_stage(st: StageRun, batcher: StepBatcher, tally: Tally, metrics: Metrics) -> dict:
+    """The `final/` bundle, the curves, the evaluation and `summary.json`."""
+    final = st.out / "final"
+    mixture = batcher.mixture
+    summary = {"stage": st.stage.name, "steps": st.stage.steps, "final": str(final), "unit": mixture.unit,
                "language_share_target": batcher.target,
-               "realised_language_share": batcher.realised_language_share(),
-               "steps_by_modality": dict(batcher.steps_by_modality), "samples_by_category": dict(batcher.consumed),
-               "mixture_ratios": batcher.mixture.ratios, "ratio_source": batcher.mixture.ratio_source,
-               "stage_config": asdict(stage)}
-    model_state = get_model_state_dict(model, options=FULL_STATE) if fsdp else None
-    if rank == 0:
-        raw.save_pretrained(str(final_dir), state_dict=model_state)
-        tokenizer.save_pretrained(str(final_dir))
-        _plot_curves(metrics, out / "curves.png", f"{stage.name} ({run.model.preset})")
-        if run.eval_dir:
-            from trainer.evaluate import evaluate
-
-            evaluated = load_trained(final_dir, run.model.attn_implementation).to(device) if fsdp else raw
-            summary["eval"] = evaluate(evaluated, encoder, run.eval_dir, items=run.eval_items, seed=run.seed)
-            with (Path(run.out) / "eval.jsonl").open("a") as f:
-                f.write(json.dumps({"stage": stage.name, **summary["eval"]}) + "\n")
-        atomic_write_json(out / "summary.json", summary)
-    if world > 1:
-        dist.barrier()
+               "realised_language_share": tally.language_share(mixture.language),
+               "realised_shares": {"units": tally.shares(tally.units), "tokens": tally.shares(tally.tokens),
+                                   "samples": tally.shares(tally.samples)},
+               "mixture_ratios": mixture.ratios, "requested_ratios": mixture.requested,
+               "samples_by_category": dict(tally.samples), "text_tokens_by_category": dict(tally.tokens),
+               "dropped": {OVER_BUDGET: dict(tally.dropped)}, "cut_samples": dict(tally.cut),
+               "steps_by_modality": dict(tally.steps), "chat_format": st.encoder.chat.name,
+               "stage_config": asdict(st.stage)}
+    model_state = get_model_state_dict(st.model, options=FULL_STATE) if st.fsdp else None
+    if st.rank == 0:
+        save_bundle(st.raw, st.processor, st.encoder.chat, final, state_dict=model_state)
+        metrics.plot()
+        if st.run.eval_dir:
+            evaluated = load_trained(final, st.run.model.attn_implementation).to(st.device) if st.fsdp else st.raw
+            summary["eval"] = evaluate_model(st, evaluated)
+            with (Path(st.run.out) / "eval.jsonl").open("a") as f:
+                f.write(json.dumps({"stage": st.stage.name, **summary["eval"]}) + "\n")
+        atomic_write_json(st.out / "summary.json", summary)
+    st.barrier()
     return summary
 
 
 def run_stages(run: RunConfig, stages: list[StageConfig]) -> list[dict]:
-    """Stages in order, each from the previous one's final model; finished stages are skipped."""
+    """Stages in order, each from the previous one's final bundle; finished stages are skipped."""
+    run.check_paths()
     init_from = run.model.pretrained
     summaries = []
     for stage in stages:
@@ -319,62 +466,3 @@ def run_stages(run: RunConfig, stages: list[StageConfig]) -> list[dict]:
                 break
         init_from = str(Path(run.out) / stage.name / "final")
     return summaries
-
-
-def load_stages(paths: list[str], overrides: list[str], run: RunConfig) -> list[StageConfig]:
-    return [load_stage(p, overrides).scaled(run.scale, run.max_seq_len) for p in paths]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schedule", action="append", help="stage YAML (repeat for several; default: all three stages)")
-    p.add_argument("--mix", required=True, help="mixture folder (<mix>/<stage>/<category>/*.tar)")
-    p.add_argument("--tokenizer", required=True, help="local HF tokenizer directory")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, final models)")
-    p.add_argument("--preset", default="tiny", help="tiny | small | deepseek-vl-1.3b")
-    p.add_argument("--pretrained", help="local DeepseekVL(Hybrid) checkpoint directory to start stage 1 from")
-    p.add_argument("--vision-pretrained", help="local SigLIP vision model directory")
-    p.add_argument("--high-res-pretrained", help="local SAM vision model directory")
-    p.add_argument("--llm-pretrained", help="local LLaMA-layout language model directory")
-    p.add_argument("--attn", default="sdpa", help="attention kernel: sdpa | flash_attention_2 (needs flash-attn) | eager")
-    p.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps, warm-ups and batch size")
-    p.add_argument("--max-seq-len", type=int, help="cap every stage's sequence length")
-    p.add_argument("--micro-batch-size", type=int, help="rows per forward pass (gradient accumulation above it)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the language model")
-    p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per category stream")
-    p.add_argument("--ckpt-interval", type=int, default=100)
-    p.add_argument("--eval", dest="eval_dir", help="held-out corpus/mixture folder: evaluate after each stage")
-    p.add_argument("--eval-items", type=int, default=64)
-    p.add_argument("--stop-after", type=int, help="stop each stage after this many steps (resume later)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 1 trains in this process")
-    p.add_argument("--fsdp", action="store_true", help="with --workers: shard the model (FSDP2) instead of DDP")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="stage override key=value")
-
-
-def run_config(args: argparse.Namespace) -> RunConfig:
-    model = ModelConfig(preset=args.preset, pretrained=args.pretrained, vision_pretrained=args.vision_pretrained,
-                        high_res_pretrained=args.high_res_pretrained, llm_pretrained=args.llm_pretrained,
-                        attn_implementation=args.attn)
-    return RunConfig(mix=args.mix, out=args.out, tokenizer=args.tokenizer, model=model, scale=args.scale,
-                     max_seq_len=args.max_seq_len, micro_batch_size=args.micro_batch_size, seed=args.seed,
-                     device=args.device, compile=args.compile, activation_checkpointing=args.activation_checkpointing,
-                     num_workers=args.num_workers, ckpt_interval=args.ckpt_interval, eval_dir=args.eval_dir,
-                     eval_items=args.eval_items, stop_after=args.stop_after, fsdp=args.fsdp)
-
-
-def main(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run = run_config(args)
-    paths = args.schedule or [str(p) for p in DEFAULT_SCHEDULES]
-    stages = load_stages(paths, args.overrides, run)
-    if args.workers > 1:
-        from trainer.distributed import launch
-
-        summaries = launch(run, stages, args.workers)
-    else:
-        summaries = run_stages(run, stages)
-    for s in summaries:
-        print(json.dumps({k: v for k, v in s.items() if k != "stage_config"}))
-    return 0

@@ -42,7 +42,7 @@ COMMANDS = [
     "vlcorpus.inspect",
     "mixer.mix",
     "mixer.report",
-    "trainer.train",
+    "trainer.cli",
     "trainer.tokenizer",
     "chain.run",
 ]
