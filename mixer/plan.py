@@ -52,7 +52,7 @@ class Kept:
         return cls(z, z, z, z, z, [])
 
 
-@dataclass
+@dataclass(eq=False)
 class CategoryPlan:
     category: str
     spec: CategorySpec
@@ -241,9 +241,10 @@ def check_shares(cfg: MixtureConfig, plans: list[CategoryPlan], budget: float, b
             continue
         head = f"category {p.category}: {share:.2%} realised for {p.ratio:.2%} requested ({dev * 100:+.1f} points)"
         if p not in causes:
-            names = ", ".join(c.category for c in causes) or "several categories' whole samples"
+            names = ", ".join(c.category for c in causes)
             p.warnings.append(f"{head}: the shares shifted because {names} did not get "
-                              f"{'its' if len(causes) == 1 else 'their'} own share")
+                              f"{'its' if len(causes) == 1 else 'their'} own share" if causes else
+                              f"{head}: the shares shifted as several categories were rounded to whole samples")
             continue
         if p.short:
             if planned:  # (a category left out already says so)
@@ -294,7 +295,7 @@ def make_plan(cfg: MixtureConfig, inputs: dict[str, list[InputShard]], scans: di
     ratios = cfg.ratios()
     plans = [CategoryPlan(name, spec, ratios[name], inputs[name]) for name, spec in cfg.categories.items()]
     for p in plans:
-        dedup(cfg, p, scans.get(p.category, []))
+        dedup(cfg, p, scans.pop(p.category, []))  # the scans of a category are not needed once it is deduped
         if p.ratio > 0 and p.unique(cfg.unit) == 0:
             empty_category(p, cfg.unit, where + (" (after dedup and the contract check)" if p.inputs else ""))
     budget, b = resolve_budget(cfg, plans)

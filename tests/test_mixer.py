@@ -538,3 +538,73 @@ def test_cli_mix_and_its_errors(corpus, tmp_path, capsys):
     assert "unknown key" in capsys.readouterr().err
     assert cli.main(["mix", str(tmp_path / "nope"), "--mixture", "stage1", "--out", str(tmp_path / "n"), "--local"]) == 2
     assert "no such corpus folder" in capsys.readouterr().err
+
+
+# --- mixtures inside `vlcorpus run` ---------------------------------------------------------------------------------
+
+def run_config(tmp_path: Path, **extra) -> Path:
+    """A run over papers (pdf) and plain text only: no captions, no SFT data."""
+    for kind in ("pdf", "text"):
+        (tmp_path / kind).mkdir(exist_ok=True)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "stages": ["stage1", "stage2"],
+                                   "sources": {"pdf": str(tmp_path / "pdf"), "text": str(tmp_path / "text")}, **extra}))
+    return cfg
+
+
+def test_a_run_whose_sources_lack_a_required_category_stops_before_rendering(tmp_path, capsys):
+    from chain.run import E2EConfig, check_mixtures
+
+    assert cli.main(["run", "--config", str(run_config(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert "pdf -> doc_ocr; text -> text" in err
+    assert "stage1 needs caption (on_short: error in mixer/mixtures/stage1.yaml)" in err
+    assert "for caption: sources: {caption: FOLDER}" in err
+    assert "mixtures:\n    stage1:\n      overrides: [categories.caption.on_short=warn]" in err
+    assert "stage2 needs interleaved, caption" in err
+    assert not (tmp_path / "out").exists()  # nothing rendered, nothing written
+    cfg = load_config_file(run_config(tmp_path, mixtures={
+        "stage1": {"overrides": ["categories.caption.on_short=warn"]},
+        "stage2": {"overrides": ["budget=dominant", "categories.caption.ratio=0", "categories.interleaved.on_short=warn"]}}))
+    mixtures = check_mixtures(cfg)
+    assert mixtures["stage1"].categories["caption"].on_short == "warn"
+    assert mixtures["stage2"].budget == "dominant" and mixtures["stage2"].categories["caption"].ratio == 0
+    assert isinstance(cfg, E2EConfig)
+
+
+@pytest.mark.parametrize("mixtures, message", [
+    ({"stage2": {"overrides": ["categories.caption.weight=2"]}}, "mixtures.stage2: unknown key"),
+    ({"stage1": {"file": "stage3"}}, "mixtures.stage1.file: stage3 is the mixture of stage 'stage3'"),
+    ({"stage3": {"overrides": []}}, "mixtures: stage3 not among the run's stages"),
+])
+def test_a_run_with_a_bad_mixture_setting_stops_with_a_message(tmp_path, mixtures, message):
+    from chain.run import check_mixtures
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        check_mixtures(load_config_file(run_config(tmp_path, mixtures=mixtures)))
+
+
+def load_config_file(path: Path):
+    from chain.run import E2EConfig
+    from vlcorpus.config import load_config
+
+    return load_config(E2EConfig, path)
+
+
+def test_the_run_mixes_again_only_when_its_mixture_changed(corpus, tmp_path, ray_local):
+    from chain.run import check_mixtures, mix_stage
+
+    cfg = load_config_file(run_config(tmp_path, stages=["stage1"], sources={"pdf": str(tmp_path), "caption": str(tmp_path)}))
+    mix, train = tmp_path / "mix", tmp_path / "train"
+    mix_stage(cfg, "stage1", check_mixtures(cfg)["stage1"], corpus, mix, train, ["--num-cpus", "1"])
+    first = (mix / "stage1" / "mixture.json").stat().st_mtime_ns
+    (train / "stage1").mkdir(parents=True)
+    mix_stage(cfg, "stage1", check_mixtures(cfg)["stage1"], corpus, mix, train, [])
+    assert (mix / "stage1" / "mixture.json").stat().st_mtime_ns == first and train.exists()  # unchanged: skipped
+    cfg.mixtures = {"stage1": type(cfg.mixture("stage1"))(overrides=["seed=5"])}
+    mix_stage(cfg, "stage1", check_mixtures(cfg)["stage1"], corpus, mix, train, [])
+    assert json.loads((mix / "stage1" / "mixture.json").read_text())["seed"] == 5 and not train.exists()
+    # a mixture that cannot be built says how to change it in the run's own terms
+    cfg.mixtures = {"stage1": type(cfg.mixture("stage1"))(overrides=["budget=100000", "categories.caption.on_short=error"])}
+    with pytest.raises(SystemExit, match="(?s)In a run there is no mixture file to edit.*mixtures:\n    stage1:"):
+        mix_stage(cfg, "stage1", check_mixtures(cfg)["stage1"], corpus, mix, train, [])
