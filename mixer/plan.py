@@ -3,9 +3,9 @@
 All of it runs in the driver and is deterministic: the same inputs, config and seed give the same plan, however
 many tasks scanned or will write.
 1. dedup: each category's samples in canonical order (corpora as given, shards as indexed, members as stored);
-2. budget: total units from the unique units: `scarcest` (the largest at which every category stays within its
-   max_upsample; the console says which category sets it and what the budget would be without it), `dominant` (all
-   of the category with the largest ratio, once) or a number;
+2. budget: total units from the unique units: `scarcest` (the largest at which every required category, on_short:
+   error, stays within its max_upsample; the console says which category sets it and what the budget would be
+   without it), `dominant` (all of the category with the largest ratio, once) or a number;
 3. targets: ratio x budget, capped at max_upsample x unique units (a cap is an error unless on_short: warn);
 4. selection: copy passes, each in its own seeded order; the last one stops at the sample that lands nearest the
    target, so a target is never overshot by more than half a sample;
@@ -149,7 +149,9 @@ def resolve_budget(cfg: MixtureConfig, plans: list[CategoryPlan]) -> tuple[float
     if not active:
         raise MixError(f"every category of the mixture is empty (no {unit}) in these corpora")
     if cfg.budget == SCARCEST:
-        limits = sorted(((p.spec.max_upsample * p.unique(unit) / p.ratio, p) for p in active), key=lambda lp: lp[0])
+        # the categories that must get their share set it; the others (on_short: warn) are capped where they run out
+        binding = [p for p in active if p.spec.on_short == "error"] or active
+        limits = sorted(((p.spec.max_upsample * p.unique(unit) / p.ratio, p) for p in binding), key=lambda lp: lp[0])
         budget, p = limits[0]
         line = (f"budget {round(budget):,} {unit} (scarcest), set by {p.category}: it holds {p.unique(unit):,} "
                 f"{unit}, may repeat {p.spec.max_upsample:g}x and asks {p.ratio:.2%}")
@@ -234,10 +236,10 @@ def check_shares(cfg: MixtureConfig, plans: list[CategoryPlan], budget: float, b
         planned = p.planned(unit)
         share = planned / total
         dev = share - p.ratio
-        if p.ratio > 0 and planned == 0 and not p.short:
-            p.warnings.append(f"category {p.category}: nothing written: its target of {p.target:,} {unit} "
-                              f"({p.ratio:.2%} of {budget:,.0f}) is under half of one of its samples")
         if abs(dev) <= TOLERANCE:
+            if p.ratio > 0 and planned == 0 and not p.short:
+                p.warnings.append(f"category {p.category}: nothing written: its target of {p.target:,} {unit} "
+                                  f"({p.ratio:.2%} of {budget:,.0f}) is under half of one of its samples")
             continue
         head = f"category {p.category}: {share:.2%} realised for {p.ratio:.2%} requested ({dev * 100:+.1f} points)"
         if p not in causes:

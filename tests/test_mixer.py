@@ -272,6 +272,18 @@ def test_a_scarce_category_that_limits_the_budget_is_named(tmp_path, caplog, cap
     assert mix["ok"] and all(abs(c["deviation_points"]) <= 2 for c in mix["categories"].values())
 
 
+def test_an_optional_category_does_not_shrink_the_scarcest_budget(tmp_path):
+    """scarcest is set by the required categories; a scarce optional one (on_short: warn) is capped and said."""
+    corpus = build_corpus(tmp_path / "c", per_category=40, categories=("caption", "text"))
+    build_corpus(tmp_path / "c", per_category=2, categories=("scene_ocr",))
+    cats = {"caption": {"ratio": 0.3}, "scene_ocr": {"ratio": 0.1, "on_short": "warn"}, "text": {"ratio": 0.6}}
+    mix = run_mix([corpus], load_mixture(mixture_file(tmp_path, unit="samples", categories=cats)), tmp_path / "m", local=True)
+    assert mix["budget"]["limited_by"] == "text" and mix["budget"]["resolved"] == 67  # 40 / 0.6, not 2 / 0.1
+    assert mix["categories"]["text"]["written"]["samples"] == 40 and mix["categories"]["caption"]["written"]["samples"] == 20
+    s = mix["categories"]["scene_ocr"]
+    assert s["short"] and s["written"]["samples"] == 2 and "capped at 2 (on_short: warn)" in s["warnings"][0]
+
+
 def tokens_text(i: int, tokens: int) -> str:
     """A text of exactly `tokens` estimated tokens (4 UTF-8 bytes each)."""
     return f"{i:04d} " + "y" * (4 * tokens - 5)
