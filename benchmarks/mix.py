@@ -138,6 +138,7 @@ def main() -> None:
         mix = run_mix([corpus], cfg, args.work / "mix", local=True, overwrite=True)
         times["mix local"].append(time.monotonic() - t)
         assert mix["totals"]["samples"] == n, mix["totals"]
+        streams = mix["categories"][CATEGORY]["streams"]
         digests.add(digest(args.work / "mix" / "bench"))
         for k in args.nodes:
             times[f"mix {k} node{'s' * (k > 1)}"].append(
@@ -148,7 +149,7 @@ def main() -> None:
     mb = size / 1e6
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"every mix run wrote the same bytes ({args.streams} streams): {digests.pop()[:16]}")
+    print(f"every mix run wrote the same bytes ({streams} streams): {digests.pop()[:16]}")
     print("| " + " | ".join(["", *names]) + " |")
     print("| " + " | ".join(["---"] * (len(names) + 1)) + " |")
     print("| best, MB/s | " + " | ".join(f"{mb / best[k]:.0f}" for k in names) + " |")

@@ -1,7 +1,7 @@
 """Reading a category's input shards once, in parallel, before anything is written: per sample its key, byte range,
 text tokens and dedup digests (one Ray task per group of shards, or in-process with --local).
 
-Each shard is first checked against its sidecar (`vlcorpus.shards.verify_shard`), then read with `tarfile`: every
+Each shard is first checked against its sidecar (`vlcorpus.shards.verify_shard`), then read member by member: every
 sample is parsed and checked against the contract (`Sample.from_wds`), so an off-contract sample is known, and
 recorded, before the plan counts it. What comes back is small (tens of bytes per sample, plus the MinHash signature
 with near_dup), so the plan can be made over the whole category and the writers can read each chosen sample
@@ -11,7 +11,6 @@ directly by its byte range.
 from __future__ import annotations
 
 import io
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -40,31 +39,80 @@ class ShardScan:
     failures: list[dict[str, str]] = field(default_factory=list)  # ledger lines for what could not be used
 
 
-def _block(size: int) -> int:
-    return (size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+BLOCK = 512
+
+
+def _number(field: bytes) -> int:
+    """A tar header number: octal text, or base-256 when the first byte has its high bit set (GNU)."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    """The records of a pax extended header ("<length> <key>=<value>\\n" each)."""
+    out, pos = {}, 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        out[key.decode("utf-8")] = value.decode("utf-8")
+        pos += length
+    return out
 
 
 def iter_ranges(f: BinaryIO) -> Iterator[tuple[dict, int, int]]:
     """Samples of a tar as webdataset groups them (consecutive members sharing the name before the first dot of the
-    basename, as `vlcorpus.shards.iter_members`), each with the byte range its members (headers included) occupy."""
+    basename, as `vlcorpus.shards.iter_members`), each with the byte range its members (headers included) occupy.
+
+    Reads the headers itself (ustar, with pax and GNU long-name extensions), checksum included: `tarfile`'s pure
+    Python header parsing costs more than the rest of the scan, and the writers read each sample on its own."""
     current: dict = {}
-    start = end = 0
-    with tarfile.open(fileobj=f, mode="r|") as tf:
-        for ti in tf:
-            if not ti.isfile():
-                continue
-            slash = ti.name.rfind("/") + 1
-            dot = ti.name.find(".", slash)
-            if dot < 0:
-                continue
-            key, suffix = ti.name[:dot], ti.name[dot + 1 :]
-            if current and key != current["__key__"]:
-                yield current, start, end
-                current = {}
-            if not current:
-                current, start = {"__key__": key}, ti.offset
-            current[suffix] = tf.extractfile(ti).read()
-            end = ti.offset_data + _block(ti.size)
+    start = end = pos = 0
+    ext: dict[str, str] = {}
+    ext_start: int | None = None
+    while True:
+        header = f.read(BLOCK)
+        if len(header) < BLOCK or header == bytes(BLOCK):
+            if header.strip(b"\0"):
+                raise ValueError(f"truncated tar header at byte {pos}")
+            break
+        if _number(header[148:156]) != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+            raise ValueError(f"tar header checksum mismatch at byte {pos}")
+        kind = header[156:157]
+        size = int(ext["size"]) if "size" in ext else _number(header[124:136])
+        data = f.read(size)
+        if len(data) < size:
+            raise ValueError(f"tar member at byte {pos} is cut short")
+        f.read(-size % BLOCK)
+        member_start = pos if ext_start is None else ext_start
+        pos += BLOCK + size + (-size % BLOCK)
+        if kind in (b"x", b"L"):  # a pax header or a GNU long name for the next member
+            ext_start = member_start if ext_start is None else ext_start
+            ext |= _pax(data) if kind == b"x" else {"path": data.rstrip(b"\0").decode("utf-8")}
+            continue
+        name = ext.get("path")
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+            if prefix:
+                name = f"{prefix.decode('utf-8')}/{name}"
+        ext, ext_start = {}, None
+        if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers: not sample members
+            continue
+        slash = name.rfind("/") + 1
+        dot = name.find(".", slash)
+        if dot < 0:
+            continue
+        key, suffix = name[:dot], name[dot + 1 :]
+        if current and key != current["__key__"]:
+            yield current, start, end
+            current = {}
+        if not current:
+            current, start = {"__key__": key}, member_start
+        current[suffix] = data
+        end = pos
     if current:
         yield current, start, end
 
@@ -105,7 +153,7 @@ def scan_shard(shard: str, near_dup: bool, num_perm: int) -> ShardScan:
                 if sign is not None:
                     out.image_digests.append(images)
                     out.signatures.append(sign(text))
-    except (OSError, tarfile.TarError, ValueError) as e:
+    except (OSError, ValueError) as e:
         out.failures.append({"doc": shard, "origin": shard, "error_class": type(e).__name__,
                              "error": f"shard unreadable, rest of it skipped: {e}"})
     return out
