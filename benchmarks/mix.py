@@ -10,7 +10,8 @@ scarcest budget, `streams` = --streams), which verifies every input sha256, pars
 dedups, plans, and writes shuffled, tagged, fsynced shards with sidecars: in this process (`--local`), and as Ray
 tasks on a `ray.cluster_utils.Cluster` of 1, 2 and 4 worker nodes of --cpus-per-node CPUs each (the head node has
 no CPU, so every task runs on a worker). The output of every mix run must be byte-identical (same seed, same N).
-All runs read the same page-cached input; best and median of the rounds are reported (the box is shared).
+All runs read the same page-cached input; best and median of the rounds are reported (the box is shared), and for
+the in-process runs also the CPU time (user + system), which a loaded box does not inflate the way it does wall time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import io
 import logging
 import os
 import random
+import resource
 import shutil
 import statistics
 import tarfile
@@ -81,6 +83,11 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def mix_on_cluster(corpus: Path, cfg, out: Path, nodes: int, cpus: int) -> float:
     """Seconds `run_mix` takes on a fresh local cluster of `nodes` worker nodes (cluster start not counted)."""
     import ray
@@ -123,20 +130,24 @@ def main() -> None:
     cfg = load_mixture(mixture)
     names = ["copy", "copy+fsync", "sha256", "mix local", *(f"mix {k} node{'s' * (k > 1)}" for k in args.nodes)]
     times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names[:4]}
     digests = set()
     for r in range(args.rounds):
-        t = time.monotonic()
+        t, c = time.monotonic(), cpu_seconds()
         for shard in shard_paths(corpus):
             verify_shard(shard)
         times["sha256"].append(time.monotonic() - t)
+        cpu["sha256"].append(cpu_seconds() - c)
         for name, fsync in (("copy", False), ("copy+fsync", True)):
             shutil.rmtree(args.work / "copy", ignore_errors=True)
-            t = time.monotonic()
+            t, c = time.monotonic(), cpu_seconds()
             bare_copy(corpus, args.work / "copy", fsync)
             times[name].append(time.monotonic() - t)
-        t = time.monotonic()
+            cpu[name].append(cpu_seconds() - c)
+        t, c = time.monotonic(), cpu_seconds()
         mix = run_mix([corpus], cfg, args.work / "mix", local=True, overwrite=True)
         times["mix local"].append(time.monotonic() - t)
+        cpu["mix local"].append(cpu_seconds() - c)
         assert mix["totals"]["samples"] == n, mix["totals"]
         streams = mix["categories"][CATEGORY]["streams"]
         digests.add(digest(args.work / "mix" / "bench"))
@@ -155,6 +166,9 @@ def main() -> None:
     print("| best, MB/s | " + " | ".join(f"{mb / best[k]:.0f}" for k in names) + " |")
     print("| median, MB/s | " + " | ".join(f"{mb / med[k]:.0f}" for k in names) + " |")
     print("| median, x the copy's time | " + " | ".join(f"{med[k] / med['copy']:.2f}" for k in names) + " |")
+    cmin = {k: min(v) for k, v in cpu.items()}
+    print("| CPU s (in-process), best | " + " | ".join(f"{cmin[k]:.2f}" if k in cmin else "" for k in names) + " |")
+    print("| CPU, x the copy's | " + " | ".join(f"{cmin[k] / cmin['copy']:.2f}" if k in cmin else "" for k in names) + " |")
     print("per round (s): " + "; ".join(f"{k} " + " / ".join(f"{v:.1f}" for v in times[k]) for k in names))
     shutil.rmtree(args.work, ignore_errors=True)
 

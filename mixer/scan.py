@@ -11,6 +11,7 @@ directly by its byte range.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -83,9 +84,8 @@ def iter_ranges(f: BinaryIO) -> Iterator[tuple[dict, int, int]]:
         kind = header[156:157]
         size = int(ext["size"]) if "size" in ext else _number(header[124:136])
         data = f.read(size)
-        if len(data) < size:
+        if len(data) < size or len(f.read(-size % BLOCK)) < -size % BLOCK:
             raise ValueError(f"tar member at byte {pos} is cut short")
-        f.read(-size % BLOCK)
         member_start = pos if ext_start is None else ext_start
         pos += BLOCK + size + (-size % BLOCK)
         if kind in (b"x", b"L"):  # a pax header or a GNU long name for the next member
@@ -119,8 +119,7 @@ def iter_ranges(f: BinaryIO) -> Iterator[tuple[dict, int, int]]:
 
 def read_range(f: BinaryIO, start: int, end: int) -> dict:
     """The members of the one sample stored at [start, end) of an open shard."""
-    f.seek(start)
-    samples = list(iter_ranges(io.BytesIO(f.read(end - start))))
+    samples = list(iter_ranges(io.BytesIO(os.pread(f.fileno(), end - start, start))))
     if len(samples) != 1:
         raise ValueError(f"bytes {start}..{end} hold {len(samples)} samples, not one (the shard changed since it was read)")
     return samples[0][0]

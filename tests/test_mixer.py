@@ -620,3 +620,39 @@ def test_the_run_mixes_again_only_when_its_mixture_changed(corpus, tmp_path, ray
     cfg.mixtures = {"stage1": type(cfg.mixture("stage1"))(overrides=["budget=100000", "categories.caption.on_short=error"])}
     with pytest.raises(SystemExit, match="(?s)In a run there is no mixture file to edit.*mixtures:\n    stage1:"):
         mix_stage(cfg, "stage1", check_mixtures(cfg)["stage1"], corpus, mix, train, [])
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_the_scan_reads_tars_as_tarfile_does(tmp_path, fmt):
+    """The scan's own header reader (mixer.scan.iter_ranges) against vlcorpus.shards.iter_members (tarfile): the same
+    samples, and byte ranges that hold exactly one sample each; a damaged header or a cut member is an error."""
+    from mixer.scan import iter_ranges, read_range
+    from vlcorpus.shards import iter_members
+
+    long = "k" * (90 if fmt == tarfile.USTAR_FORMAT else 130)
+    names = [f"d/{long}.json", f"d/{long}.0.jpg", "plain-key.json", "plain-key.1.png", "dir/", "last.json"]
+    if fmt != tarfile.USTAR_FORMAT:
+        names.insert(2, "é-clé.json")
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt) as t:
+        for i, name in enumerate(names):
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                t.addfile(info)
+                continue
+            data = bytes([i]) * (300 + 700 * i)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    expected = [{k: v for k, v in m.items() if k != "__url__"} for m in iter_members(path)]
+    with open(path, "rb") as f:
+        got = list(iter_ranges(f))
+        assert [m for m, _, _ in got] == expected and len(expected) >= 3
+        for members, start, end in got:
+            assert read_range(f, start, end) == members
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01  # inside the first header: its checksum no longer matches
+    with pytest.raises(ValueError, match="checksum"):
+        list(iter_ranges(io.BytesIO(bytes(data))))
+    with pytest.raises(ValueError, match="cut short"):
+        list(iter_ranges(io.BytesIO(path.read_bytes()[:2000])))
