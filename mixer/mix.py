@@ -279,4 +279,3 @@ def describe(cfg: MixtureConfig, plan: Plan, corpora: list[Path], inputs: dict[s
         warnings=plan.warnings,
         ok=not plan.warnings,
     ).to_dict()
-    return doc

@@ -3,7 +3,7 @@ text tokens and dedup digests (one Ray task per group of shards, or in-process w
 
 Each shard is first checked against its sidecar (`vlcorpus.shards.verify_shard`), then read member by member: every
 sample is parsed and checked against the contract (`Sample.from_wds`), so an off-contract sample is known, and
-recorded, before the plan counts it. What comes back is small (tens of bytes per sample, plus the MinHash signature
+recorded, before the plan counts it. What comes back is small (a few hundred bytes per sample, plus the MinHash signature
 with near_dup), so the plan can be made over the whole category and the writers can read each chosen sample
 directly by its byte range.
 """

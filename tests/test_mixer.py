@@ -158,7 +158,7 @@ def test_streams_split_by_key_and_keep_the_set(tmp_path):
         cfg = load_mixture(mixture_file(tmp_path, unit="samples", budget=180, categories={
             "caption": {"ratio": 1 / 3, "max_upsample": 2.0}, "text": {"ratio": 2 / 3, "max_upsample": 2.0}}), overrides)
         mixes[n] = run_mix([corpus], cfg, tmp_path / f"n{n}", local=True)
-        again = run_mix([corpus], cfg, tmp_path / f"again{n}", local=True)
+        run_mix([corpus], cfg, tmp_path / f"again{n}", local=True)
         assert all_files(tmp_path / f"n{n}" / "s") == all_files(tmp_path / f"again{n}" / "s")
     sets = {n: written_set(tmp_path / f"n{n}" / "s") for n in mixes}
     assert sets[1] == sets[3] == sets[4]
