@@ -1,22 +1,28 @@
-"""Materialising a mixture vs a bare tar-to-tar copy of the same shards, in MB/s of input, in one run.
+"""Materialising one category of a mixture on 1, 2 and 4 Ray worker nodes vs a bare tar copy of the same shards.
 
-    PYTHONPATH=. python3 benchmarks/mix.py --gb 1.5 --rounds 3 --work /tmp/bench_mix
+    PYTHONPATH=. python3 benchmarks/mix.py --gb 0.5 --rounds 2 --work /tmp/bench_mix
 
-Builds a corpus (caption + doc_ocr with noise JPEGs, so images do not compress, + text) of about --gb GB,
-then alternates: (a) copy every shard member by member with `tarfile` (read stream -> write stream, no parsing),
-(b) `run_mix` of a mixture that takes every sample (samples unit, equal ratios, scarcest budget), which also
-verifies every input sha256, parses and validates samples, dedups (exact hashes), shuffles, tags and writes
-fsynced shards with sidecars, once in this process and once as Ray tasks (one per category) on a local Ray
-with all CPUs. All read the same page-cached input; the best of the rounds is reported (the box is shared).
+Builds one category (doc_ocr: noise JPEGs, so images do not compress, plus ~60 words of text) of about --gb GB in
+64 MB shards, then per round: (a) the bare copy: every shard member by member with `tarfile` (read stream -> write
+stream, no parsing), with and without an fsync per output shard; (b) the sha256 pass alone over the input (what the
+shard contract costs before any work); (c) `run_mix` of a mixture that takes every sample once (samples unit,
+scarcest budget, `streams` = --streams), which verifies every input sha256, parses and checks every sample,
+dedups, plans, and writes shuffled, tagged, fsynced shards with sidecars: in this process (`--local`), and as Ray
+tasks on a `ray.cluster_utils.Cluster` of 1, 2 and 4 worker nodes of --cpus-per-node CPUs each (the head node has
+no CPU, so every task runs on a worker). The output of every mix run must be byte-identical (same seed, same N).
+All runs read the same page-cached input; best and median of the rounds are reported (the box is shared), and for
+the in-process runs also the CPU time (user + system), which a loaded box does not inflate the way it does wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import os
 import random
+import resource
 import shutil
 import statistics
 import tarfile
@@ -28,9 +34,10 @@ from PIL import Image
 
 from mixer.config import load_mixture
 from mixer.mix import run_mix
-from vlcorpus.runtime import init_ray
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter, shard_paths, verify_shard, write_index
+
+CATEGORY = "doc_ocr"
 
 
 def noise_jpeg(rng: random.Random, side: int) -> bytes:
@@ -42,17 +49,14 @@ def noise_jpeg(rng: random.Random, side: int) -> bytes:
 
 def build(corpus: Path, gb: float) -> int:
     rng = random.Random(0)
-    pool = [noise_jpeg(rng, 384) for _ in range(64)]
-    per_image = sum(map(len, pool)) / len(pool)
-    n = int(gb * 1024**3 / 2 / per_image)
-    for category in ("caption", "doc_ocr", "text"):
-        with ShardWriter(corpus / category, "bench", max_bytes=128 * 1024**2) as w:
-            for i in range(n):
-                text = f"{category} {i} " + " ".join(f"w{rng.randrange(50000)}" for _ in range(60 if category != "caption" else 15))
-                images = {} if category == "text" else {"0.jpg": pool[i % len(pool)]}
-                segments = ([{"image": "0.jpg"}] if images else []) + [{"text": text}]
-                w.write(Sample(category, "bench", f"doc{i // 8}", i % 8, f"bench/{i}", segments, images))
-        write_index(corpus / category)
+    pool = [noise_jpeg(rng, 256) for _ in range(64)]
+    n = int(gb * 1024**3 / (sum(map(len, pool)) / len(pool)))
+    with ShardWriter(corpus / CATEGORY, "bench", max_bytes=64 * 1024**2) as w:
+        for i in range(n):
+            text = f"page {i} " + " ".join(f"w{rng.randrange(50000)}" for _ in range(60))
+            w.write(Sample(CATEGORY, "bench", f"doc{i // 8}", i % 8, f"bench/{i}", [{"image": "0.jpg"}, {"text": text}],
+                           {"0.jpg": pool[i % len(pool)]}))
+    write_index(corpus / CATEGORY)
     return n
 
 
@@ -70,49 +74,102 @@ def bare_copy(corpus: Path, dst: Path, fsync: bool) -> None:
                 os.fsync(f.fileno())
 
 
+def digest(folder: Path) -> str:
+    """One hash over every file of a mix stage: equal digests, byte-identical outputs."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def mix_on_cluster(corpus: Path, cfg, out: Path, nodes: int, cpus: int) -> float:
+    """Seconds `run_mix` takes on a fresh local cluster of `nodes` worker nodes (cluster start not counted)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=cpus)
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
+        cluster.wait_for_nodes()
+        t = time.monotonic()
+        run_mix([corpus], cfg, out, overwrite=True)
+        return time.monotonic() - t
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gb", type=float, default=1.5)
+    ap.add_argument("--gb", type=float, default=0.5)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_mix"))
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--cpus-per-node", type=int, default=1)
+    ap.add_argument("--streams", type=int, default=4, help="output streams of the category (the same in every run)")
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     corpus = args.work / "corpus"
     t = time.monotonic()
     n = build(corpus, args.gb)
     size = sum(p.stat().st_size for p in shard_paths(corpus))
-    print(f"corpus: {n} samples per category, {size / 1e6:.0f} MB in {time.monotonic() - t:.0f} s")
+    shards = len(shard_paths(corpus))
+    print(f"corpus: {n} samples, {shards} shards, {size / 1e6:.0f} MB in {time.monotonic() - t:.0f} s")
     mixture = args.work / "all.yaml"
-    mixture.write_text(yaml.safe_dump({"stage": "bench", "unit": "samples", "budget": "scarcest", "categories": {
-        c: {"ratio": 1.0} for c in ("caption", "doc_ocr", "text")}}))
-    logging.basicConfig(level=logging.ERROR)  # the equal ratios sum to 3: the normalising warning is expected
+    mixture.write_text(yaml.safe_dump({"stage": "bench", "unit": "samples", "budget": "scarcest",
+                                       "streams": args.streams, "max_shard_mb": 64, "categories": {CATEGORY: {"ratio": 1.0}}}))
+    logging.basicConfig(level=logging.WARNING)
     cfg = load_mixture(mixture)
-    init_ray(num_cpus=os.cpu_count())
-    times: dict[str, list[float]] = {"copy": [], "copy+fsync": [], "sha256": [], "mix local": [], "mix ray": []}
+    names = ["copy", "copy+fsync", "sha256", "mix local", *(f"mix {k} node{'s' * (k > 1)}" for k in args.nodes)]
+    times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names[:4]}
+    digests = set()
     for r in range(args.rounds):
-        t = time.monotonic()
+        t, c = time.monotonic(), cpu_seconds()
         for shard in shard_paths(corpus):
-            verify_shard(shard)  # the checksum pass alone: what the contract costs before any work
+            verify_shard(shard)
         times["sha256"].append(time.monotonic() - t)
+        cpu["sha256"].append(cpu_seconds() - c)
         for name, fsync in (("copy", False), ("copy+fsync", True)):
             shutil.rmtree(args.work / "copy", ignore_errors=True)
-            t = time.monotonic()
+            t, c = time.monotonic(), cpu_seconds()
             bare_copy(corpus, args.work / "copy", fsync)
             times[name].append(time.monotonic() - t)
-        for name, local in (("mix local", True), ("mix ray", False)):
-            t = time.monotonic()
-            mix = run_mix([corpus], cfg, args.work / "mix", local=local, overwrite=True)
-            times[name].append(time.monotonic() - t)
-            assert mix["totals"]["samples"] == 3 * n, mix["totals"]
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
+            cpu[name].append(cpu_seconds() - c)
+        t, c = time.monotonic(), cpu_seconds()
+        mix = run_mix([corpus], cfg, args.work / "mix", local=True, overwrite=True)
+        times["mix local"].append(time.monotonic() - t)
+        cpu["mix local"].append(cpu_seconds() - c)
+        assert mix["totals"]["samples"] == n, mix["totals"]
+        streams = mix["categories"][CATEGORY]["streams"]
+        digests.add(digest(args.work / "mix" / "bench"))
+        for k in args.nodes:
+            times[f"mix {k} node{'s' * (k > 1)}"].append(
+                mix_on_cluster(corpus, cfg, args.work / "mix", k, args.cpus_per_node))
+            digests.add(digest(args.work / "mix" / "bench"))
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+    assert len(digests) == 1, "the mix runs did not write the same bytes"
     mb = size / 1e6
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
-    print("| input | bare copy | bare copy + fsync | sha256 of input | mix local (1 process) | mix Ray (1 task per category) |")
-    print(f"| {mb:.0f} MB, {3 * n} samples | " + " | ".join(f"{mb / best[k]:.0f} MB/s" for k in times) + " |")
-    for k in ("mix local", "mix ray"):
-        print(f"{k}: {best[k] / best['copy']:.2f}x the bare copy's time, {best[k] / best['copy+fsync']:.2f}x with fsync")
-    print("medians: " + ", ".join(f"{k} {mb / v:.0f} MB/s" for k, v in med.items()))
+    print(f"every mix run wrote the same bytes ({streams} streams): {digests.pop()[:16]}")
+    print("| " + " | ".join(["", *names]) + " |")
+    print("| " + " | ".join(["---"] * (len(names) + 1)) + " |")
+    print("| best, MB/s | " + " | ".join(f"{mb / best[k]:.0f}" for k in names) + " |")
+    print("| median, MB/s | " + " | ".join(f"{mb / med[k]:.0f}" for k in names) + " |")
+    print("| median, x the copy's time | " + " | ".join(f"{med[k] / med['copy']:.2f}" for k in names) + " |")
+    cmin = {k: min(v) for k, v in cpu.items()}
+    print("| CPU s (in-process), best | " + " | ".join(f"{cmin[k]:.2f}" if k in cmin else "" for k in names) + " |")
+    print("| CPU, x the copy's | " + " | ".join(f"{cmin[k] / cmin['copy']:.2f}" if k in cmin else "" for k in names) + " |")
+    print("per round (s): " + "; ".join(f"{k} " + " / ".join(f"{v:.1f}" for v in times[k]) for k in names))
     shutil.rmtree(args.work, ignore_errors=True)
 
 

@@ -20,15 +20,25 @@ from pathlib import Path
 
 import yaml
 
+from mixer.config import MixtureConfig, load_mixture
 from mixer.heldout import corpus_fingerprint, split_corpus
 from trainer.config import RunConfig
 from vlcorpus.cli import main as cli_main
 from vlcorpus.cli import source_commands
-from vlcorpus.config import load_config
+from vlcorpus.config import ConfigError, load_config
 
 COMMAND = ("run",)
 HELP = "run the whole chain from raw sources to a trained, evaluated model (see e2e.yaml)"
 log = logging.getLogger("vlcorpus.e2e")
+
+
+@dataclass
+class StageMixture:
+    """A stage's mixture in this run: which file, and what to change in it (there is no mixture file to edit)."""
+
+    file: str = ""  # a mixture YAML, or a shipped name (stage1|stage2|stage3); default: the stage's own name
+    overrides: list[str] = field(default_factory=list)  # key=value, e.g. categories.caption.on_short=warn
+
 
 @dataclass
 class E2EConfig:
@@ -36,6 +46,8 @@ class E2EConfig:
     sources: dict[str, str] = field(default_factory=dict)  # kind -> input folder (kinds: vlcorpus.cli.source_commands)
     heldout_fraction: float = 0.1
     stages: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])
+    mixtures: dict[str, StageMixture] = field(default_factory=dict)  # stage -> its mixture, where not the shipped one
+    strict_mix: bool = False  # a mixture warning (a share more than 2 points off, a category left out) stops the run
     vocab_size: int = 8000  # the tokenizer trained on the corpus
     # the trainer's own settings (trainer.config.RunConfig); the chain fills in mix, out, tokenizer, eval_dir and
     # schedules (from `stages`)
@@ -51,6 +63,52 @@ class E2EConfig:
         for kind, folder in self.sources.items():
             if not Path(folder).exists():
                 raise ValueError(f"sources.{kind}: {folder} does not exist")
+        unused = sorted(set(self.mixtures) - set(self.stages))
+        if unused:
+            raise ValueError(f"mixtures: {', '.join(unused)} not among the run's stages ({', '.join(self.stages)})")
+
+    def mixture(self, stage: str) -> StageMixture:
+        return self.mixtures.get(stage, StageMixture())
+
+
+def check_mixtures(cfg: E2EConfig) -> dict[str, MixtureConfig]:
+    """Every stage's mixture against the categories this run's sources can write, before anything is rendered: a
+    required category (on_short: error) that no source writes stops the run, with what to change in the run config."""
+    commands = source_commands()
+    writes = {kind: commands[kind].CATEGORIES for kind in cfg.sources}
+    produced = {c for cats in writes.values() for c in cats}
+    mixtures, problems = {}, []
+    for stage in cfg.stages:
+        m = cfg.mixture(stage)
+        try:
+            mixture = load_mixture(m.file or stage, m.overrides)
+        except ConfigError as e:
+            raise ConfigError(f"mixtures.{stage}: {e}") from None
+        if mixture.stage != stage:
+            raise ConfigError(f"mixtures.{stage}.file: {m.file} is the mixture of stage {mixture.stage!r}; the run "
+                              f"mixes {stage!r} (it writes mix/{stage} for trainer/schedules/{stage}.yaml)")
+        mixtures[stage] = mixture
+        lacking = [c for c, spec in mixture.categories.items() if spec.ratio > 0 and c not in produced]
+        required = [c for c in lacking if mixture.categories[c].on_short == "error"]
+        if lacking and not required:
+            log.info("%s: no source of this run writes %s; their share stays unfilled (on_short: warn) and "
+                     "mixture.json will say so", stage, ", ".join(lacking))
+        if required:
+            kinds = {c: [k for k, mod in commands.items() if c in mod.CATEGORIES] for c in required}
+            problems.append(
+                f"{stage} needs {', '.join(required)} (on_short: error in {m.file or f'mixer/mixtures/{stage}.yaml'}), "
+                f"but no source of this run writes {'it' if len(required) == 1 else 'them'}. Add a source "
+                + "; ".join(f"for {c}: sources: {{{' | '.join(kinds[c])}: FOLDER}}" for c in required)
+                + f", or mix {stage} without {'it' if len(required) == 1 else 'them'} (the share stays unfilled and "
+                f"mixture.json says so) by adding to the run config:\n"
+                f"  mixtures:\n    {stage}:\n      overrides: ["
+                + ", ".join(f"categories.{c}.on_short=warn" for c in required) + "]\n"
+                f"(or categories.<name>.ratio=0 to leave one out, or file: YOUR_MIXTURE.yaml), or drop {stage} from "
+                "stages")
+    if problems:
+        sources = "; ".join(f"{k} -> {', '.join(c)}" for k, c in writes.items())
+        raise ConfigError(f"this run's sources write {sources}:\n" + "\n".join(problems))
+    return mixtures
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,9 +139,36 @@ def build_corpus(cfg: E2EConfig, corpus: Path, ray_args: list[str]) -> None:
             _cli([*command.COMMAND, cfg.sources[kind], "--out", str(corpus), *extra, *ray_args])
 
 
+def mix_stage(cfg: E2EConfig, stage: str, mixture: MixtureConfig, corpus: Path, mix: Path, train: Path,
+              ray_args: list[str]) -> None:
+    """`vlcorpus mix` for one stage, unless mix/<stage> was built from this very mixture (config and strictness);
+    a stage mixed again invalidates the training built on the old one. A failure says what to change in the run."""
+    done = mix / stage / "mixture.json"
+    if done.exists():
+        old = json.loads(done.read_text("utf-8"))
+        if old.get("config_hash") == mixture.config_hash() and old.get("strict") == cfg.strict_mix:
+            return
+        log.info("%s: the run's mixture changed since %s was written; mixing again, training again", stage, done)
+        shutil.rmtree(train, ignore_errors=True)
+    m = cfg.mixture(stage)
+    argv = ["mix", str(corpus), "--mixture", m.file or stage, "--out", str(mix), "--overwrite",
+            *(a for o in m.overrides for a in ("--set", o)), *(["--strict"] if cfg.strict_mix else []), *ray_args]
+    log.info("$ vlcorpus %s", " ".join(argv))
+    if cli_main(argv):
+        raise SystemExit(
+            f"error: the {stage} mixture cannot be built from this run's corpus (the error above says why). In a run "
+            f"there is no mixture file to edit: change it in the run config, e.g.\n"
+            f"  mixtures:\n    {stage}:\n      overrides: [budget=dominant, categories.<category>.on_short=warn]\n"
+            f"(any key of the mixture file: categories.<category>.ratio / max_upsample / on_short, budget, unit, "
+            f"seed), or mixtures.{stage}.file: YOUR_MIXTURE.yaml"
+            + ("; strict_mix: false makes share warnings warnings again" if cfg.strict_mix else "")
+            + ". Re-running resumes: the corpus and split are kept.")
+
+
 def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
     out = Path(cfg.out)
     corpus, split, mix, tok, train = out / "corpus", out / "split", out / "mix", out / "tokenizer", out / "train"
+    mixtures = check_mixtures(cfg)  # before anything is rendered
     t = _step("1/6 corpus: render, extract, import, build")
     build_corpus(cfg, corpus, ray_args)
     log.info("corpus built in %.0f s", time.monotonic() - t)
@@ -99,8 +184,7 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
 
     _step("3/6 mixtures")
     for stage in cfg.stages:
-        if not (mix / stage / "mixture.json").exists():
-            _cli(["mix", str(split / "train"), "--mixture", stage, "--out", str(mix), "--overwrite", *ray_args])
+        mix_stage(cfg, stage, mixtures[stage], split / "train", mix, train, ray_args)
 
     _step("4/6 tokenizer")
     if not (tok / "tokenizer.json").exists():

@@ -3,6 +3,7 @@
 A mixture is a YAML file (`mixer/mixtures/stage{1,2,3}.yaml` are the paper's) loaded through `vlcorpus.config`,
 so an unknown key or a wrong type stops at once. Ratios that do not sum to 1 are normalised with a warning
 (a file written in percent, or one that drops a category, still means what it says relative to the others).
+A realised ratio more than `TOLERANCE` (2 points) from the request is never silent (DESIGN.md, "Mixer").
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ log = logging.getLogger("vlcorpus.mixer")
 MIXTURES_DIR = Path(__file__).parent / "mixtures"
 UNITS = ("tokens", "samples")
 ON_SHORT = ("error", "warn")
-SCARCEST = "scarcest"
+SCARCEST = "scarcest"  # the largest budget at which every required category (on_short: error) stays within max_upsample
+DOMINANT = "dominant"  # all of the category with the largest ratio, once; the others up-sampled within max_upsample
+BUDGET_MODES = (SCARCEST, DOMINANT)
+TOLERANCE = 0.02  # a realised ratio further than this from the requested one is a warning (an error with --strict)
 
 
 @dataclass
@@ -30,7 +34,8 @@ class CategorySpec:
     ratio: float
     # Each unique sample is written at most this many times on average (1.0: never repeat, only down-sample).
     max_upsample: float = 1.0
-    # A category that is empty, or would need more than max_upsample copies: stop ("error") or shrink it ("warn").
+    # A category that cannot get its share (empty, would need more than max_upsample copies, or its target cannot be
+    # written within TOLERANCE in whole samples): stop before writing ("error"), or write what it can and warn ("warn").
     on_short: str = "error"
 
 
@@ -39,12 +44,12 @@ class MixtureConfig:
     stage: str = ""
     categories: dict[str, CategorySpec] = field(default_factory=dict)
     unit: str = "tokens"  # ratios and budget count estimated text tokens, or samples
-    budget: int | str = SCARCEST  # total units to write, or "scarcest": as much as the scarcest category allows
+    budget: int | str = SCARCEST  # total units to write, or "scarcest" / "dominant" (see BUDGET_MODES)
     seed: int = 0
     near_dup: bool = False  # MinHash-LSH near-duplicate text removal on top of the exact dedup that always runs
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of word 3-gram sets at which a text is a duplicate
     near_dup_num_perm: int = 128
-    shuffle_buffer: int = 1000  # samples held for the in-shard shuffle (memory: this many samples per category task)
+    streams: int = 1  # output streams per category, each written by its own Ray task (at most one per output shard)
     max_shard_mb: float = 256
     max_shard_samples: int = 10_000
 
@@ -81,16 +86,17 @@ def validate(cfg: MixtureConfig) -> MixtureConfig:
         log.warning("ratios sum to %g, not 1: normalising them (each ratio / %g)", total, total)
     if cfg.unit not in UNITS:
         raise ConfigError(f"unit: {cfg.unit!r} is not one of {', '.join(UNITS)}")
-    if isinstance(cfg.budget, str) and cfg.budget != SCARCEST:
-        raise ConfigError(f"budget: {cfg.budget!r} must be a positive integer ({cfg.unit}) or {SCARCEST!r}")
+    if isinstance(cfg.budget, str) and cfg.budget not in BUDGET_MODES:
+        raise ConfigError(f"budget: {cfg.budget!r} must be a positive integer ({cfg.unit}) or one of "
+                          f"{', '.join(BUDGET_MODES)}")
     if isinstance(cfg.budget, int) and cfg.budget <= 0:
         raise ConfigError(f"budget: {cfg.budget} must be positive")
     if not 0 < cfg.near_dup_threshold <= 1:
         raise ConfigError(f"near_dup_threshold: {cfg.near_dup_threshold} must be in (0, 1]")
     if cfg.near_dup_num_perm < 16:
         raise ConfigError(f"near_dup_num_perm: {cfg.near_dup_num_perm} must be >= 16")
-    if cfg.shuffle_buffer < 1:
-        raise ConfigError(f"shuffle_buffer: {cfg.shuffle_buffer} must be >= 1")
+    if cfg.streams < 1:
+        raise ConfigError(f"streams: {cfg.streams} must be >= 1")
     if cfg.max_shard_mb <= 0 or cfg.max_shard_samples <= 0:
         raise ConfigError("max_shard_mb and max_shard_samples must be positive")
     return cfg

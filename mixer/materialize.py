@@ -1,145 +1,104 @@
-"""Writing one category of a mixture: stream, deduplicate, shuffle, tag, write (one Ray task, or in-process).
+"""Writing one output stream of one category (one Ray task, or in-process with --local).
 
-A category is read pass by pass ("copies"). Copy 0 visits the shards in a seeded order through a bounded
-shuffle buffer, drops duplicates, and writes until the category's target is met. When the corpus runs out
-first and the mixture allows up-sampling, copy 1, 2, ... write the kept samples again, each pass in a fresh
-seeded order, until the target or `max_upsample` x the unique units is reached. Each copy starts a new shard,
-so a key never appears twice in one tar; the copy index is `meta.mix.repeat`. Nothing but the shuffle buffer
-and the sets of kept keys and hashes is held in memory.
+A stream is told exactly which samples to write, in which order, in which copy pass (`mixer.plan`): it reads each one
+from its input shard by byte range, checks it is the sample the plan named, tags it with `meta.mix` and writes it
+through the core `ShardWriter`. Each copy pass starts a new shard, so a key never appears twice in one tar. Its
+shards are `<category>-<stream:04d>-<NNNNNN>.tar`, so streams never write the same file, and a retried task first
+removes what an earlier attempt of the same stream left.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import shutil
-import tarfile
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO
 
-from mixer.config import MixtureConfig
-from mixer.dedup import Deduper
-from mixer.resolve import CategoryPlan
-from vlcorpus.sample import ContractError, Sample
-from vlcorpus.shards import (
-    ChecksumError,
-    ShardWriter,
-    iter_members,
-    verify_shard,
-    write_index,
-)
+import numpy as np
 
-T = TypeVar("T")
+from mixer.scan import read_range
+from vlcorpus.sample import Sample
+from vlcorpus.shards import ShardWriter
+
+OPEN_FILES = 64  # input shards a writer keeps open at once
 
 
-def shuffled(items: Iterator[T], size: int, rng: random.Random) -> Iterator[T]:
-    """webdataset's shuffle stage: hold `size` items, emit a random one as each new one arrives."""
-    buf: list[T] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        yield buf[i]
-        buf[i] = item
-    rng.shuffle(buf)
-    yield from buf
+@dataclass
+class Pass:
+    """One copy pass of one stream, in write order: where each sample lies and which key it must have."""
+
+    shard_idx: np.ndarray  # index into StreamJob.inputs
+    starts: np.ndarray
+    ends: np.ndarray
+    keys: list[str]
 
 
-def read_category(shards: list[str], failures: list[dict[str, str]] | None) -> Iterator[Sample]:
-    """Samples of `shards` in order; a sample off the contract or a shard that cannot be read is skipped and,
-    when `failures` is given, recorded there (the driver turns these into ledger lines)."""
-    for shard in shards:
-        try:
-            for members in iter_members(shard):
-                try:
-                    yield Sample.from_wds(members)
-                except ContractError as e:
-                    if failures is not None:
-                        failures.append({"doc": f"{shard}#{members.get('__key__')}", "origin": shard,
-                                         "error_class": "ContractError", "error": str(e)})
-        except (OSError, tarfile.TarError, ValueError) as e:
-            if failures is not None:
-                failures.append({"doc": shard, "origin": shard, "error_class": type(e).__name__,
-                                 "error": f"shard unreadable, rest of it skipped: {e}"})
+@dataclass
+class StreamJob:
+    category: str
+    stream: int
+    streams: int
+    folder: str  # the category's output folder
+    tag: dict[str, Any]  # meta.mix without `repeat`
+    inputs: list[str]  # input shard paths
+    passes: list[Pass]  # copy 0, 1, ... (possibly empty for this stream)
+    max_shard_bytes: int
+    max_shard_samples: int
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.category}-{self.stream:04d}"
 
 
-def verify_category(plan: CategoryPlan) -> list[str]:
-    """Every input shard of the category against its sidecar's sha256; the problems found."""
-    problems = []
-    for s in plan.shards:
-        try:
-            verify_shard(Path(s.path))
-        except ChecksumError as e:
-            problems.append(str(e))
-    return problems
+class _Inputs:
+    """Input shards opened on demand, at most OPEN_FILES at a time."""
+
+    def __init__(self, paths: list[str]):
+        self.paths, self.open = paths, {}
+
+    def __getitem__(self, i: int) -> BinaryIO:
+        f = self.open.get(i)
+        if f is None:
+            if len(self.open) >= OPEN_FILES:
+                self.open.pop(next(iter(self.open))).close()
+            f = self.open[i] = open(self.paths[i], "rb")
+        return f
+
+    def close(self) -> None:
+        for f in self.open.values():
+            f.close()
 
 
-def write_category(cfg: MixtureConfig, plan: CategoryPlan, folder: str) -> dict[str, Any]:
-    """Write the category's share of the mixture into `folder` (emptied first, so a retry starts clean)."""
-    out = Path(folder)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    by_tokens = cfg.unit == "tokens"
-    dedup = Deduper(cfg.near_dup, cfg.near_dup_threshold, cfg.near_dup_num_perm)
-    drops: Counter = Counter()
-    failures: list[dict[str, str]] = []
-    tag = {"stage": cfg.stage, "category": plan.category, "ratio": round(plan.ratio, 6)}
-    units = unique_units = distinct = copies = 0
-    cap = plan.target
-    writer = ShardWriter(out, plan.category, int(cfg.max_shard_mb * 1024**2), cfg.max_shard_samples)
-    with writer:
-        while units < cap:
-            if copies > 0:
-                cap = min(plan.target, math.floor(plan.spec.max_upsample * unique_units))
-                if units >= cap:
-                    break
-                writer.close()  # the next copy starts a new shard
-            rng = random.Random(f"{cfg.seed}:{cfg.stage}:{plan.category}:{copies}")
-            order = [s.path for s in plan.shards]
-            rng.shuffle(order)
-            stream = shuffled(read_category(order, failures if copies == 0 else None), cfg.shuffle_buffer, rng)
-            seen: set[str] = set()
-            wrote = 0
-            for sample in stream:
-                if units >= cap:
-                    break
-                if copies == 0:
-                    reason = dedup.check(sample)
-                    if reason:
-                        drops[reason] += 1
-                        continue
-                elif sample.key not in dedup.keys or sample.key in seen:
-                    continue
-                seen.add(sample.key)
-                sample.meta["mix"] = {**tag, "repeat": copies}
-                writer.write(sample)
-                u = sample.text_tokens if by_tokens else 1
-                units += u
-                wrote += 1
-                if copies == 0:
-                    unique_units += u
-                    distinct += 1
-            stream.close()
-            if wrote == 0:
-                break
-            copies += 1
-    infos = writer.finished
-    write_index(out)
+def write_stream(job: StreamJob) -> dict[str, Any]:
+    """Write the stream's samples; return its counts and the shards it wrote (ShardEntry fields)."""
+    out = Path(job.folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob(f"{job.prefix}-*"), *out.glob(f".{job.prefix}-*")]:
+        stale.unlink()
+    inputs = _Inputs(job.inputs)
+    tokens = images = 0
+    try:
+        with ShardWriter(out, job.prefix, job.max_shard_bytes, job.max_shard_samples) as writer:
+            for copy, p in enumerate(job.passes):
+                writer.close()  # every copy pass starts a new shard
+                for i, key in enumerate(p.keys):
+                    sample = Sample.from_wds(read_range(inputs[int(p.shard_idx[i])], int(p.starts[i]), int(p.ends[i])))
+                    if sample.key != key:
+                        raise ValueError(f"{job.inputs[p.shard_idx[i]]}: expected {key} at byte {p.starts[i]}, found "
+                                         f"{sample.key} (the shard changed after it was verified)")
+                    sample.meta["mix"] = {**job.tag, "repeat": copy}
+                    writer.write(sample)
+                    tokens += sample.text_tokens
+                    images += len(sample.images)
+            infos = writer.close()
+    finally:
+        inputs.close()
     return {
-        "category": plan.category,
-        "units": units,
-        "unique_units": unique_units,
-        "copies": copies,
+        "category": job.category,
+        "stream": job.stream,
         "samples": sum(i.samples for i in infos),
-        "distinct": distinct,
-        "text_tokens": sum(i.text_tokens for i in infos),
-        "images": sum(i.images for i in infos),
+        "text_tokens": tokens,
+        "images": images,
         "bytes": sum(i.bytes for i in infos),
-        "dropped": dict(sorted(drops.items())),
-        "shards": [asdict(i) | {"shard": f"{plan.category}/{i.shard}"} for i in infos],
-        "failures": failures,
+        "shards": [{k: v for k, v in asdict(i).items() if k != "docs"} | {"shard": f"{job.category}/{i.shard}",
+                                                                         "stream": job.stream} for i in infos],
     }

@@ -2,11 +2,15 @@
 
 Order of work, so that a bad input stops before anything is written and a half-written mixture never looks
 finished:
-1. resolve (index.json only): unknown categories, missing indexes/shards/sidecars, empty or too-scarce categories;
-2. verify every input shard's sha256 against its sidecar (one task per category);
-3. write every category into `MIX/.<stage>.partial/` (one Ray task per category, or in-process with --local),
-   recording unreadable samples in the ledger `MIX/_ledger/mix_<stage>.jsonl`;
-4. write `mixture.json` last, then rename the folder to `MIX/<stage>` (an old one is replaced only with --overwrite).
+1. preflight (index.json only): unknown categories, missing indexes/shards/sidecars, empty required categories;
+2. scan (Ray tasks over groups of input shards): every shard's sha256 against its sidecar, every sample parsed,
+   checked against the contract and hashed for dedup;
+3. plan (driver, `mixer.plan`): dedup, budget, targets, selection, and the exact shares every category will realise:
+   a mixture that cannot be met as asked stops here (and with --strict, so does any warning);
+4. write every category's streams into `MIX/.<stage>.partial/` (one Ray task per stream, or in-process with
+   --local); the ledger `MIX/_ledger/mix_<stage>.jsonl` records each category and every sample that was unusable;
+5. write `mixture.json` (`mixer.schema`) last, then rename the folder to `MIX/<stage>` (an old one is replaced only
+   with --overwrite).
 """
 
 from __future__ import annotations
@@ -15,34 +19,49 @@ import argparse
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mixer.config import MixtureConfig, load_mixture
-from mixer.materialize import verify_category, write_category
-from mixer.resolve import MixError, Plan, resolve
+from mixer.config import TOLERANCE, MixtureConfig, load_mixture
+from mixer.materialize import write_stream
+from mixer.plan import CategoryPlan, Plan, check_present, make_plan, stream_jobs
+from mixer.resolve import InputShard, MixError, inputs_hash, preflight
+from mixer.scan import ShardScan, scan_shards, task_groups
+from mixer.schema import (
+    REPEATS,
+    SCHEMA,
+    CategoryEntry,
+    Counts,
+    Inputs,
+    MixtureJson,
+    ShardEntry,
+    Shares,
+)
 from vlcorpus.ledger import Entry, Ledger
 from vlcorpus.runtime import init_ray
-from vlcorpus.shards import atomic_write_json, fsync_dir
+from vlcorpus.shards import atomic_write_json, fsync_dir, write_index
 
 log = logging.getLogger("vlcorpus.mixer")
 
 COMMAND = ("mix",)
 HELP = "build a training stage's mixture: ratio-tagged, deduplicated, shuffled shards + mixture.json"
-SCHEMA = "vlcorpus-mix/1"
-REPEATS = ("a repeated (up-sampled) sample is written again with the same key in a later copy pass; "
-           "meta.mix.repeat is the copy index and every copy starts a new shard, so read all shards once")
+PROGRESS_S = 10.0  # seconds between progress lines while tasks run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("corpora", nargs="+", type=Path, help="corpus folder(s): <corpus>/<category>/*.tar + index.json")
     p.add_argument("--mixture", required=True, help="stage1|stage2|stage3 (mixer/mixtures/) or a YAML file")
     p.add_argument("--out", type=Path, required=True, help="mixture folder: writes <out>/<stage>/")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a mixture setting, e.g. seed=3")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a mixture setting, e.g. seed=3, budget=dominant, categories.caption.on_short=warn")
+    p.add_argument("--strict", action="store_true",
+                   help=f"stop (nothing written) on any warning: a share more than {TOLERANCE:.0%} from its request, "
+                        "a capped or empty category, a key conflict")
     p.add_argument("--overwrite", action="store_true", help="replace an existing <out>/<stage>")
-    p.add_argument("--local", action="store_true", help="write in this process instead of Ray tasks (small mixtures)")
+    p.add_argument("--local", action="store_true", help="work in this process instead of Ray tasks (small mixtures)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
 
@@ -51,28 +70,42 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_mixture(args.mixture, args.set)
     if not args.local:
         init_ray(args.address, args.num_cpus)
-    mixture = run_mix(args.corpora, cfg, args.out, local=args.local, overwrite=args.overwrite)
+    mixture = run_mix(args.corpora, cfg, args.out, local=args.local, overwrite=args.overwrite, strict=args.strict)
     for name, c in mixture["categories"].items():
-        print(f"  {name:16s} requested {c['requested_ratio']:.4f} realised {c['realised_ratio']:.4f} "
-              f"{c['written']['samples']:8d} samples {c['written']['text_tokens']:11d} tokens x{c['repeat_factor']:.2f}")
-    print(f"{cfg.stage}: {mixture['totals']['samples']} samples -> {args.out / cfg.stage}")
+        print(f"  {name:16s} requested {c['requested_ratio']:7.2%} realised {c['realised_ratio']:7.2%} "
+              f"({c['deviation_points']:+5.1f} pts) {c['written']['samples']:8d} samples "
+              f"{c['written']['text_tokens']:11d} tokens x{c['repeat_factor']:.2f} in {c['streams']} stream(s)")
+    print(f"{cfg.stage}: {mixture['budget']['explained']}")
+    for w in mixture["warnings"]:
+        print(f"WARNING {cfg.stage}: {w}")
+    print(f"{cfg.stage}: {mixture['totals']['samples']} samples -> {args.out / cfg.stage}"
+          + (f" ({len(mixture['warnings'])} warning(s), also in mixture.json)" if mixture["warnings"] else ""))
     return 0
 
 
-def _fan_out(fn: Callable, calls: list[tuple], local: bool) -> list[Any]:
+def _fan_out(fn: Callable, calls: list[tuple], local: bool, what: str) -> list[Any]:
     """Run `fn(*args)` for every call, as Ray tasks or in-process; each result or the exception it raised."""
+    start = last = time.monotonic()
     if local:
         results = []
-        for args in calls:
+        for i, args in enumerate(calls):
             try:
                 results.append(fn(*args))
             except Exception as e:  # noqa: BLE001 - reported per category by the caller
                 results.append(e)
+            if time.monotonic() - last > PROGRESS_S:
+                last = time.monotonic()
+                log.info("%s: %d/%d done (%.0f s)", what, i + 1, len(calls), last - start)
         return results
     import ray
 
     task = ray.remote(fn).options(num_cpus=1, max_retries=2)
     refs = [task.remote(*args) for args in calls]
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=PROGRESS_S)
+        if pending:
+            log.info("%s: %d/%d done (%.0f s)", what, len(refs) - len(pending), len(refs), time.monotonic() - start)
     results = []
     for ref in refs:
         try:
@@ -82,30 +115,65 @@ def _fan_out(fn: Callable, calls: list[tuple], local: bool) -> list[Any]:
     return results
 
 
-def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = False, overwrite: bool = False) -> dict:
+def scan(cfg: MixtureConfig, inputs: dict[str, list[InputShard]], local: bool) -> dict[str, list[ShardScan]]:
+    """Every input shard of every category the mixture draws from; MixError listing every shard that fails."""
+    calls, owners = [], []
+    for category, shards in inputs.items():
+        if cfg.categories[category].ratio > 0:
+            for group in task_groups([(s.path, s.bytes) for s in shards]):
+                calls.append((group, cfg.near_dup, cfg.near_dup_num_perm))
+                owners.append(category)
+    start = time.monotonic()
+    results = _fan_out(scan_shards, calls, local, "scan")
+    out: dict[str, list[ShardScan]] = {c: [] for c in inputs}
+    problems = []
+    for category, res in zip(owners, results):
+        if isinstance(res, Exception):
+            problems.append(f"category {category}: reading failed: {res}")
+            continue
+        for s in res:
+            if s.checksum_error:
+                problems.append(s.checksum_error)
+            out[category].append(s)
+    if problems:
+        raise MixError(f"{len(problems)} input shard(s) fail verification, nothing written:\n  " + "\n  ".join(problems))
+    mb = sum(s.bytes for shards in inputs.values() for s in shards) / 1e6
+    log.info("%s: scanned %d shard(s), %.0f MB, in %d task(s), %.1f s", cfg.stage, sum(map(len, out.values())), mb,
+             len(calls), time.monotonic() - start)
+    return out
+
+
+def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = False, overwrite: bool = False,
+            strict: bool = False) -> dict:
     """Build `<out>/<stage>`; return what mixture.json says. Raise MixError (nothing finished) when it cannot."""
     corpora = [Path(c) for c in corpora]
     final = out / cfg.stage
     if final.exists() and not overwrite:
         raise MixError(f"{final} exists; pass --overwrite to replace it")
-    plan = resolve(corpora, cfg)
-    to_write = [p for p in plan.categories if p.target > 0]
-    problems = [msg for res in _fan_out(verify_category, [(p,) for p in to_write], local)
-                for msg in ([f"verification failed: {res}"] if isinstance(res, Exception) else res)]
-    if problems:
-        raise MixError(f"{len(problems)} input shard(s) fail verification, nothing written:\n  " + "\n  ".join(problems))
+    where = ", ".join(map(str, corpora))
+    inputs = preflight(corpora, cfg)
+    check_present(cfg, inputs, where)
+    plan = make_plan(cfg, inputs, scan(cfg, inputs, local), where)
+    if strict and plan.warnings:
+        raise MixError(f"--strict: {len(plan.warnings)} warning(s), nothing written:\n  " + "\n  ".join(plan.warnings))
     out.mkdir(parents=True, exist_ok=True)
     with Ledger(out, f"mix_{cfg.stage}") as ledger:
         partial = out / f".{cfg.stage}.partial"
         try:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
-            results = _fan_out(write_category, [(cfg, p, str(partial / p.category)) for p in to_write], local)
-            entries, errors = _ledger_entries(to_write, results, corpora)
-            ledger.append(entries)
+            jobs = [j for p in plan.categories for j in stream_jobs(cfg, p, str(partial / p.category))]
+            start = time.monotonic()
+            results = _fan_out(write_stream, [(j,) for j in jobs], local, "write")
+            written, errors = _collect(jobs, results)
+            ledger.append(_ledger_entries(plan.categories, written, errors, where))
             if errors:
-                raise MixError(f"the mixture failed, nothing finished (see {ledger.path}):\n  " + "\n  ".join(errors))
-            mixture = describe(cfg, plan, corpora, {r["category"]: r for r in results})
+                raise MixError(f"the mixture failed, nothing finished (see {ledger.path}):\n  "
+                               + "\n  ".join(f"category {c}: {e}" for c, e in errors.items()))
+            log.info("%s: wrote %d stream(s) in %.1f s", cfg.stage, len(jobs), time.monotonic() - start)
+            for category in written:
+                write_index(partial / category)
+            mixture = describe(cfg, plan, corpora, inputs, written, strict)
             atomic_write_json(partial / "mixture.json", mixture)
             _swap_in(partial, final)
         except BaseException:
@@ -115,20 +183,38 @@ def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = Fa
     return mixture
 
 
-def _ledger_entries(plans, results, corpora) -> tuple[list[Entry], list[str]]:
-    origin = ",".join(map(str, corpora))
-    entries, errors = [], []
-    for p, res in zip(plans, results):
+def _collect(jobs, results) -> tuple[dict[str, dict], dict[str, str]]:
+    """Stream results summed per category; the first error of each category that had one."""
+    written: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    for job, res in zip(jobs, results):
         if isinstance(res, Exception):
             msg = str(res).strip().splitlines()[-1][:2000] if str(res).strip() else repr(res)
-            entries.append(Entry(doc=p.category, origin=origin, status="failed", error_class=type(res).__name__, error=msg))
-            errors.append(f"category {p.category}: {type(res).__name__}: {msg}")
+            errors.setdefault(job.category, f"stream {job.stream}: {type(res).__name__}: {msg}")
             continue
-        for f in res["failures"]:
-            entries.append(Entry(status="failed", **f))
-        entries.append(Entry(doc=p.category, origin=origin, status="ok", samples=res["samples"],
-                             shards=[s["shard"] for s in res["shards"]], counts=res["dropped"]))
-    return entries, errors
+        w = written.setdefault(job.category, {"samples": 0, "text_tokens": 0, "images": 0, "bytes": 0, "shards": []})
+        for k in ("samples", "text_tokens", "images", "bytes"):
+            w[k] += res[k]
+        w["shards"].extend(res["shards"])
+    for w in written.values():
+        w["shards"].sort(key=lambda s: s["shard"])
+    return written, errors
+
+
+def _ledger_entries(plans: list[CategoryPlan], written: dict[str, dict], errors: dict[str, str],
+                    origin: str) -> list[Entry]:
+    entries = []
+    for p in plans:
+        entries.extend(Entry(status="failed", **f) for f in p.failures)
+        if p.category in errors:
+            entries.append(Entry(doc=p.category, origin=origin, status="failed", error_class="MixError",
+                                 error=errors[p.category]))
+        elif p.ratio > 0:
+            w = written.get(p.category, {"samples": 0, "shards": []})
+            entries.append(Entry(doc=p.category, origin=origin, status="ok", samples=w["samples"],
+                                 shards=[s["shard"] for s in w["shards"]],
+                                 counts=dict(sorted(p.dropped.items())) | {"invalid": len(p.failures)}))
+    return entries
 
 
 def _swap_in(partial: Path, final: Path) -> None:
@@ -141,47 +227,64 @@ def _swap_in(partial: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def describe(cfg: MixtureConfig, plan: Plan, corpora: list[Path], results: dict[str, dict]) -> dict:
-    """mixture.json: everything a trainer or a reader needs to know about what was written and why."""
-    total_units = sum(r["units"] for r in results.values()) or 1
+def describe(cfg: MixtureConfig, plan: Plan, corpora: list[Path], inputs: dict[str, list[InputShard]],
+             written: dict[str, dict], strict: bool) -> dict:
+    """mixture.json (`mixer.schema.MixtureJson`): what was written and why; checks it is what the plan said."""
+    unit = cfg.unit
+    none = {"samples": 0, "text_tokens": 0, "images": 0, "bytes": 0, "shards": []}
+    by_unit = {c: w["text_tokens" if unit == "tokens" else "samples"] for c, w in written.items()}
+    total_units = sum(by_unit.values()) or 1
+    total_tokens = sum(w["text_tokens"] for w in written.values()) or 1
+    total_samples = sum(w["samples"] for w in written.values()) or 1
     categories = {}
     for p in plan.categories:
-        r = results.get(p.category)
-        categories[p.category] = {
-            "requested_ratio": round(p.ratio, 6),
-            "realised_ratio": round(r["units"] / total_units, 6) if r else 0.0,
-            "target": p.target,
-            "available": {"samples": p.samples, "text_tokens": p.tokens, "shards": len(p.shards)},
-            "written": {k: (r[k] if r else 0) for k in ("samples", "text_tokens", "images", "bytes")},
-            "distinct_samples": r["distinct"] if r else 0,
-            "copies": r["copies"] if r else 0,
-            "repeat_factor": round(r["units"] / r["unique_units"], 6) if r and r["unique_units"] else 0.0,
-            "sampling_factor": round(r["units"] / p.available(cfg.unit), 6) if r and p.available(cfg.unit) else 0.0,
-            "dropped": r["dropped"] if r else {},
-            "invalid": len(r["failures"]) if r else 0,
-            "short": bool(r is None or r["units"] < p.target),
-            "max_upsample": p.spec.max_upsample,
-            "warnings": p.warnings,
-            "shards": [{k: s[k] for k in ("shard", "samples", "bytes", "sha256", "text_tokens", "images")}
-                       for s in (r["shards"] if r else [])],
-        }
-    return {
-        "schema": SCHEMA,
-        "stage": cfg.stage,
-        "unit": cfg.unit,
-        "seed": cfg.seed,
-        "config": asdict(cfg),
-        "config_hash": cfg.config_hash(),
-        "inputs": {"corpora": [str(c) for c in corpora], "inputs_hash": plan.inputs_hash},
-        "budget": {"requested": cfg.budget, "resolved": plan.budget},
-        "dedup": {"exact": True, "near_dup": cfg.near_dup, "near_dup_threshold": cfg.near_dup_threshold},
-        "repeats": REPEATS,
-        "categories": categories,
-        "totals": {
-            "samples": sum(c["written"]["samples"] for c in categories.values()),
-            "text_tokens": sum(c["written"]["text_tokens"] for c in categories.values()),
-            "images": sum(c["written"]["images"] for c in categories.values()),
-            "bytes": sum(c["written"]["bytes"] for c in categories.values()),
-        },
-        "warnings": plan.warnings,
-    }
+        w = written.get(p.category, none)
+        units = by_unit.get(p.category, 0)
+        if units != p.planned(unit):
+            raise MixError(f"category {p.category}: {units} {unit} written, {p.planned(unit)} planned; an input "
+                           "changed during the mix, run it again")
+        u = p.units_of(unit)
+        first = int(u[p.passes[0]].sum()) if p.passes else 0
+        k = p.kept
+        categories[p.category] = CategoryEntry(
+            requested_ratio=round(p.ratio, 6),
+            realised_ratio=round(units / total_units, 6),
+            realised=Shares(round(w["text_tokens"] / total_tokens, 6), round(w["samples"] / total_samples, 6)),
+            deviation_points=round((units / total_units - p.ratio) * 100, 4),
+            target=p.target,
+            available=Counts(p.available_samples, p.available_tokens, sum(s.images for s in p.inputs),
+                             sum(s.bytes for s in p.inputs)),
+            unique=Counts(len(k.keys), int(k.tokens.sum()), int(k.images.sum()), int((k.ends - k.starts).sum())),
+            written=Counts(w["samples"], w["text_tokens"], w["images"], w["bytes"]),
+            distinct_samples=len(p.passes[0]) if p.passes else 0,
+            copies=len(p.passes),
+            repeat_factor=round(units / first, 6) if first else 0.0,
+            sampling_factor=round(units / p.unique(unit), 6) if p.unique(unit) else 0.0,
+            max_upsample=p.spec.max_upsample,
+            on_short=p.spec.on_short,
+            short=p.short,
+            streams=p.streams,
+            dropped=dict(sorted(p.dropped.items())),
+            invalid=len(p.failures),
+            warnings=p.warnings,
+            shards=[ShardEntry(**{f: s[f] for f in ShardEntry.__dataclass_fields__}) for s in w["shards"]],
+        )
+    return MixtureJson(
+        schema=SCHEMA,
+        stage=cfg.stage,
+        unit=unit,
+        seed=cfg.seed,
+        strict=strict,
+        tolerance_points=TOLERANCE * 100,
+        config=asdict(cfg),
+        config_hash=cfg.config_hash(),
+        inputs=Inputs([str(c) for c in corpora], inputs_hash(inputs)),
+        budget=plan.budget,
+        dedup={"exact": True, "near_dup": cfg.near_dup, "near_dup_threshold": cfg.near_dup_threshold},
+        repeats=REPEATS,
+        categories=categories,
+        totals=Counts(*(sum(getattr(c.written, f) for c in categories.values())
+                        for f in ("samples", "text_tokens", "images", "bytes"))),
+        warnings=plan.warnings,
+        ok=not plan.warnings,
+    ).to_dict()

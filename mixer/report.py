@@ -2,8 +2,9 @@
 
 PATH is a corpus folder (`<corpus>/<category>/index.json`), a mixture stage (`MIX/<stage>/mixture.json`) or a
 mixture folder (every stage in it). The page shows, per corpus or stage: a table of counts, a ratio chart
-(requested vs realised for a mixture, shares of tokens and samples for a corpus), histograms of text tokens per
-sample and of image sizes (matplotlib PNGs), and per category a grid of sample thumbnails with their text.
+(requested vs realised for a mixture, with the tolerance around each request and the categories outside it in red;
+shares of tokens and samples for a corpus), a mixture's budget and warnings, histograms of text tokens per sample
+and of image sizes (matplotlib PNGs), and per category a grid of sample thumbnails with their text.
 Counts come from index.json; the histograms and thumbnails from reading at most `--scan` samples per category.
 """
 
@@ -73,8 +74,13 @@ def find_views(path: Path) -> list[View]:
     return [_view(f"corpus {path.name}", path, None, present)]
 
 
+EMPTY_INDEX = {"shards": [], "samples": 0, "bytes": 0, "text_tokens": 0, "images": 0}
+
+
 def _view(title: str, folder: Path, mixture: dict | None, names: list[str]) -> View:
-    cats = [CategoryView(n, read_index(folder / n)) for n in names if (folder / n / "index.json").exists()]
+    """A mixture shows every category it asked for (one that got nothing has no folder); a corpus what it holds."""
+    cats = [CategoryView(n, read_index(folder / n) if (folder / n / "index.json").exists() else EMPTY_INDEX)
+            for n in names if mixture or (folder / n / "index.json").exists()]
     return View(title, folder, mixture, cats)
 
 
@@ -121,9 +127,18 @@ def charts(view: View, assets: Path) -> dict[str, str]:
     x = range(len(names))
     if view.mixture:
         cats = view.mixture["categories"]
-        ax.bar([i - 0.2 for i in x], [cats[n]["requested_ratio"] for n in names], 0.4, label="requested")
-        ax.bar([i + 0.2 for i in x], [cats[n]["realised_ratio"] for n in names], 0.4, label="realised")
-        ax.set_ylabel(f"share of {view.mixture['unit']}")
+        tol = view.mixture["tolerance_points"] / 100
+        requested = [cats[n]["requested_ratio"] for n in names]
+        realised = [cats[n]["realised_ratio"] for n in names]
+        off = [abs(cats[n]["deviation_points"]) > view.mixture["tolerance_points"] for n in names]
+        ax.bar([i - 0.2 for i in x], requested, 0.4, label="requested", color="C0",
+               yerr=[[min(r, tol) for r in requested], [tol] * len(names)], error_kw={"capsize": 3, "elinewidth": 0.8})
+        ax.bar([i + 0.2 for i in x], realised, 0.4, label=f"realised (red: more than {tol:.0%} off)",
+               color=["C3" if o else "C1" for o in off])
+        for i, n in enumerate(names):
+            ax.annotate(f"{cats[n]['deviation_points']:+.1f}", (i + 0.2, realised[i]), ha="center", va="bottom",
+                        fontsize=7, color="C3" if off[i] else "0.3")
+        ax.set_ylabel(f"share of {view.mixture['unit']} (whisker: ±{tol:.0%})")
     else:
         tok = sum(c.index["text_tokens"] for c in view.categories) or 1
         smp = sum(c.index["samples"] for c in view.categories) or 1
@@ -173,21 +188,44 @@ CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collap
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th:first-child,td:first-child{text-align:left}
 .charts img{max-width:48%;margin:4px}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:10px}
 figure.sample{margin:0;border:1px solid #ddd;padding:6px;background:#fafafa}figure.sample img{max-width:100%;display:block}
-figcaption{font-size:12px;white-space:pre-wrap;word-break:break-word}.key{color:#888;font-family:monospace;font-size:11px}"""
+figcaption{font-size:12px;white-space:pre-wrap;word-break:break-word}.key{color:#888;font-family:monospace;font-size:11px}
+tr.warn td{background:#fdecea}ul.warnings{color:#a12;font-size:13px}p.budget{font-size:13px;color:#444}"""
+
+
+def _mixture_rows(view: View) -> tuple[str, list[str]]:
+    """The mixture's extra table columns (header, one cell group per category in view order)."""
+    if not view.mixture:
+        return "", ["" for _ in view.categories]
+    cats = view.mixture["categories"]
+    cells = []
+    for c in view.categories:
+        m = cats[c.name]
+        cells.append(f"<td>{m['requested_ratio']:.4f}</td><td>{m['realised_ratio']:.4f}</td>"
+                     f"<td class='dev'>{m['deviation_points']:+.2f}</td><td>{m['realised']['text_tokens']:.4f}</td>"
+                     f"<td>{m['realised']['samples']:.4f}</td><td>{m['repeat_factor']:.2f}</td><td>{m['streams']}</td>")
+    head = ("<th>requested</th><th>realised</th><th>points off</th><th>share of tokens</th><th>share of samples</th>"
+            "<th>repeat</th><th>streams</th>")
+    return head, cells
 
 
 def render_view(view: View, chart_files: dict[str, str]) -> str:
     e = html.escape
+    head, cells = _mixture_rows(view)
     rows = []
-    for c in view.categories:
-        mix = view.mixture["categories"][c.name] if view.mixture else None
-        ratio = f"<td>{mix['requested_ratio']:.4f}</td><td>{mix['realised_ratio']:.4f}</td><td>{mix['repeat_factor']:.2f}</td>" if mix else ""
-        rows.append(f"<tr data-category='{e(c.name)}'><td>{e(c.name)}</td><td>{c.index['samples']}</td>"
-                    f"<td>{c.index['text_tokens']}</td><td>{c.index['images']}</td><td>{c.index['bytes'] / 1e6:.2f}</td>{ratio}</tr>")
-    head = "<th>requested</th><th>realised</th><th>repeat</th>" if view.mixture else ""
+    for c, extra in zip(view.categories, cells):
+        warn = bool(view.mixture and view.mixture["categories"][c.name]["warnings"])
+        rows.append(f"<tr data-category='{e(c.name)}'{' class=warn' if warn else ''}><td>{e(c.name)}</td>"
+                    f"<td>{c.index['samples']}</td><td>{c.index['text_tokens']}</td><td>{c.index['images']}</td>"
+                    f"<td>{c.index['bytes'] / 1e6:.2f}</td>{extra}</tr>")
+    about = []
+    if view.mixture:
+        about.append(f"<p class='budget'>{e(view.mixture['budget']['explained'])}</p>")
+        warnings = view.mixture["warnings"]
+        if warnings:
+            about.append(f"<ul class='warnings'>{''.join(f'<li>{e(w)}</li>' for w in warnings)}</ul>")
     parts = [
         f"<section class='view' data-kind='{'mixture' if view.mixture else 'corpus'}'>",
-        f"<h2>{e(view.title)}</h2><p>{e(str(view.folder))}</p>",
+        f"<h2>{e(view.title)}</h2><p>{e(str(view.folder))}</p>", *about,
         f"<table class='counts'><tr><th>category</th><th>samples</th><th>text tokens</th><th>images</th><th>MB</th>{head}</tr>",
         *rows, "</table><div class='charts'>",
         *(f"<img class='chart' data-chart='{n}' src='assets/{f}' alt='{n} chart'>" for n, f in chart_files.items()),

@@ -21,6 +21,7 @@ from vlcorpus.driver import Stage
 
 COMMAND = ("render", "arxiv")
 HELP = "arXiv papers (LaTeX source + PDF) -> doc_ocr page image/markdown samples"
+CATEGORIES = ("doc_ocr",)  # what it can write: `vlcorpus run` checks mixtures against it
 
 STAGE = Stage(source="arxiv", render=arxiv.render_arxiv, batch_size=2, bounds=Bounds(timeout_s=1200, memory_gb=4))
 

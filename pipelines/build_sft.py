@@ -29,6 +29,7 @@ from vlcorpus.shards import atomic_write_json, shard_paths
 
 COMMAND = ("build", "sft")
 HELP = "conversation sets + derived tasks -> balanced sft_* shards, taxonomy eval split and coverage table"
+CATEGORIES = SFT_CATEGORIES  # what it can write: `vlcorpus run` checks mixtures against it
 DERIVED_FROM = ("doc_ocr", "web_code")
 STAGING, EVAL = "_sft_staging", "_eval"
 # The staging job; the derived-task and write jobs share its batch size and bounds.

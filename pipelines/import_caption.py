@@ -13,6 +13,7 @@ from vlcorpus.driver import Stage
 
 COMMAND = ("import", "caption")
 HELP = "image+caption sets (folder + JSONL/CSV, Parquet with image bytes, WebDataset tars) -> caption samples"
+CATEGORIES = ("caption",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="caption", render=caption.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=4))
 
 

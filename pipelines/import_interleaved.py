@@ -13,6 +13,7 @@ from vlcorpus.driver import Stage
 
 COMMAND = ("import", "interleaved")
 HELP = "MMC4-style documents (text_list + image_info) -> interleaved samples"
+CATEGORIES = ("interleaved",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="interleaved", render=interleaved.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3))
 
 

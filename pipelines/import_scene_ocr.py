@@ -18,6 +18,7 @@ from vlcorpus.driver import Stage
 
 COMMAND = ("import", "scene_ocr")
 HELP = "scene-text images with word/line boxes (TextOCR-style JSON, or JSONL per image) -> scene_ocr samples"
+CATEGORIES = ("scene_ocr",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="scene_ocr", render=scene_ocr.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3))
 
 

@@ -13,6 +13,7 @@ from vlcorpus.driver import Stage
 
 COMMAND = ("import", "table_chart")
 HELP = "chart/table question-answer JSON(L) with image paths -> table_chart samples"
+CATEGORIES = ("table_chart",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="table_chart", render=table_chart.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3))
 
 

@@ -29,6 +29,7 @@ from vlcorpus.shards import iter_members
 
 COMMAND = ("extract", "notebooks")
 HELP = "Jupyter notebooks -> plot/code pairs (web_code samples)"
+CATEGORIES = ("web_code",)  # what it can write: `vlcorpus run` checks mixtures against it
 SOURCE = "notebook"
 STAGE = Stage(source=SOURCE, render=notebook.render, batch_size=64, bounds=Bounds(timeout_s=120, memory_gb=2))
 

@@ -13,6 +13,7 @@ from vlcorpus.driver import Stage
 
 COMMAND = ("render", "pdf")
 HELP = "PDF files -> doc_ocr page image/markdown samples from their text layer"
+CATEGORIES = ("doc_ocr",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="pdf", render=arxiv.render_pdf, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=4))
 
 

@@ -14,6 +14,7 @@ from vlcorpus.driver import Stage
 
 COMMAND = ("import", "text")
 HELP = "plain text / markdown files, JSONL and Parquet text records -> text samples"
+CATEGORIES = ("text",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="text", render=text.render, batch_size=64, bounds=Bounds(timeout_s=60, memory_gb=2))
 
 

@@ -10,7 +10,7 @@ from mix_corpus import build_corpus
 from mixer.config import load_mixture
 from mixer.mix import run_mix
 from vlcorpus import cli
-from vlcorpus.sample import CATEGORIES, PRETRAIN_CATEGORIES
+from vlcorpus.sample import CATEGORIES
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -55,17 +55,45 @@ def test_mixture_report_shows_ratios_charts_and_thumbnails(mixed, browser, capsy
     assert charts == {"ratios": 1, "tokens": 1, "image-sizes": 1}
     assert all(w > 100 for w in images_loaded(page, "img.chart"))
     mixture = json.loads((stage / "mixture.json").read_text())
-    for cat in PRETRAIN_CATEGORIES:
+    assert set(mixture["categories"]) == set(CATEGORIES)  # stage 2 draws SFT data at a small share
+    for cat in CATEGORIES:  # every category asked for is on the page, written or not
         section = page.locator(f"section.category[data-category='{cat}']")
         assert section.count() == 1
         shown = section.locator("figure.sample")
-        assert 1 <= shown.count() <= 5
-        assert section.locator("img").count() == (0 if cat == "text" else shown.count())
-        assert cat in shown.first.inner_text()  # the sample's own text is on the page
-        row = page.locator(f"table.counts tr[data-category='{cat}']").inner_text()
         c = mixture["categories"][cat]
-        assert f"{c['requested_ratio']:.4f}" in row and f"{c['realised_ratio']:.4f}" in row
+        row = page.locator(f"table.counts tr[data-category='{cat}']")
+        assert f"{c['requested_ratio']:.4f}" in row.inner_text() and f"{c['realised_ratio']:.4f}" in row.inner_text()
+        assert f"{c['deviation_points']:+.2f}" in row.locator("td.dev").inner_text()
+        assert (row.get_attribute("class") == "warn") == bool(c["warnings"])
+        if not c["written"]["samples"]:
+            assert shown.count() == 0 and c["warnings"]
+            continue
+        assert 1 <= shown.count() <= 5
+        assert section.locator("img").count() == (0 if cat in ("text", "sft_text") else shown.count())
+        assert cat in shown.first.inner_text()  # the sample's own text is on the page
+    assert {li.inner_text() for li in page.locator("ul.warnings li").all()} == set(mixture["warnings"])
+    assert mixture["budget"]["explained"] in page.locator("p.budget").inner_text()
     assert all(w > 0 for w in images_loaded(page, "figure.sample img"))
+    page.close()
+
+
+def test_report_shows_a_share_outside_the_tolerance(tmp_path, browser):
+    """Captions far short of their share: the row, the warning and the chart say so."""
+    from mixer.report import write_report
+
+    corpus = build_corpus(tmp_path / "c", per_category=30, categories=("text",))
+    build_corpus(tmp_path / "c", per_category=3, categories=("caption",))
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("stage: s\nbudget: dominant\ncategories:\n  caption: {ratio: 0.3, on_short: warn}\n"
+                   "  text: {ratio: 0.7}\n")
+    mix = run_mix([corpus], load_mixture(cfg), tmp_path / "mix", local=True)
+    assert mix["categories"]["caption"]["deviation_points"] < -2
+    page = load(browser, write_report(tmp_path / "mix" / "s", tmp_path / "rep"))
+    row = page.locator("table.counts tr[data-category='caption']")
+    assert row.get_attribute("class") == "warn" and row.locator("td.dev").inner_text().startswith("-")
+    warnings = [li.inner_text() for li in page.locator("ul.warnings li").all()]
+    assert warnings == mix["warnings"] and any("caption" in w and "requested" in w for w in warnings)
+    assert images_loaded(page, "img.chart[data-chart='ratios']")[0] > 100
     page.close()
 
 

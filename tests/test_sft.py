@@ -49,7 +49,13 @@ def test_default_taxonomy_is_table_3():
                                       "Logical Reasoning", "Evaluation", "Multi-graph", "Safety"]
     assert all(len(d) > 40 for d in TAX.descriptions.values())
     assert tuple(OCR) in TAX.leaves and ("Conversion", "Image to Code", "UI to Code") in TAX.leaves
-    assert ("Safety", "Prompt Injection") in TAX.leaves
+    # Table 3's "-": Safety and Evaluation have no secondary level, Humor Reasoning no tertiary items
+    assert [p for p in TAX.leaves if p[0] == "Safety"] == [
+        ("Safety", "Suggestive Questioning"), ("Safety", "Counterfactual Questioning"), ("Safety", "Prompt Injection")]
+    assert sum(1 for p in TAX.leaves if p[0] == "Evaluation" and len(p) == 2) == 5
+    assert ("Commonsense Reasoning", "Humor Reasoning") in TAX.leaves
+    assert not any(p[:2] == ("Commonsense Reasoning", "Humor Reasoning") and len(p) == 3 for p in TAX.leaves)
+    assert len(TAX.leaves) == 89
     assert sum(1 for p in TAX.leaves if p[0] == "Analysis" and p[1] == "Professional Chart Analysis") == 7
     assert all(leaf.prompts for leaf in TAX.leaves.values())
     assert TAX.resolve("Counting") == ("Recognition", "Local Description", "Counting")
@@ -91,7 +97,7 @@ def test_embedding_classifier_from_the_offline_package():
     c = EmbeddingClassifier(TAX, model_dir)
     results = c.classify(["Please transcribe every word printed in this scan", "Why is this meme so funny?",
                           "Rewrite this screenshot of a website as HTML and CSS"])
-    assert [p[-1] for p, _ in results] == ["Printed Text Transcription", "Meme Explanation", "UI to Code"]
+    assert [p[-1] for p, _ in results] == ["Printed Text Transcription", "Humor Reasoning", "UI to Code"]
     assert all(conf > 0.5 for _, conf in results)
 
 
@@ -248,7 +254,7 @@ def test_train_samples_have_roles_labels_and_balance(built):
     assert leaves[("Conversion", "Image to Code", "UI to Code")] == 4
     assert leaves[("Recognition", "Local Description", "Counting")] == 2  # one conversation, x2
     assert leaves[("Others",)] == 1  # not up-sampled
-    assert leaves[("Commonsense Reasoning", "Humor Reasoning", "Meme Explanation")] == 2  # unknown label -> classified
+    assert leaves[("Commonsense Reasoning", "Humor Reasoning")] == 2  # unknown label -> classified
     assert leaves[("Evaluation", "Reality Evaluation")] == 2  # own shard, label kept
     assert len({r["__key__"] for r in rows}) == len(rows)
     general = read_back(out, "sft_general")

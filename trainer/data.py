@@ -16,7 +16,6 @@ its unit, modality-grouped steps and packing.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import random
@@ -32,12 +31,12 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from mixer.schema import read_mixture_json as read_mixture_file
 from trainer.tokenizer import ChatFormat, special_ids
 from vlcorpus.config import ConfigError
 from vlcorpus.sample import TEXT_ONLY_CATEGORIES, Sample
 
 IGNORE = -100
-MIX_SCHEMA = "vlcorpus-mix/1"
 UNITS = ("tokens", "samples")
 OVER_BUDGET = "over_seq_budget"  # drop reason: nothing to learn from is left within the sequence budget
 
@@ -48,24 +47,17 @@ log = logging.getLogger("trainer")
 
 
 def read_mixture_json(stage_dir: Path) -> tuple[str, dict[str, dict]]:
-    """The mixer's `mixture.json` (schema `vlcorpus-mix/1`): the unit, and per category its requested and realised
-    ratio and its shards (path, samples). The one place that knows the mixer's key spellings."""
+    """The unit, and per category its requested and realised ratio and its shards (path, samples), from the mixer's
+    `mixture.json` read by the mixer's own schema (`mixer.schema`)."""
     path = stage_dir / "mixture.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no mixture.json (build the stage with `vlcorpus mix`)")
-    meta = json.loads(path.read_text("utf-8"))
-    if meta.get("schema") != MIX_SCHEMA:
-        raise ValueError(f"{path}: schema {meta.get('schema')!r}, the trainer reads {MIX_SCHEMA!r}")
-    try:
-        unit = meta["unit"]
-        categories = {name: {"requested": float(c["requested_ratio"]), "ratio": float(c["realised_ratio"]),
-                             "shards": [(stage_dir / s["shard"], int(s["samples"])) for s in c["shards"]]}
-                      for name, c in meta["categories"].items()}
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: does not follow {MIX_SCHEMA} ({type(e).__name__}: {e})") from None
-    if unit not in UNITS:
-        raise ValueError(f"{path}: unit {unit!r} is not one of {', '.join(UNITS)}")
-    return unit, categories
+    meta = read_mixture_file(path)
+    if meta.unit not in UNITS:
+        raise ValueError(f"{path}: unit {meta.unit!r} is not one of {', '.join(UNITS)}")
+    return meta.unit, {name: {"requested": c.requested_ratio, "ratio": c.realised_ratio,
+                              "shards": [(stage_dir / s.shard, s.samples) for s in c.shards]}
+                       for name, c in meta.categories.items()}
 
 
 @dataclass

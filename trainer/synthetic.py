@@ -1,7 +1,7 @@
 """A small synthetic mixture in the mixer's output layout, for tests, the CPU benchmark and smoke runs.
 
 `<out>/<stage>/<category>/*.tar` written with the project's ShardWriter, plus `<out>/<stage>/mixture.json` in the
-mixer's schema (unit, requested and realised ratio per category, written counts, shards with their sample counts). Images are drawn with PIL (coloured boxes, any aspect ratio), texts
+mixer's schema (`mixer.schema`, every category realised exactly at its ratio). Images are drawn with PIL (coloured boxes, any aspect ratio), texts
 are sentences over a fixed word list, so everything is generated here and carries no licence question.
 """
 
@@ -14,6 +14,17 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from mixer.schema import (
+    REPEATS,
+    SCHEMA,
+    Budget,
+    CategoryEntry,
+    Counts,
+    Inputs,
+    MixtureJson,
+    ShardEntry,
+    Shares,
+)
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter
 
@@ -61,18 +72,36 @@ def make_sample(category: str, i: int, rng: random.Random, max_words: int = 60) 
 
 def write_stage(out: Path, stage: str, samples: dict[str, list[Sample]], ratios: dict[str, float],
                 shard_samples: int = 6, unit: str = "tokens", seed: int = 0) -> Path:
-    """`<out>/<stage>/<category>/*.tar` + `mixture.json` (schema vlcorpus-mix/1) holding the given samples."""
-    cats = {}
-    for cat, ratio in ratios.items():
+    """`<out>/<stage>/<category>/*.tar` + `mixture.json` (the mixer's schema) holding the given samples, each
+    category realised exactly at its ratio (what a mix without shortfalls records)."""
+    written: dict[str, tuple[Counts, list[ShardEntry]]] = {}
+    for cat in ratios:
         with ShardWriter(out / stage / cat, f"synthetic-{cat}", max_samples=shard_samples) as w:
             for sample in samples[cat]:
                 w.write(sample)
-        infos = w.finished
-        cats[cat] = {"requested_ratio": ratio, "realised_ratio": ratio,
-                     "written": {"samples": sum(i.samples for i in infos), "text_tokens": sum(i.text_tokens for i in infos)},
-                     "shards": [{"shard": f"{cat}/{i.shard}", "samples": i.samples} for i in infos]}
-    meta = {"schema": "vlcorpus-mix/1", "stage": stage, "unit": unit, "seed": seed, "categories": cats}
-    (out / stage / "mixture.json").write_text(json.dumps(meta, indent=1))
+        shards = [ShardEntry(shard=f"{cat}/{i.shard}", stream=0, samples=i.samples, bytes=i.bytes, sha256=i.sha256,
+                             text_tokens=i.text_tokens, images=i.images) for i in w.finished]
+        counts = Counts(**{k: sum(getattr(e, k) for e in shards) for k in ("samples", "text_tokens", "images", "bytes")})
+        written[cat] = counts, shards
+    totals = Counts(**{k: sum(getattr(c, k) for c, _ in written.values()) for k in ("samples", "text_tokens", "images", "bytes")})
+    ratio_sum = sum(ratios.values())
+    categories = {}
+    for cat, (counts, shards) in written.items():
+        ratio = ratios[cat] / ratio_sum
+        share = Shares(text_tokens=counts.text_tokens / max(1, totals.text_tokens), samples=counts.samples / max(1, totals.samples))
+        units = counts.text_tokens if unit == "tokens" else counts.samples
+        categories[cat] = CategoryEntry(
+            requested_ratio=ratio, realised_ratio=ratio, realised=share, deviation_points=0.0, target=units,
+            available=counts, unique=counts, written=counts, distinct_samples=counts.samples, copies=1,
+            repeat_factor=1.0, sampling_factor=1.0, max_upsample=1.0, on_short="error", short=False, streams=1,
+            dropped={}, invalid=0, warnings=[], shards=shards)
+    mix = MixtureJson(
+        schema=SCHEMA, stage=stage, unit=unit, seed=seed, strict=False, tolerance_points=2.0,
+        config={"synthetic": True, "ratios": ratios}, config_hash="synthetic", inputs=Inputs(corpora=[], inputs_hash=""),
+        budget=Budget(mode="fixed", requested="synthetic", resolved=totals.text_tokens if unit == "tokens" else totals.samples,
+                      limited_by=None, without_limit=None, next_limited_by=None, explained="synthetic mixture"),
+        dedup={"exact": False}, repeats=REPEATS, categories=categories, totals=totals, warnings=[])
+    (out / stage / "mixture.json").write_text(json.dumps(mix.to_dict(), indent=1))
     return out / stage
 
 
