@@ -134,7 +134,6 @@ def test_stage2_mix_is_tagged_shuffled_and_described(corpus, tmp_path):
     assert (tmp_path / "mix" / "_ledger" / "mix_stage2.jsonl").exists()
     # what the trainer reads: the realised ratios, straight from mixture.json
     m = read_mixture(tmp_path / "mix", "stage2")
-    assert m.ratio_source == "mixture.json"
     assert m.ratios["text"] == pytest.approx(mix["categories"]["text"]["realised_ratio"], abs=1e-4)
 
 

@@ -325,11 +325,11 @@ def test_read_mixture_follows_the_mixer_schema(mix, tmp_path):
     bare = make_mixture(tmp_path, samples_per_category=6, stages={"s": {"caption": 1, "text": 1}})
     meta = json.loads((bare / "s" / "mixture.json").read_text())
     (bare / "s" / "mixture.json").write_text(json.dumps({**meta, "schema": "other/2"}))
-    with pytest.raises(ValueError, match="vlcorpus-mix/1"):
+    with pytest.raises(ValueError, match="vlcorpus-mix/2"):
         read_mixture(bare, "s")
     del meta["categories"]["text"]["realised_ratio"]
     (bare / "s" / "mixture.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="does not follow"):
+    with pytest.raises(ValueError, match="realised_ratio"):
         read_mixture(bare, "s")
     (bare / "s" / "mixture.json").unlink()
     with pytest.raises(FileNotFoundError, match="vlcorpus mix"):
