@@ -1,8 +1,9 @@
 """One big JSON document read a value at a time, so a multi-GB file is never held whole.
 
 `JsonStream` walks the outer structure itself (an object's keys, an array's commas) and hands each inner value to
-`json`'s C decoder (`raw_decode`): C speed per value, memory of one value. A value longer than `max_chars` is not
-built: `bounded()` skips it with a scanner that tracks only strings and brackets, and returns `TOO_LARGE`.
+`json`'s C decoder (`raw_decode`): C speed per value, memory of one value. `text` holds the JSON text of the last
+value read, so a caller can copy a record without encoding it again. A value longer than `max_chars` is not built:
+`bounded()` skips it with a scanner that tracks only strings and brackets, and returns `TOO_LARGE`.
 
     s = JsonStream(f, max_chars)
     for key in s.members():                 # the caller consumes each key's value before asking for the next key
@@ -21,11 +22,12 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 TOO_LARGE = object()  # what `bounded()` returns for a value over the bound
+_WS = " \t\r\n"
 _NOT_WS = re.compile(r"[^ \t\r\n]")
 _IN_STRING = re.compile(r'["\\]')
 _STRUCTURE = re.compile(r'["\[\]{}]')
 _SCALAR_END = re.compile(r"[,\]} \t\r\n]")
-_DECODER = json.JSONDecoder()
+_SCAN = json.JSONDecoder().scan_once  # the C scanner behind raw_decode, without its Python wrapper
 
 
 class ValueTooLarge(ValueError):
@@ -37,6 +39,7 @@ class JsonStream:
         self._f, self._block, self.max_chars = f, block, max_chars
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._buf, self._pos, self._base, self._eof = "", 0, 0, False
+        self.text = ""  # the JSON text of the last value `value()` returned
 
     @property
     def offset(self) -> int:
@@ -56,6 +59,9 @@ class JsonStream:
 
     def peek(self) -> str:
         """The next character that is not whitespace ("" at the end), not consumed."""
+        buf, pos = self._buf, self._pos
+        if pos < len(buf) and buf[pos] not in _WS:
+            return buf[pos]
         while True:
             m = _NOT_WS.search(self._buf, self._pos)
             if m:
@@ -77,13 +83,15 @@ class JsonStream:
         self.peek()
         while True:
             try:
-                obj, end = _DECODER.raw_decode(self._buf, self._pos)
+                obj, end = _SCAN(self._buf, self._pos)
                 if end < len(self._buf) or self._eof:  # a number at the buffer's end may go on in the next block
+                    self.text = self._buf[self._pos : end]
                     self._pos = end
                     return obj
-            except json.JSONDecodeError as e:
+            except (StopIteration, json.JSONDecodeError) as e:
                 if self._eof:
-                    raise ValueError(f"JSON breaks at character {self._base + e.pos}: {e.msg}") from None
+                    at = e.value if isinstance(e, StopIteration) else e.pos
+                    raise ValueError(f"JSON breaks at character {self._base + at}: {getattr(e, 'msg', 'expecting a value')}") from None
             pending = len(self._buf) - self._pos
             if pending > self.max_chars:
                 raise ValueTooLarge(f"a value at character {self.offset} is longer than {self.max_chars:,} characters")
@@ -146,7 +154,10 @@ class JsonStream:
             return
         while True:
             yield self.bounded()
-            if self.take(",]") == "]":
+            buf, pos = self._buf, self._pos
+            if pos + 1 < len(buf) and buf[pos] == ",":  # the common case (", " included), without a call
+                self._pos = pos + 2 if buf[pos + 1] == " " else pos + 1
+            elif self.take(",]") == "]":
                 return
 
     def members(self) -> Iterator[str]:

@@ -162,9 +162,16 @@ class PieceWriter:
         self._f.write(raw)
         self.count += 1
 
-    def record(self, value: object) -> None:
-        value = {DROP: "record_too_large"} if value is TOO_LARGE else value
-        self.line((json.dumps(value, ensure_ascii=False) + "\n").encode())
+    def record(self, value: object, text: str | None = None) -> None:
+        """One record; `text` is its JSON text when the caller has it (copied, with the line breaks that JSON allows
+        between tokens turned into spaces, instead of encoding the value again)."""
+        if value is TOO_LARGE:
+            text = json.dumps({DROP: "record_too_large"})
+        elif text is None:
+            text = json.dumps(value, ensure_ascii=False)
+        else:
+            text = text.replace("\n", " ").replace("\r", " ")
+        self.line((text + "\n").encode())
 
     def _close_piece(self) -> None:
         if self._f is not None:
@@ -256,7 +263,7 @@ def _stage_json(f: IO[bytes], out: PieceWriter, max_bytes: int, lookup_path: Pat
     first = s.peek()
     if first == "[":
         for value in s.array():
-            out.record(value)
+            out.record(value, s.text)
     elif first == "{":
         with closing(_Lookup(lookup_path)) as lookup:
             found = None
@@ -268,8 +275,8 @@ def _stage_json(f: IO[bytes], out: PieceWriter, max_bytes: int, lookup_path: Pat
                     lookup.words(s.values())
                 elif found is None and key in RECORD_KEYS and nxt in "[{":
                     found = key
-                    for value in s.array() if nxt == "[" else _keyed(s):
-                        out.record(value)
+                    for value, text in _texts(s.array(), s) if nxt == "[" else _keyed(s):
+                        out.record(value, text)
                 else:
                     s.skip()
             tables = set(lookup.tables)
@@ -286,11 +293,19 @@ def _stage_json(f: IO[bytes], out: PieceWriter, max_bytes: int, lookup_path: Pat
     return ""
 
 
-def _keyed(s: JsonStream) -> Iterator[object]:
+def _texts(values: Iterator[object], s: JsonStream) -> Iterator[tuple[object, str | None]]:
+    for value in values:
+        yield value, s.text
+
+
+def _keyed(s: JsonStream) -> Iterator[tuple[object, str | None]]:
     """The records of an object of records (TextOCR's `imgs`), each with its key as `id` when it has none."""
     for key in s.members():
         value = s.bounded()
-        yield {"id": key, **value} if isinstance(value, dict) and "id" not in value else value
+        if isinstance(value, dict) and "id" not in value:
+            yield {"id": key, **value}, None
+        else:
+            yield value, s.text
 
 
 _STAGERS: dict[str, Callable[..., str]] = {
