@@ -108,6 +108,28 @@ def test_json_files_become_jsonl_pieces_and_broken_ones_fail_in_the_ledger(tmp_p
     assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # an unchanged file is not staged again
 
 
+def test_gzipped_and_zipped_record_files_are_read_in_place_and_bombs_refused(tmp_path):
+    import gzip
+    import zipfile
+
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.jsonl.gz").write_bytes(gzip.compress(b"".join(json.dumps({"i": i}).encode() + b"\n" for i in range(3))))
+    (data / "b.json.gz").write_bytes(gzip.compress(json.dumps({"data": [{"i": 3}, {"i": 4}]}).encode()))
+    (data / "bomb.jsonl.gz").write_bytes(gzip.compress(bytes(200 * 1024**2)))
+    with zipfile.ZipFile(data / "c.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("inner/c.jsonl", json.dumps({"i": 5}) + "\n")
+        z.writestr("readme.txt", "not records")
+        z.writestr("zeros.jsonl", bytes(20 * 1024**2))
+    docs = {d.doc: d for d in record_inputs(data, tmp_path / "staging", (".jsonl", ".json"), 2000)}
+    assert sorted(docs) == ["a.jsonl.gz#L0", "b.json.gz#R0", "bomb.jsonl.gz", "c.zip:inner/c.jsonl#L0", "c.zip:zeros.jsonl"]
+    got = sorted(r["i"] for k, d in docs.items() if "#" in k for _, r in read_records(d, Counter()))
+    assert got == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="decompresses to more than 100x its size"):
+        list(read_records(docs["bomb.jsonl.gz"], Counter()))
+    assert "zip bomb" in docs["c.zip:zeros.jsonl"].related["refused"]
+
+
 def test_json_stream_reads_values_one_at_a_time_and_skips_what_is_too_large():
     big = "x" * 5000
     text = json.dumps({"skip": {"deep": [[1, {"s": 'a"b\\'}], "\u00e9" * 3]}, "records": [{"i": 1}, {"t": big}, 2.5, {"i": 3}]})
