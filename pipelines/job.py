@@ -34,6 +34,15 @@ log = logging.getLogger("vlcorpus.pipelines")
 
 REFUSED = "refused"  # DocInput.related key: why discovery refused this input (it is never read)
 STRICT_EXIT = 3  # exit status of an import that fails `--strict`
+HINTS = {  # what to do about the most common reason, printed with it
+    "image_missing": "The images are not where this dataset's layout puts them (README, Importers), nor under "
+                     "--set image_root=DIR",
+    "image_remote": "The images are URLs, never fetched: download them into the input folder with img2dataset "
+                    "(README, OBELICS images)",
+    "image_outside_root": "The image paths lead outside the input folder: import a folder that holds the images "
+                          "too, or grant their folder with --set image_root=DIR",
+    "failed: UnsafeInput": "Inputs whose real path leaves the input folder are not read (symlinks)",
+}
 
 
 def add_job_arguments(p: argparse.ArgumentParser, stage: Stage) -> None:
@@ -199,5 +208,7 @@ def warning(rep: DropReport, unit: str, share: float, out: Path) -> str:
         head = f"imported {rep.imported} of {rep.records} {unit}s ({rep.dropped_share:.0%} dropped, allowed {share:.0%})"
     else:
         head = f"{rep.inputs - rep.status['ok']} of {rep.inputs} inputs gave nothing"
-    top = ", ".join(f"{reason} {n}" for reason, n in rep.reasons.most_common(5))
-    return f"{head}; top reasons: {top or 'none recorded'} (`vlcorpus inspect {out}` lists them all)"
+    top = rep.reasons.most_common(5)
+    hint = HINTS.get(top[0][0], "") if top else ""
+    listed = ", ".join(f"{reason} {n}" for reason, n in top) or "none recorded"
+    return f"{head}; top reasons: {listed} (`vlcorpus inspect {out}` lists them all){hint and '. ' + hint}"

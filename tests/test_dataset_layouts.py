@@ -58,7 +58,7 @@ def test_an_import_of_nothing_says_why_and_fails_under_strict(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli(["import", "interleaved", str(exp.input), "--out", str(out), "--num-cpus", "1"]) == 0
     shown = capsys.readouterr().out
-    assert "imported 0 of 2 documents" in shown and "image_remote 2" in shown
+    assert "imported 0 of 2 documents" in shown and "image_remote 2" in shown and "with img2dataset" in shown
     assert cli(["import", "interleaved", str(exp.input), "--out", str(out), "--num-cpus", "1", "--strict"]) == 3
     (tmp_path / "empty").mkdir()
     assert cli(["import", "caption", str(tmp_path / "empty"), "--out", str(out), "--strict"]) == 3
