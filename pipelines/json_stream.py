@@ -37,7 +37,7 @@ class ValueTooLarge(ValueError):
 class JsonStream:
     def __init__(self, f: BinaryIO, max_chars: int, block: int = 1024**2):
         self._f, self._block, self.max_chars = f, block, max_chars
-        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._utf8 = codecs.getincrementaldecoder("utf-8-sig")()  # a leading BOM is dropped, as json.loads does
         self._buf, self._pos, self._base, self._eof = "", 0, 0, False
         self.text = ""  # the JSON text of the last value `value()` returned
 
