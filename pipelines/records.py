@@ -336,7 +336,7 @@ def _staged(source: Path, member: str | None, fmt: str, open_stream: Callable[[]
         try:
             with open_stream() as f:
                 layout = _STAGERS[fmt](f, out, int(base["max_record_bytes"]), folder / "lookup.sqlite")
-        except (ValueError, UnicodeDecodeError, OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error) as e:
+        except (ValueError, UnicodeDecodeError, OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error, sqlite3.Error) as e:
             error = f"{origin}: {e}"
         out.close()
         pieces = out.pieces
