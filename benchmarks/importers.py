@@ -1,12 +1,19 @@
-"""Samples/s of the caption importer from Parquet versus bare pyarrow reading + image decode of the same file.
+"""Samples/s of the caption importer from Parquet versus bare pyarrow reading + image decode of the same file; and
+the discovery of a large COCO captions JSON versus a bare `json.load` of it.
 
-One run, one generated file (JPEG photos-like noise images with captions in HF `{"bytes", "path"}` structs):
+Parquet: one run, one generated file (JPEG photos-like noise images with captions in HF `{"bytes", "path"}` structs):
 1. bare: `ParquetFile.iter_batches` + PIL full decode of every image (the floor any importer pays);
 2. renderer: `renderers.records.caption.render` over every row-group input in this process (reading, checks, Samples);
 3. job: `vlcorpus import caption` end to end on a local Ray (bounded child processes, shards, sidecars, ledger);
    Ray is started before the clock starts (its start-up time is printed on its own).
 
     python3 benchmarks/importers.py [--images 3000] [--row-group 250] [--num-cpus 2]
+
+Large JSON (`--coco-json-gb G`): a COCO `captions_train2017.json` of about G GB (tests/dataset_layouts.py's
+`write_coco_large`), then, each in a fresh process with its peak RSS: `record_inputs` (the streaming read that writes
+the JSONL pieces and the image lookup) and, up to `--bare-max-gb`, a bare `json.load` of the same file.
+
+    python3 benchmarks/importers.py --coco-json-gb 2 [--bare-max-gb 0.25]
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import argparse
 import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -82,12 +91,61 @@ def timed(fn, *args) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
+_MEASURED = """
+import json, resource, sys, time
+from pathlib import Path
+t = time.perf_counter()
+if sys.argv[1] == "bare":
+    n = len(json.load(open(sys.argv[2], "rb"))["annotations"])
+else:
+    from pipelines.records import record_inputs
+    n = len(record_inputs(Path(sys.argv[2]), Path(sys.argv[3]), (".json",), 2000))
+use = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"n": n, "seconds": time.perf_counter() - t, "cpu": use.ru_utime + use.ru_stime, "peak_mb": use.ru_maxrss / 1024}))
+"""
+
+
+def measured(*argv: str) -> dict:
+    """Run one measurement in a fresh process (its own peak RSS)."""
+    root = str(Path(__file__).resolve().parents[1])
+    res = subprocess.run([sys.executable, "-c", _MEASURED, *argv], capture_output=True, text=True, check=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])})
+    return json.loads(res.stdout)
+
+
+def large_json(gb: float, bare_max_gb: float) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.dataset_layouts import write_coco_large
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        exp = write_coco_large(tmp / "coco", target_bytes=int(gb * 1024**3))
+        path = exp.input / "annotations" / "captions_train2017.json"
+        size = path.stat().st_size
+        print(f"file: {size / 1024**2:,.0f} MB, {exp.records:,} captions (written in {time.perf_counter() - t:.0f} s), cpus={os.cpu_count()}")
+        ours = measured("discover", str(exp.input), str(tmp / "staging"))
+        staged = sum(p.stat().st_size for p in (tmp / "staging").rglob("*") if p.is_file())
+        print(f"record_inputs (streaming)   {ours['seconds']:8.1f} s wall {ours['cpu']:8.1f} s CPU "
+              f"{size / 1024**2 / ours['cpu']:7.1f} MB/CPU-s  peak RSS {ours['peak_mb']:7.0f} MB  ({ours['n']} pieces, "
+              f"{staged / 1024**2:,.0f} MB staged)")
+        if gb <= bare_max_gb:
+            bare = measured("bare", str(path))
+            print(f"bare json.load              {bare['seconds']:8.1f} s wall {bare['cpu']:8.1f} s CPU "
+                  f"{size / 1024**2 / bare['cpu']:7.1f} MB/CPU-s  peak RSS {bare['peak_mb']:7.0f} MB  ({bare['n']:,} annotations)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=3000)
     p.add_argument("--row-group", type=int, default=250)
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--coco-json-gb", type=float, help="measure the large-JSON discovery instead, on a file of this size")
+    p.add_argument("--bare-max-gb", type=float, default=0.25, help="largest file to also json.load whole (default %(default)s)")
     args = p.parse_args()
+    if args.coco_json_gb:
+        large_json(args.coco_json_gb, args.bare_max_gb)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         path = tmp / "captions.parquet"

@@ -17,12 +17,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.job import add_job_arguments, job_options, job_stage, renderer_config
+from pipelines.job import (
+    add_job_arguments,
+    input_root,
+    job_options,
+    job_stage,
+    renderer_config,
+    report_drops,
+    run_stage,
+)
 from pipelines.records import add_record_arguments, record_inputs
+from renderers.records.reader import MAX_RECORD_BYTES
 from renderers.sft import classify, conversations, derived
 from renderers.sft import split as sft_split
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Stage, run_pipeline
+from vlcorpus.ledger import summarize
 from vlcorpus.runtime import init_ray
 from vlcorpus.sample import SFT_CATEGORIES
 from vlcorpus.shards import atomic_write_json, shard_paths
@@ -45,10 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--taxonomy", help="taxonomy YAML (default: DeepSeek-VL Table 3); same as --set taxonomy=PATH")
 
 
-def conversation_inputs(root: Path, staging: Path, lines_per_doc: int) -> list[DocInput]:
+def conversation_inputs(root: Path, staging: Path, lines_per_doc: int, max_record_bytes: int = MAX_RECORD_BYTES) -> list[DocInput]:
     inputs = []
     root = root.resolve()
-    for d in record_inputs(root, staging / "_pieces", (".jsonl", ".json", ".tar"), lines_per_doc):
+    for d in record_inputs(root, staging / "_pieces", (".jsonl", ".json", ".tar"), lines_per_doc, max_record_bytes):
         first = Path(d.origin).parts[0] if root.is_dir() else ""
         category = first if first in SFT_CATEGORIES else "sft_taxonomy"
         inputs.append(DocInput(doc=d.doc, origin=d.origin, path=d.path, related={**d.related, "category": category}))
@@ -92,13 +102,17 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"derived tasks need the taxonomy leaves {missing}; the taxonomy lacks them")
     init_ray(args.address, args.num_cpus)
     staging = args.out / STAGING
-    counts = {}
-    for stage, inputs in (
-        (job_stage(STAGE, args, config=cfg), conversation_inputs(args.input, staging, args.lines_per_doc)),
-        (job_stage(STAGE, args, source="derived", render=derived.render, config=cfg), derived_inputs(args.corpus)),
+    counts, code = {}, 0
+    for stage, inputs, roots in (
+        (job_stage(STAGE, args, config=cfg), conversation_inputs(args.input, staging, args.lines_per_doc, int(args.max_record_mb * 1024**2)),
+         [input_root(args.input), staging]),
+        (job_stage(STAGE, args, source="derived", render=derived.render, config=cfg), derived_inputs(args.corpus),
+         [c.resolve() for c in args.corpus]),
     ):
         if inputs:
-            counts[stage.source] = run_pipeline(stage, inputs, job_options(args, staging))
+            entries = run_stage(stage, inputs, job_options(args, staging), roots)
+            counts[stage.source] = summarize(entries)
+            code = max(code, report_drops(stage.source, entries, args, unit="conversation"))
     staged = [p for c in SFT_CATEGORIES if (staging / c).is_dir() for p in shard_paths(staging / c)]
     scan = ray.remote(sft_split.scan_shard)
     items = [it for part in ray.get([scan.remote(str(p)) for p in staged]) for it in part]
@@ -113,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
     report["jobs"] = counts
     atomic_write_json(args.out / "sft_coverage.json", report)
     print(sft_split.coverage_table(report))
-    for name, c in counts.items():
+    for name in ("train", "eval"):
+        c = counts[name]
         print(f"{name}: {c['ok']} ok, {c['filtered']} filtered, {c['failed']} failed, {c['samples']} samples")
     print(f"coverage: {args.out / 'sft_coverage.json'}; train -> {args.out}/sft_*; eval -> {args.out / EVAL}")
-    return 0
+    return code

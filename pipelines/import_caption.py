@@ -1,4 +1,5 @@
-"""`vlcorpus import caption INPUT --out CORPUS`: image+caption sets (folder + JSONL/CSV, Parquet with image bytes, WebDataset tars) -> caption samples."""
+"""`vlcorpus import caption INPUT --out CORPUS`: caption sets as published (COCO, img2dataset output, HF Parquet,
+image folders with JSONL/CSV/JSON captions, WebDataset tars) -> caption samples, one per caption."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
 
 COMMAND = ("import", "caption")
-HELP = "image+caption sets (folder + JSONL/CSV, Parquet with image bytes, WebDataset tars) -> caption samples"
+HELP = "caption sets (COCO, img2dataset output, HF Parquet, image folder + JSONL/CSV/JSON, WebDataset tars) -> caption samples"
 CATEGORIES = ("caption",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="caption", render=caption.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=4))
 
@@ -25,5 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(caption.CaptionConfig, args)
     stage = replace(STAGE, config=cfg)
-    run_job(stage, record_inputs(args.input, args.out / "_staging" / "caption", RECORD_SUFFIXES + (".tar",), args.lines_per_doc), args)
-    return 0
+    inputs = record_inputs(args.input, args.out / "_staging" / "caption", RECORD_SUFFIXES + (".tar",), args.lines_per_doc,
+                           int(args.max_record_mb * 1024**2))
+    return run_job(stage, inputs, args, unit="caption")

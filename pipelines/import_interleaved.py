@@ -1,4 +1,6 @@
-"""`vlcorpus import interleaved INPUT --out CORPUS`: MMC4-style documents (text_list + image_info) -> interleaved samples."""
+"""`vlcorpus import interleaved INPUT --out CORPUS`: MMC4 shards (JSONL, .jsonl.zip, with the images where its
+download_images.py puts them) and OBELICS Parquet (with an img2dataset download of its image URLs inside INPUT)
+-> interleaved samples, one per document."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
 
 COMMAND = ("import", "interleaved")
-HELP = "MMC4-style documents (text_list + image_info) -> interleaved samples"
+HELP = "MMC4 shards (JSONL, .jsonl.zip) and OBELICS Parquet (+ img2dataset download of its images) -> interleaved samples"
 CATEGORIES = ("interleaved",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="interleaved", render=interleaved.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3))
 
@@ -25,5 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(interleaved.InterleavedConfig, args)
     stage = replace(STAGE, config=cfg)
-    run_job(stage, record_inputs(args.input, args.out / "_staging" / "interleaved", (".jsonl", ".json", ".parquet"), args.lines_per_doc), args)
-    return 0
+    inputs = record_inputs(args.input, args.out / "_staging" / "interleaved", (".jsonl", ".json", ".parquet"), args.lines_per_doc,
+                           int(args.max_record_mb * 1024**2), downloads_index=True)
+    return run_job(stage, inputs, args, unit="document")

@@ -1,17 +1,17 @@
 """`vlcorpus import scene_ocr INPUT --out CORPUS`: scene-text images with word boxes -> scene_ocr samples.
 
-TextOCR-style JSON files hold every image of a split in one object; discovery converts them once into JSONL pieces
-of `--lines-per-doc` images under `<out>/_staging/scene_ocr/`, so each Ray task reads only its images.
+TextOCR's JSON files hold every image of a split in one object; discovery streams them once into JSONL pieces of
+`--lines-per-doc` images (and a lookup of their words) under `<out>/_staging/scene_ocr/`, so each Ray task reads only
+its images. The images are found in `train_images/`, where TextOCR's zip unpacks them.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
 from dataclasses import replace
 
 from pipelines.job import add_job_arguments, renderer_config, run_job
-from pipelines.records import add_record_arguments, json_records, record_inputs
+from pipelines.records import add_record_arguments, record_inputs
 from renderers.records import scene_ocr
 from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
@@ -27,16 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_record_arguments(p)
 
 
-def image_records(data: object) -> Iterable[dict]:
-    """TextOCR's `imgs`/`anns`/`imgToAnns` object, or a plain list of `{"image", "words"}` records."""
-    if isinstance(data, dict) and "imgs" in data:
-        return scene_ocr.textocr_records(data)
-    return json_records(data)
-
-
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(scene_ocr.SceneOcrConfig, args)
     stage = replace(STAGE, config=cfg)
-    inputs = record_inputs(args.input, args.out / "_staging" / "scene_ocr", (".jsonl", ".json"), args.lines_per_doc, image_records)
-    run_job(stage, inputs, args)
-    return 0
+    inputs = record_inputs(args.input, args.out / "_staging" / "scene_ocr", (".jsonl", ".json"), args.lines_per_doc,
+                           int(args.max_record_mb * 1024**2))
+    return run_job(stage, inputs, args, unit="image")

@@ -1,4 +1,5 @@
-"""`vlcorpus import table_chart INPUT --out CORPUS`: chart/table question-answer JSON(L) with image paths -> table_chart samples."""
+"""`vlcorpus import table_chart INPUT --out CORPUS`: chart/table question-answer sets as published (ChartQA and
+PlotQA split folders, JSON(L)/Parquet QA records with image paths) -> table_chart samples, one per chart."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
 
 COMMAND = ("import", "table_chart")
-HELP = "chart/table question-answer JSON(L) with image paths -> table_chart samples"
+HELP = "chart/table QA sets (ChartQA, PlotQA split folders; QA JSON(L)/Parquet with image paths) -> table_chart samples"
 CATEGORIES = ("table_chart",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="table_chart", render=table_chart.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3))
 
@@ -25,5 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(table_chart.TableChartConfig, args)
     stage = replace(STAGE, config=cfg)
-    run_job(stage, record_inputs(args.input, args.out / "_staging" / "table_chart", (".jsonl", ".json", ".parquet"), args.lines_per_doc), args)
-    return 0
+    inputs = record_inputs(args.input, args.out / "_staging" / "table_chart", (".jsonl", ".json", ".parquet"), args.lines_per_doc,
+                           int(args.max_record_mb * 1024**2))
+    return run_job(stage, inputs, args, unit="question")

@@ -27,5 +27,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(text.TextConfig, args)
     stage = replace(STAGE, config=cfg)
     files = discover(args.input, (".txt", ".md")) if args.input.is_dir() else []
-    run_job(stage, files + record_inputs(args.input, args.out / "_staging" / "text", (".jsonl", ".parquet"), args.lines_per_doc), args)
-    return 0
+    records = record_inputs(args.input, args.out / "_staging" / "text", (".jsonl", ".parquet"), args.lines_per_doc,
+                            int(args.max_record_mb * 1024**2))
+    return run_job(stage, files + records, args, unit="record")

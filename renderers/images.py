@@ -7,15 +7,19 @@ stream at a fraction of the cost. JPEG and opaque PNG are kept byte for byte; ot
 with transparency is flattened onto white, so every consumer sees the same picture.
 
 A refused image raises `BadImage`, whose `reason` is the drop counter every ledger uses (README, "Drop reasons"):
-`image_missing`, `image_outside_root`, `image_remote`, `image_too_large` (encoded bytes),
-`image_too_many_pixels`, `image_too_small`, `image_undecodable`, `image_uniform`.
+`image_missing`, `image_outside_root`, `image_remote`, `image_unreadable` (a symlink loop, FIFO, socket or device:
+never opened), `image_too_large` (encoded bytes), `image_too_many_pixels`, `image_too_small`, `image_undecodable`,
+`image_uniform`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import io
+import os
+import stat
 import types
 import warnings
 from collections import Counter
@@ -145,10 +149,70 @@ def svg_size(svg: bytes) -> tuple[float, float]:
     return width, height
 
 
-def load_ref(ref: object, root: Path | None) -> bytes:
-    """Bytes of an image reference: raw bytes, a `data:` URL, a HF-style {"bytes", "path"} dict, or a path under `root`.
+@dataclass(frozen=True)
+class ImageRoots:
+    """Where an image path is looked for and what it may not leave.
 
-    Paths may not leave `root` (a dataset cannot make us read /etc); remote URLs are not fetched.
+    `search`: folders a relative path is tried under, in order (where the dataset's own tools put the images, then
+    the records file's folder and the input root); a path with folders that names no file is tried once more by its
+    base name (TextOCR says `train/<id>.jpg` of images unzipped as `train_images/`). `allowed`: the folders no path
+    may leave once every symlink is resolved (the job's input root, and an image root the user set)."""
+
+    search: tuple[str, ...]
+    allowed: tuple[str, ...]
+
+    @classmethod
+    def of(cls, root: Path | ImageRoots | None) -> ImageRoots | None:
+        if root is None or isinstance(root, ImageRoots):
+            return root
+        return cls((str(root),), (str(root),))
+
+
+def read_regular(path: str | Path, allowed: tuple[str, ...], max_bytes: int, offset: int = 0, size: int | None = None) -> bytes:
+    """The bytes of a regular file inside `allowed` (from `offset`, `size` of them), refusing what cannot be read
+    safely: a path whose real path leaves `allowed` (`image_outside_root`), a symlink loop, FIFO, socket or device
+    (`image_unreadable`: never opened, so nothing blocks), more than `max_bytes` (`image_too_large`, before reading)."""
+    real = os.path.realpath(path)
+    if not any(real == a or real.startswith(a.rstrip(os.sep) + os.sep) for a in map(os.path.realpath, allowed)):
+        raise BadImage("image_outside_root", f"image path {str(path)[:200]!r} leaves {allowed[0]}")
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise BadImage("image_missing", f"image {str(path)[:200]!r} does not exist") from None
+        raise BadImage("image_unreadable", f"image {str(path)[:200]!r} cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage("image_unreadable", f"image {str(path)[:200]!r} is not a regular file (FIFO, socket or device)")
+    size = st.st_size - offset if size is None else size
+    if size > max_bytes:
+        raise BadImage("image_too_large", f"image of {size:,} bytes is over {max_bytes:,}")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise BadImage("image_unreadable", f"image {str(path)[:200]!r} cannot be opened ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped for something else since the stat
+            raise BadImage("image_unreadable", f"image {str(path)[:200]!r} is not a regular file")
+        f.seek(offset)
+        return f.read(size)
+
+
+def _candidates(ref: str, roots: ImageRoots) -> list[str]:
+    if os.path.isabs(ref):
+        return [ref]
+    paths = [os.path.join(r, ref) for r in roots.search]
+    name = os.path.basename(ref)
+    if name and name != ref:
+        paths += [os.path.join(r, name) for r in roots.search]
+    return paths
+
+
+def load_ref(ref: object, root: Path | ImageRoots | None, max_bytes: int = ImageLimits.max_bytes) -> bytes:
+    """Bytes of an image reference: raw bytes, a `data:` URL, a HF-style {"bytes", "path"} dict, or a path looked up
+    under `root` (a folder, or `ImageRoots`).
+
+    Paths may not leave the allowed folders (a dataset cannot make us read /etc), only regular files are opened,
+    and remote URLs are not fetched.
     """
     if isinstance(ref, (bytes, bytearray, memoryview)):
         return bytes(ref)
@@ -165,22 +229,27 @@ def load_ref(ref: object, root: Path | None) -> bytes:
             raise BadImage("image_undecodable", f"data: URL is not base64 ({e})") from None
     if ref.startswith(("http://", "https://")):
         raise BadImage("image_remote", f"remote image {ref[:80]} is not fetched; download the images first")
-    if root is None:
+    roots = ImageRoots.of(root)
+    if roots is None:
         raise BadImage("image_missing", f"image path {ref!r} given but no image root")
-    root = root.resolve()
-    path = (root / ref.removeprefix("file://")).resolve()
-    if not path.is_relative_to(root):
-        raise BadImage("image_outside_root", f"image path {ref!r} leaves the image root {root}")
-    try:
-        return path.read_bytes()
-    except OSError:
-        raise BadImage("image_missing", f"image {ref!r} does not exist under {root}") from None
+    outside: BadImage | None = None
+    for path in _candidates(ref.removeprefix("file://"), roots):
+        try:
+            return read_regular(path, roots.allowed, max_bytes)
+        except BadImage as e:
+            if e.reason == "image_outside_root":
+                outside = outside or e
+            elif e.reason != "image_missing":
+                raise
+    if outside is not None:
+        raise outside
+    raise BadImage("image_missing", f"image {ref[:200]!r} does not exist under {', '.join(roots.search)}")
 
 
-def image_or_count(ref: object, root: Path | None, limits: ImageLimits, stats: Counter) -> tuple[str, bytes] | None:
+def image_or_count(ref: object, root: Path | ImageRoots | None, limits: ImageLimits, stats: Counter) -> tuple[str, bytes] | None:
     """A checked (extension, bytes), or None after counting why not (the caller skips the record)."""
     try:
-        image = check_image(load_ref(ref, root), limits)
+        image = check_image(load_ref(ref, root, limits.max_bytes), limits)
     except BadImage as e:
         stats[e.reason] += 1
         return None

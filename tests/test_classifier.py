@@ -14,7 +14,13 @@ import pytest
 
 from pipelines.build_sft import conversation_inputs
 from renderers.sft import classify
-from renderers.sft.classify import WEIGHTS_SHA256, KeywordClassifier, WeightsMismatch, make_classifier, verified_model_dir
+from renderers.sft.classify import (
+    WEIGHTS_SHA256,
+    KeywordClassifier,
+    WeightsMismatch,
+    make_classifier,
+    verified_model_dir,
+)
 from renderers.sft.conversations import SftConfig, render
 from renderers.sft.taxonomy import load_taxonomy
 from vlcorpus.cli import main as cli

@@ -1,10 +1,12 @@
 """Issue 9's fault drill over a folder of hostile inputs, through the real commands: every input gets a ledger line,
-nothing is written outside the output, the browser touches no network, and the job finishes."""
+nothing is written outside the output, the browser touches no network, and the job finishes. Issue 16 adds reads
+outside the input through symlinks, FIFOs and loops, and records too large to parse."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser_fixtures import chapter, make_epub
+from tests.helpers import image_bytes
 from tests.notebook_fixtures import bomb_png, code_cell, notebook, png_output, write
 from vlcorpus.cli import main
 from vlcorpus.ledger import Ledger
@@ -116,3 +119,60 @@ def test_hostile_inputs_are_all_recorded_and_contained(tmp_path, server):
     assert passwd and (passwd[0].status != "ok" or "root:" not in json.dumps(passwd[0].__dict__))
     phone = [e for o, e in recorded.items() if o.endswith("phone-home.html")]
     assert phone and phone[0].status == "ok" and sum(v for k, v in phone[0].counts.items() if "block" in k) >= 1
+
+
+def hostile_records(root: Path) -> dict[str, Path]:
+    """Issue 16's reads outside the input and unbounded records, each beside a good document."""
+    good = "A good paragraph of plain text that is long enough to keep as a sample of its own. " * 4
+    text = root / "text"
+    (text / "sub").mkdir(parents=True)
+    (text / "good.txt").write_text(good)
+    (text / "passwd.txt").symlink_to("/etc/passwd")
+    (text / "etc").symlink_to("/etc", target_is_directory=True)  # a symlinked folder leading outside
+    os.mkfifo(text / "fifo.txt")  # opening it would block the reader forever
+    (text / "loop.txt").symlink_to("loop.txt")
+    with open(text / "huge-line.jsonl", "w") as f:  # one 200 MB line between two good records, in one piece
+        f.write(json.dumps({"text": good}) + "\n")
+        f.write('{"text": "' + "y" * (200 * 1024**2) + '"}\n')
+        f.write(json.dumps({"text": good + "again"}) + "\n")
+    (text / "paragraph.txt").write_text("z" * (100 * 1024**2))  # one 100 MB paragraph: the splitter must be linear
+
+    nbs = root / "notebooks"
+    nbs.mkdir()
+    outside = root / "outside.ipynb"
+    write(outside, notebook([code_cell("import matplotlib\n" * 6, [])]))
+    (nbs / "linked.ipynb").symlink_to(outside)
+
+    captions = root / "captions"
+    (captions / "img").mkdir(parents=True)
+    (captions / "img/a.jpg").write_bytes(image_bytes())
+    os.mkfifo(captions / "img/fifo.jpg")
+    (captions / "img/loop.jpg").symlink_to("loop.jpg")
+    (captions / "img/passwd.jpg").symlink_to("/etc/passwd")
+    (captions / "captions.jsonl").write_text("".join(json.dumps({"image": f"img/{n}", "caption": f"caption of {n}"}) + "\n"
+                                                     for n in ("a.jpg", "fifo.jpg", "loop.jpg", "passwd.jpg")))
+    return {"text": text, "notebooks": nbs, "captions": captions}
+
+
+def test_reads_outside_the_input_are_refused_and_unbounded_records_counted(tmp_path):
+    inputs = hostile_records(tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["import", "text", str(inputs["text"]), "--out", str(out), "--num-cpus", "1"]) == 0
+    assert main(["extract", "notebooks", str(inputs["notebooks"]), "--out", str(out), "--num-cpus", "1"]) == 0
+    assert main(["import", "caption", str(inputs["captions"]), "--out", str(out), "--num-cpus", "1",
+                 "--doc-timeout", "60"]) == 0
+    texts = Ledger(out, "text").latest()
+    for name, why in [("passwd.txt", "outside the input root"), ("etc", "outside the input root"),
+                      ("fifo.txt", "not a regular file"), ("loop.txt", "symlink loop")]:
+        assert texts[name].status == "failed" and texts[name].error_class == "UnsafeInput" and why in texts[name].error, texts[name]
+    assert texts["good.txt"].status == "ok"
+    assert texts["paragraph.txt"].status == "ok" and texts["paragraph.txt"].samples == 100 * 1024**2 // 20_000 + 1
+    (huge,) = [e for d, e in texts.items() if d.startswith("huge-line.jsonl")]
+    assert (huge.status, huge.samples, huge.counts) == ("ok", 2, {"records": 3, "imported": 2, "record_too_large": 1})
+    shards = b"".join(p.read_bytes() for p in out.rglob("*.tar"))
+    assert b"root:x:0:0" not in shards
+    notebooks = Ledger(out, "notebook").latest()
+    assert notebooks["linked.ipynb"].error_class == "UnsafeInput" and "outside the input root" in notebooks["linked.ipynb"].error
+    (piece,) = Ledger(out, "caption").latest().values()
+    assert (piece.status, piece.samples) == ("ok", 1)
+    assert piece.counts == {"records": 4, "imported": 1, "image_unreadable": 2, "image_outside_root": 1}

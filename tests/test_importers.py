@@ -16,6 +16,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from pipelines.json_stream import TOO_LARGE, JsonStream
 from pipelines.records import jsonl_pieces, record_inputs
 from renderers.images import BadImage, ImageLimits, check_image, load_ref
 from renderers.records import scene_ocr
@@ -93,13 +94,53 @@ def test_jsonl_pieces_cover_every_line_once(tmp_path):
 
 def test_json_files_become_jsonl_pieces_and_broken_ones_fail_in_the_ledger(tmp_path):
     (tmp_path / "in").mkdir()
-    (tmp_path / "in/a.json").write_text(json.dumps({"data": [{"i": i} for i in range(5)]}))
-    (tmp_path / "in/b.json").write_text('[{"i": 1}, ')
+    (tmp_path / "in/a.json").write_text(json.dumps({"info": {"v": 1}, "data": [{"i": i} for i in range(5)]}))
+    (tmp_path / "in/b.json").write_text('[{"i": 1}, {"i": 2}, ')
     docs = record_inputs(tmp_path / "in", tmp_path / "staging", (".json",), 2)
-    assert [d.doc for d in docs] == ["a.json#R0", "a.json#R2", "a.json#R4", "b.json"]
+    assert [d.doc for d in docs] == ["a.json#R0", "a.json#R2", "a.json#R4", "b.json#R0", "b.json"]
     assert [r["i"] for d in docs[:3] for _, r in read_records(d, Counter())] == list(range(5))
-    with pytest.raises(ValueError, match="not a usable JSON records file"):
-        list(read_records(docs[3], Counter()))
+    assert [r["i"] for _, r in read_records(docs[3], Counter())] == [1, 2]  # what came before the break is kept
+    with pytest.raises(ValueError, match="not a usable records file: b.json: JSON breaks at character 21.*2 records before"):
+        list(read_records(docs[4], Counter()))
+    folder = Path(docs[0].path).parent
+    before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert [d.doc for d in record_inputs(tmp_path / "in", tmp_path / "staging", (".json",), 2)] == [d.doc for d in docs]
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # an unchanged file is not staged again
+
+
+def test_gzipped_and_zipped_record_files_are_read_in_place_and_bombs_refused(tmp_path):
+    import gzip
+    import zipfile
+
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.jsonl.gz").write_bytes(gzip.compress(b"".join(json.dumps({"i": i}).encode() + b"\n" for i in range(3))))
+    (data / "b.json.gz").write_bytes(gzip.compress(json.dumps({"data": [{"i": 3}, {"i": 4}]}).encode()))
+    (data / "bomb.jsonl.gz").write_bytes(gzip.compress(bytes(200 * 1024**2)))
+    with zipfile.ZipFile(data / "c.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("inner/c.jsonl", json.dumps({"i": 5}) + "\n")
+        z.writestr("readme.txt", "not records")
+        z.writestr("zeros.jsonl", bytes(20 * 1024**2))
+    docs = {d.doc: d for d in record_inputs(data, tmp_path / "staging", (".jsonl", ".json"), 2000)}
+    assert sorted(docs) == ["a.jsonl.gz#L0", "b.json.gz#R0", "bomb.jsonl.gz", "c.zip:inner/c.jsonl#L0", "c.zip:zeros.jsonl"]
+    got = sorted(r["i"] for k, d in docs.items() if "#" in k for _, r in read_records(d, Counter()))
+    assert got == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="decompresses to more than 100x its size"):
+        list(read_records(docs["bomb.jsonl.gz"], Counter()))
+    assert "zip bomb" in docs["c.zip:zeros.jsonl"].related["refused"]
+
+
+def test_json_stream_reads_values_one_at_a_time_and_skips_what_is_too_large():
+    big = "x" * 5000
+    text = json.dumps({"skip": {"deep": [[1, {"s": 'a"b\\'}], "\u00e9" * 3]}, "records": [{"i": 1}, {"t": big}, 2.5, {"i": 3}]})
+    s = JsonStream(io.BytesIO(text.encode()), max_chars=1000, block=64)
+    got = []
+    for key in s.members():
+        if key == "records":
+            got = list(s.array())
+        else:
+            s.skip()
+    assert got == [{"i": 1}, TOO_LARGE, 2.5, {"i": 3}] and s.at_end()
 
 
 def test_caption_folder_jsonl_with_bad_records(tmp_path, ray_local):
@@ -219,8 +260,8 @@ def test_interleaved_mmc4_documents(tmp_path, ray_local):
     (row,) = read_back(out, "interleaved")
     assert row["json"]["segments"] == [{"text": "First sentence."}, {"image": "0.jpg"}, {"text": "Second sentence."},
                                        {"image": "1.png"}, {"text": "Third."}]
-    c = ledger_counts(out, "interleaved")
-    assert (c["image_missing"], c["no_images"]) == (2, 1)
+    c = ledger_counts(out, "interleaved")  # in documents: one kept without its missing image, one dropped
+    assert (c["records"], c["imported"], c["images_skipped"], c["image_missing"]) == (2, 1, 1, 1)
 
 
 def test_table_chart_qa_groups_questions_per_image(tmp_path, ray_local):

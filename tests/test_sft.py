@@ -14,7 +14,11 @@ import pytest
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from renderers.sft.classify import EmbeddingClassifier, KeywordClassifier, verified_model_dir
+from renderers.sft.classify import (
+    EmbeddingClassifier,
+    KeywordClassifier,
+    verified_model_dir,
+)
 from renderers.sft.conversations import SftConfig
 from renderers.sft.split import Item, plan
 from renderers.sft.taxonomy import TaxonomyError, UnknownLabel, load_taxonomy

@@ -17,6 +17,13 @@ def test_split_paragraphs_packs_without_losing_text():
     assert "".join("".join(pieces).split()) == "".join(text.split())
 
 
+def test_a_long_paragraph_is_cut_at_line_ends_only():
+    para = "\n".join(f"line {i} " + "w" * (i % 70) for i in range(5000))  # one paragraph of 5000 lines
+    pieces = list(split_paragraphs(para, max_chars=1000))
+    assert all(len(p) <= 1000 for p in pieces) and len(pieces) > 100
+    assert "\n".join(pieces) == para  # every cut is at a line end, nothing is lost or repeated
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_import_text_then_inspect(tmp_path, capsys):
     src = tmp_path / "src"

@@ -1,8 +1,9 @@
 """Scene-text images with word boxes -> `scene_ocr` samples: the image, then its text in reading order.
 
-Input records are one image each: `{"image": path, "words": [{"text", "bbox": [x, y, w, h]}]}`. TextOCR-style
-files (`imgs`, `anns`, `imgToAnns` in one big JSON) are converted to such records by `textocr_records`, which the
-pipeline runs once at discovery. Illegible words (TextOCR writes them as ".") are left out.
+Input records are one image each: `{"image": path, "words": [{"text", "bbox": [x, y, w, h]}]}`. TextOCR's files
+(`imgs`, `anns`, `imgToAnns` in one big JSON) arrive as such records: discovery streams `imgs` into pieces and
+`anns` into a lookup, and the reader joins them piece by piece. Illegible words (TextOCR writes them as ".") are
+left out. Counted per image: `records`, `imported`, and a reason for each one dropped.
 """
 
 from __future__ import annotations
@@ -25,19 +26,6 @@ class SceneOcrConfig:
     image_root: str = ""
     min_words: int = 1
     limits: ImageLimits = field(default_factory=ImageLimits)
-
-
-def textocr_records(data: dict) -> Iterator[dict]:
-    """TextOCR JSON (`imgs`, `anns`, `imgToAnns`) -> one `{"image", "id", "words"}` record per image."""
-    imgs, anns, index = data.get("imgs"), data.get("anns"), data.get("imgToAnns")
-    if not isinstance(imgs, dict) or not isinstance(anns, dict) or not isinstance(index, dict):
-        raise ValueError("not TextOCR-style JSON: needs 'imgs', 'anns' and 'imgToAnns' objects")
-    for img_id, info in imgs.items():
-        words = []
-        for ann_id in index.get(img_id, []):
-            a = anns.get(ann_id) or {}
-            words.append({"text": a.get("utf8_string", ""), "bbox": a.get("bbox")})
-        yield {"image": info.get("file_name"), "id": img_id, "words": words}
 
 
 def reading_order(words: list[dict]) -> list[list[str]]:
@@ -63,6 +51,7 @@ def reading_order(words: list[dict]) -> list[list[str]]:
 
 
 def render(doc: DocInput, cfg: SceneOcrConfig, stats: Counter) -> Iterator[Sample]:
+    stats.setdefault("imported", 0)  # counted in the unit even when nothing comes in
     root = image_root(doc, cfg.image_root)
     for pos, rec in read_records(doc, stats):
         words = rec.get("words")
@@ -73,6 +62,7 @@ def render(doc: DocInput, cfg: SceneOcrConfig, stats: Counter) -> Iterator[Sampl
         image = image_or_count(rec.get("image"), root, cfg.limits, stats)
         if image is None:
             continue
+        stats["imported"] += 1
         text = "\n".join(" ".join(line) for line in lines)
         yield pair_sample("scene_ocr", doc, pos, image, text,
                           {"image_ref": str(rec.get("image")), "words": sum(map(len, lines)), "lines": len(lines)})

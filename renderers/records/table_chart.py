@@ -1,8 +1,11 @@
 """Chart/table question-answer sets -> `table_chart` samples: the image, then its questions and answers.
 
-Field names follow the published sets: ChartQA (`imgname`, `query`, `label`), PlotQA/DVQA-like (`image`,
-`question`, `answer`), or one record per image with a `qa`/`qas` list. Records of the same image within one
-input piece become one sample, so an image is stored once.
+Field names follow the published sets: ChartQA (`imgname`, `query`, `label`), PlotQA (`image_index` of
+`png/<index>.png`, `question_string`, `answer`, read from the `qa_pairs` list of `qa_pairs_V1.json`), DVQA-like
+(`image`, `question`, `answer`), or one record per image with a `qa`/`qas` list. Records of the same image within
+one input piece become one sample, so an image is stored once. Counted per record (a question, in ChartQA and
+PlotQA): `records`, `imported`, and a reason for each one dropped (a chart whose image is missing drops each of
+its questions).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from renderers.records.reader import first_field, read_records
 from vlcorpus.document import DocInput
 from vlcorpus.sample import Sample
 
-_IMAGE = ("image", "imgname", "image_path", "file_name", "img")
-_QUESTION = ("question", "query", "q")
+_IMAGE = ("image", "imgname", "image_path", "file_name", "img", "image_index")
+_QUESTION = ("question", "query", "question_string", "q")
 _ANSWER = ("answer", "label", "a", "answers")
 _QA_LISTS = ("qa", "qas", "questions")
 
@@ -48,25 +51,39 @@ def _pairs(rec: dict) -> list[tuple[str, str]]:
     return out
 
 
+def image_ref(rec: dict) -> str | None:
+    """The record's image path; PlotQA's `image_index` N names `png/N.png` (the split folder's `png/` is searched)."""
+    ref = first_field(rec, _IMAGE)
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return f"{ref}.png"
+    return ref if isinstance(ref, str) else None
+
+
 def render(doc: DocInput, cfg: TableChartConfig, stats: Counter) -> Iterator[Sample]:
-    groups: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+    stats.setdefault("imported", 0)  # counted in the unit even when nothing comes in
+    groups: dict[str, list] = {}  # image -> [first position, records, pairs]
     for pos, rec in read_records(doc, stats):
-        ref, pairs = first_field(rec, _IMAGE), _pairs(rec)
-        if not isinstance(ref, str):
+        ref, pairs = image_ref(rec), _pairs(rec)
+        if ref is None:
             stats["image_missing"] += 1
             continue
         if not pairs:
             stats["no_qa"] += 1
             continue
-        first, qa = groups.setdefault(ref, (pos, []))
-        qa.extend(pairs)
+        group = groups.setdefault(ref, [pos, 0, []])
+        group[1] += 1
+        group[2].extend(pairs)
     root = image_root(doc, cfg.image_root)
-    for ref, (pos, qa) in groups.items():
-        image = image_or_count(ref, root, cfg.limits, stats)
+    for ref, (pos, n, qa) in groups.items():
+        reasons: Counter = Counter()
+        image = image_or_count(ref, root, cfg.limits, reasons)
         if image is None:
+            for reason in reasons:
+                stats[reason] += n
             continue
         if len(qa) > cfg.max_qa_per_image:
             stats["qa_truncated"] += len(qa) - cfg.max_qa_per_image
             qa = qa[: cfg.max_qa_per_image]
+        stats["imported"] += n
         text = "\n\n".join(f"Question: {q}\nAnswer: {a}" for q, a in qa)
         yield pair_sample("table_chart", doc, pos, image, text, {"image_ref": ref, "qa": len(qa)})

@@ -1,7 +1,8 @@
 """Plain text -> `text` samples, split at paragraph boundaries into documents of bounded size.
 
 Inputs: text files (.txt, .md), one document each; and record files (JSONL with a `text` field, Parquet with a
-`text` column), read piece by piece through `renderers.records.reader`, one document per record.
+`text` column), read piece by piece through `renderers.records.reader`, one document per record (`records` read,
+`imported` when it gave a sample; a record over `--max-record-mb` is dropped unparsed, `record_too_large`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from renderers.records.reader import read_records
 from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample, estimate_tokens
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")  # a blank line; no backtracking over long runs
 
 
 @dataclass
@@ -30,16 +33,22 @@ class TextConfig:
 
 
 def split_paragraphs(text: str, max_chars: int) -> Iterator[str]:
-    """Greedy packing of blank-line-separated paragraphs; a paragraph longer than max_chars is cut at line ends."""
+    """Greedy packing of blank-line-separated paragraphs; a paragraph longer than max_chars is cut at line ends.
+
+    Linear in the text's length: a long paragraph is walked by offsets, never re-sliced from its rest."""
     chunk: list[str] = []
     size = 0
-    for para in re.split(r"\n\s*\n", text):
+    for para in _PARAGRAPH_BREAK.split(text):
         para = para.strip()
-        while len(para) > max_chars:
-            cut = para.rfind("\n", 0, max_chars)
-            cut = cut if cut > 0 else max_chars
-            yield para[:cut].strip()
-            para = para[cut:].strip()
+        start, end = 0, len(para)
+        while end - start > max_chars:
+            cut = para.rfind("\n", start, start + max_chars)
+            cut = cut if cut > start else start + max_chars
+            yield para[start:cut].strip()
+            start = cut
+            while start < end and para[start].isspace():
+                start += 1
+        para = para[start:] if start else para
         if chunk and size + len(para) + 2 > max_chars:
             yield "\n\n".join(chunk)
             chunk, size = [], 0
@@ -70,8 +79,11 @@ def _texts(doc: DocInput, cfg: TextConfig, stats: Counter) -> Iterator[tuple[int
 
 
 def render(doc: DocInput, cfg: TextConfig, stats: Counter) -> Iterator[Sample]:
+    if "format" in doc.related:
+        stats.setdefault("imported", 0)  # counted in the unit even when nothing comes in
     part = 0
     for pos, text in _texts(doc, cfg, stats):
+        before = part
         for piece in split_paragraphs(text.replace("\r\n", "\n"), cfg.max_chars):
             if len(piece) < cfg.min_chars:
                 stats["text_too_short"] += 1
@@ -82,3 +94,5 @@ def render(doc: DocInput, cfg: TextConfig, stats: Counter) -> Iterator[Sample]:
             yield Sample(category="text", source="text", doc=doc.doc, part=part, origin=doc.origin,
                          segments=[{"text": piece}], meta=meta)
             part += 1
+        if pos is not None and part > before:
+            stats["imported"] += 1
