@@ -3,6 +3,11 @@
 - `BrowserRunner(stage)` (the driver's Runner protocol) launches Debian's Chromium through Playwright once and reuses
   it across documents; `stage.render(doc, config, stats, session)` gets a `renderers.browser.session.Session` that
   opens one fresh browser context per document.
+- Files: everything the browser writes (Playwright's profile and artifacts folders, Chromium's shared memory files)
+  goes under one folder the runner owns (`BrowserFiles`, `<tmp>/vlcorpus-browser-<pid>-<start>-*`). `close` removes
+  it; when the worker dies without closing (a crash, SIGKILL, Ray ending the actor), a watcher process that waits on
+  a pipe only the worker holds removes it; a folder that outlives even the watcher (the machine's processes all
+  killed) is removed by the next runner that starts on the machine, once its owner is gone.
 - Per-document bounds: a watchdog thread kills the browser's processes when a document runs past the time bound or
   the browser's memory (RSS of all its processes) passes the memory bound; the document fails with `Timeout` or
   `MemoryError`, the browser is relaunched for the next one. A browser that dies on its own (a crash) is relaunched
@@ -12,10 +17,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -40,10 +52,16 @@ LAUNCH_ARGS = [
     "--no-first-run",
     "--no-default-browser-check",
     "--mute-audio",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # only the runner's own server is reachable
+    # No connection leaves the browser but to the runner's own server (renderers.browser.session.SiteServer), which
+    # is its only proxy, loopback included (`<-loopback>` undoes Chromium's implicit bypass); host names resolve to
+    # nothing (127.0.0.1 stays, for the proxy itself); WebRTC may not send UDP around the proxy.
+    "--proxy-bypass-list=<-loopback>",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
     "--renderer-process-limit=2",
 ]
 WATCH_INTERVAL_S = 0.25
+FILES_PREFIX = "vlcorpus-browser-"
 
 
 class RenderTimeout(TimeoutError):
@@ -90,6 +108,67 @@ class _Watchdog:
                 return
 
 
+class BrowserFiles:
+    """The folder that holds everything this runner's browser writes, removed on every way out of the runner."""
+
+    def __init__(self) -> None:
+        remove_leftovers()
+        me = psutil.Process()
+        self.path = Path(tempfile.mkdtemp(prefix=f"{FILES_PREFIX}{me.pid}-{int(me.create_time())}-"))
+        # The watcher's `read` ends when the pipe's last write end closes: ours, which no child inherits (os.pipe is
+        # close-on-exec), so only this process's exit, whatever its cause, or `remove` ends it. It runs in the
+        # background of a shell that exits at once, so it is nobody's child: Ray kills a dead worker's children.
+        read_end, lifeline = os.pipe()
+        try:
+            subprocess.run(["sh", "-c", 'exec 3<&0; (read _ <&3; rm -rf -- "$0") >/dev/null 2>&1 &', str(self.path)],
+                           stdin=read_end, start_new_session=True, check=True)
+        finally:
+            os.close(read_end)
+        self._lifeline = lifeline
+
+    @contextmanager
+    def as_tmpdir(self) -> Iterator[None]:
+        """Point TMPDIR here while the Playwright driver starts: it makes its folders in its TMPDIR, and Chromium
+        inherits the driver's environment."""
+        old = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = str(self.path)
+        try:
+            yield
+        finally:
+            if old is None:
+                del os.environ["TMPDIR"]
+            else:
+                os.environ["TMPDIR"] = old
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lifeline)
+
+
+def owner_alive(folder: Path) -> bool:
+    """Is the process that made this files folder still running? Its name holds the pid and the start time, so a
+    reused pid does not count; a name we did not give, or a process we may not inspect, counts as alive."""
+    try:
+        pid, started, _ = folder.name[len(FILES_PREFIX):].split("-")
+        return int(psutil.Process(int(pid)).create_time()) == int(started)
+    except psutil.NoSuchProcess:
+        return False
+    except (ValueError, psutil.Error):
+        return True
+
+
+def remove_leftovers() -> int:
+    """Remove the files folders of runners that are gone."""
+    removed = 0
+    for folder in Path(tempfile.gettempdir()).glob(f"{FILES_PREFIX}*"):
+        if not owner_alive(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    if removed:
+        log.info("removed %d browser folder(s) left in %s by runners that died", removed, tempfile.gettempdir())
+    return removed
+
+
 class BrowserRunner:
     """Runner for `Stage(make_runner=BrowserRunner, actors=True)`: one Chromium, relaunched when it dies or is killed."""
 
@@ -97,19 +176,24 @@ class BrowserRunner:
         from playwright.sync_api import sync_playwright
 
         self.stage, self.bounds = stage, stage.bounds
-        self.playwright = sync_playwright().start()
+        self.files = BrowserFiles()
+        self.playwright: Any = None
         self.browser: Any = None
         self.server = SiteServer()
         self.launches = 0
         self._marker = ""
-        self._launch()
+        try:
+            with self.files.as_tmpdir():
+                self.playwright = sync_playwright().start()
+            self._launch()
+        except BaseException:
+            self.close()
+            raise
 
     def _launch(self) -> None:
         self._marker = secrets.token_hex(8)
-        self.browser = self.playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*LAUNCH_ARGS, f"--vlcorpus-browser={self._marker}"],
-            timeout=120_000,
-        )
+        args = [*LAUNCH_ARGS, f"--proxy-server={self.server.proxy}", f"--vlcorpus-browser={self._marker}"]
+        self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args, timeout=120_000)
         self.launches += 1
 
     def processes(self) -> list[psutil.Process]:
@@ -192,5 +276,7 @@ class BrowserRunner:
         except Exception:  # noqa: BLE001 - closing a dead browser
             pass
         self.kill_processes()
-        self.playwright.stop()
+        if self.playwright is not None:
+            self.playwright.stop()
         self.server.close()
+        self.files.remove()
