@@ -62,6 +62,7 @@ LAUNCH_ARGS = [
 ]
 WATCH_INTERVAL_S = 0.25
 FILES_PREFIX = "vlcorpus-browser-"
+BROWSER_ENV = ("LANG", "LC_ALL")  # the worker's variables the browser keeps (its locale)
 
 
 class RenderTimeout(TimeoutError):
@@ -140,6 +141,12 @@ class BrowserFiles:
             else:
                 os.environ["TMPDIR"] = old
 
+    def environment(self) -> dict[str, str]:
+        """The browser's environment: none of the worker's variables (tokens, credentials, proxy settings) but the
+        few it needs, with its home and temporary folder here."""
+        kept = {k: os.environ[k] for k in BROWSER_ENV if k in os.environ}
+        return {"PATH": "/usr/bin:/bin", **kept, "HOME": str(self.path), "TMPDIR": str(self.path)}
+
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._lifeline)
@@ -193,7 +200,8 @@ class BrowserRunner:
     def _launch(self) -> None:
         self._marker = secrets.token_hex(8)
         args = [*LAUNCH_ARGS, f"--proxy-server={self.server.proxy}", f"--vlcorpus-browser={self._marker}"]
-        self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args, timeout=120_000)
+        self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args,
+                                                       env=self.files.environment(), timeout=120_000)
         self.launches += 1
 
     def processes(self) -> list[psutil.Process]:

@@ -129,18 +129,21 @@ def test_no_connection_reaches_loopback_services(tmp_path):
     assert stats["blocked_requests"] >= 3
 
 
-def test_browser_files_live_in_the_runner_folder_and_go_with_it():
+def test_browser_sees_a_cleared_environment_and_its_files_go_with_the_runner(monkeypatch):
     """Playwright's profile and artifacts folders and Chromium's own temporary files are made in the runner's folder,
-    not in the system's temporary folder, and `close` removes it."""
+    not in the system's temporary folder, and `close` removes it; no browser process sees the worker's variables."""
+    monkeypatch.setenv("VLCORPUS_CANARY_TOKEN", "canary-5f1e")
     runner = new_runner(html_stage(web_code=False))
     try:
         folder = runner.files.path
         assert folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith(FILES_PREFIX)
-        (browser,) = [p for p in runner.processes() if any(a.startswith("--vlcorpus-browser=") for a in p.cmdline())]
+        processes = runner.processes()
+        (browser,) = [p for p in processes if any(a.startswith("--vlcorpus-browser=") for a in p.cmdline())]
         (profile,) = [a.split("=", 1)[1] for a in browser.cmdline() if a.startswith("--user-data-dir=")]
         assert os.path.dirname(profile) == str(folder) and os.path.isdir(profile)
-        assert browser.environ()["TMPDIR"] == str(folder)
+        assert browser.environ()["TMPDIR"] == browser.environ()["HOME"] == str(folder)
         assert os.environ.get("TMPDIR") != str(folder)  # only the driver's start saw it
+        assert len(processes) > 2 and not [p for p in processes if "canary-5f1e" in str(p.environ())]
     finally:
         runner.close()
     assert not folder.exists()
