@@ -11,7 +11,9 @@
 - Per-document bounds: a watchdog thread kills the browser's processes when a document runs past the time bound or
   the browser's memory (RSS of all its processes) passes the memory bound; the document fails with `Timeout` or
   `MemoryError`, the browser is relaunched for the next one. A browser that dies on its own (a crash) is relaunched
-  and the document retried once.
+  and the document retried once. A Playwright call in flight when the browser is killed can stay pending for good
+  (seen with `new_page`): if the render has not returned `DRIVER_GRACE_S` after the kill, the watchdog ends the
+  Playwright driver too, which fails every call in flight, and the runner starts a new driver with the next browser.
 """
 
 from __future__ import annotations
@@ -61,7 +63,12 @@ LAUNCH_ARGS = [
     "--renderer-process-limit=2",
 ]
 WATCH_INTERVAL_S = 0.25
+DRIVER_GRACE_S = 15
 FILES_PREFIX = "vlcorpus-browser-"
+WATCHER = """exec 3<&0
+(read _ <&3
+ i=0
+ while [ $i -lt 60 ]; do rm -rf -- "$0"; sleep 1; [ -e "$0" ] || exit 0; i=$((i + 1)); done) >/dev/null 2>&1 &"""
 BROWSER_ENV = ("LANG", "LC_ALL")  # the worker's variables the browser keeps (its locale)
 
 
@@ -106,6 +113,8 @@ class _Watchdog:
                     f"the browser passed the {self.bounds.memory_gb:g} GB per-document memory bound; it was killed")
             if self.tripped is not None:
                 self.runner.kill_processes()
+                if not self._stop.wait(DRIVER_GRACE_S):
+                    self.runner.kill_driver()
                 return
 
 
@@ -119,10 +128,11 @@ class BrowserFiles:
         # The watcher's `read` ends when the pipe's last write end closes: ours, which no child inherits (os.pipe is
         # close-on-exec), so only this process's exit, whatever its cause, or `remove` ends it. It runs in the
         # background of a shell that exits at once, so it is nobody's child: Ray kills a dead worker's children.
+        # Chromium has process groups of its own and outlives a killed runner by a moment, writing its profile as it
+        # goes: the watcher removes the folder until it stays gone (a minute at most).
         read_end, lifeline = os.pipe()
         try:
-            subprocess.run(["sh", "-c", 'exec 3<&0; (read _ <&3; rm -rf -- "$0") >/dev/null 2>&1 &', str(self.path)],
-                           stdin=read_end, start_new_session=True, check=True)
+            subprocess.run(["sh", "-c", WATCHER, str(self.path)], stdin=read_end, start_new_session=True, check=True)
         finally:
             os.close(read_end)
         self._lifeline = lifeline
@@ -180,22 +190,37 @@ class BrowserRunner:
     """Runner for `Stage(make_runner=BrowserRunner, actors=True)`: one Chromium, relaunched when it dies or is killed."""
 
     def __init__(self, stage: Stage):
-        from playwright.sync_api import sync_playwright
-
         self.stage, self.bounds = stage, stage.bounds
         self.files = BrowserFiles()
         self.playwright: Any = None
+        self.driver: psutil.Process | None = None
         self.browser: Any = None
         self.server = SiteServer()
         self.launches = 0
         self._marker = ""
         try:
-            with self.files.as_tmpdir():
-                self.playwright = sync_playwright().start()
+            self._start_driver()
             self._launch()
         except BaseException:
             self.close()
             raise
+
+    def _start_driver(self) -> None:
+        """Start Playwright's driver (a node process, our child) and remember which process it is."""
+        from playwright.sync_api import sync_playwright
+
+        before = {p.pid for p in psutil.Process().children()}
+        with self.files.as_tmpdir():
+            self.playwright = sync_playwright().start()
+        self.driver = next((p for p in psutil.Process().children()
+                            if p.pid not in before and "run-driver" in p.cmdline()), None)
+
+    def kill_driver(self) -> None:
+        if self.driver is not None:
+            try:
+                self.driver.kill()
+            except psutil.Error:
+                pass
 
     def _launch(self) -> None:
         self._marker = secrets.token_hex(8)
@@ -239,6 +264,12 @@ class BrowserRunner:
             self.browser.close()
         except Exception:  # noqa: BLE001 - the browser is dead or dying; closing is best effort
             pass
+        if self.driver is not None and not self.driver.is_running():
+            try:
+                self.playwright.stop()
+            except Exception:  # noqa: BLE001 - the driver is gone; stopping only releases our side
+                pass
+            self._start_driver()
         self._launch()
 
     def alive(self) -> bool:
