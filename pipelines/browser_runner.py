@@ -222,6 +222,12 @@ class BrowserRunner:
             except psutil.Error:
                 pass
 
+    def driver_alive(self) -> bool:
+        try:
+            return self.driver is None or self.driver.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     def _launch(self) -> None:
         self._marker = secrets.token_hex(8)
         args = [*LAUNCH_ARGS, f"--proxy-server={self.server.proxy}", f"--vlcorpus-browser={self._marker}"]
@@ -264,7 +270,7 @@ class BrowserRunner:
             self.browser.close()
         except Exception:  # noqa: BLE001 - the browser is dead or dying; closing is best effort
             pass
-        if self.driver is not None and not self.driver.is_running():
+        if not self.driver_alive():
             try:
                 self.playwright.stop()
             except Exception:  # noqa: BLE001 - the driver is gone; stopping only releases our side
@@ -315,7 +321,11 @@ class BrowserRunner:
         except Exception:  # noqa: BLE001 - closing a dead browser
             pass
         self.kill_processes()
-        if self.playwright is not None:
-            self.playwright.stop()
-        self.server.close()
-        self.files.remove()
+        try:
+            if self.playwright is not None:
+                self.playwright.stop()
+        except Exception:  # noqa: BLE001 - a driver the watchdog killed
+            pass
+        finally:
+            self.server.close()
+            self.files.remove()

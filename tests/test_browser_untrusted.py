@@ -257,6 +257,23 @@ def test_memory_bound_kills_the_browser(tmp_path):
         runner.close()
 
 
+def test_a_killed_playwright_driver_is_replaced(tmp_path):
+    """What the watchdog does when a Playwright call stays pending after the browser was killed: it ends the driver.
+    The runner then starts a new driver and browser, and the document renders."""
+    good = _write(tmp_path, "good.html", GOOD)
+    runner = new_runner(html_stage(web_code=False))
+    try:
+        old = runner.driver
+        assert old is not None and "run-driver" in old.cmdline()
+        runner.kill_driver()
+        old.wait(30)
+        samples, _ = runner.render(doc_for(good))
+        assert runner.driver is not old and runner.driver_alive() and runner.launches == 2
+    finally:
+        runner.close()
+    assert "ordinary page" in page_text(samples[0])
+
+
 def _crashing_stage(crashes: int) -> tuple[Stage, dict]:
     """html.render, but the real browser process is killed under it the first `crashes` times."""
     state = {"left": crashes}
