@@ -194,7 +194,7 @@ def test_long_book_renders_in_parts_and_loses_nothing(tmp_path, ray_local):
     keys, every paragraph is on some page exactly once, in order, and a re-run renders nothing again."""
     books = tmp_path / "books"
     books.mkdir()
-    _, text = _novel(books / "long.epub", chapters=10, paragraphs=3, words=40)
+    _novel(books / "long.epub", chapters=10, paragraphs=3, words=40)
     out = tmp_path / "corpus"
     parser = argparse.ArgumentParser()
     epub_pipeline.add_arguments(parser)
