@@ -3,19 +3,33 @@
 - `BrowserRunner(stage)` (the driver's Runner protocol) launches Debian's Chromium through Playwright once and reuses
   it across documents; `stage.render(doc, config, stats, session)` gets a `renderers.browser.session.Session` that
   opens one fresh browser context per document.
+- Files: everything the browser writes (Playwright's profile and artifacts folders, Chromium's shared memory files)
+  goes under one folder the runner owns (`BrowserFiles`, `<tmp>/vlcorpus-browser-<pid>-<start>-*`). `close` removes
+  it; when the worker dies without closing (a crash, SIGKILL, Ray ending the actor), a watcher process that waits on
+  a pipe only the worker holds removes it; a folder that outlives even the watcher (the machine's processes all
+  killed) is removed by the next runner that starts on the machine, once its owner is gone.
 - Per-document bounds: a watchdog thread kills the browser's processes when a document runs past the time bound or
   the browser's memory (RSS of all its processes) passes the memory bound; the document fails with `Timeout` or
   `MemoryError`, the browser is relaunched for the next one. A browser that dies on its own (a crash) is relaunched
-  and the document retried once.
+  and the document retried once. A Playwright call in flight when the browser is killed can stay pending for good
+  (seen with `new_page`): if the render has not returned `DRIVER_GRACE_S` after the kill, the watchdog ends the
+  Playwright driver too, which fails every call in flight, and the runner starts a new driver with the next browser.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -40,10 +54,22 @@ LAUNCH_ARGS = [
     "--no-first-run",
     "--no-default-browser-check",
     "--mute-audio",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # only the runner's own server is reachable
+    # No connection leaves the browser but to the runner's own server (renderers.browser.session.SiteServer), which
+    # is its only proxy, loopback included (`<-loopback>` undoes Chromium's implicit bypass); host names resolve to
+    # nothing (127.0.0.1 stays, for the proxy itself); WebRTC may not send UDP around the proxy.
+    "--proxy-bypass-list=<-loopback>",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
     "--renderer-process-limit=2",
 ]
 WATCH_INTERVAL_S = 0.25
+DRIVER_GRACE_S = 15
+FILES_PREFIX = "vlcorpus-browser-"
+WATCHER = """exec 3<&0
+(read _ <&3
+ i=0
+ while [ $i -lt 60 ]; do rm -rf -- "$0"; sleep 1; [ -e "$0" ] || exit 0; i=$((i + 1)); done) >/dev/null 2>&1 &"""
+BROWSER_ENV = ("LANG", "LC_ALL")  # the worker's variables the browser keeps (its locale)
 
 
 class RenderTimeout(TimeoutError):
@@ -87,29 +113,126 @@ class _Watchdog:
                     f"the browser passed the {self.bounds.memory_gb:g} GB per-document memory bound; it was killed")
             if self.tripped is not None:
                 self.runner.kill_processes()
+                if not self._stop.wait(DRIVER_GRACE_S):
+                    self.runner.kill_driver()
                 return
+
+
+class BrowserFiles:
+    """The folder that holds everything this runner's browser writes, removed on every way out of the runner."""
+
+    def __init__(self) -> None:
+        remove_leftovers()
+        me = psutil.Process()
+        self.path = Path(tempfile.mkdtemp(prefix=f"{FILES_PREFIX}{me.pid}-{int(me.create_time())}-"))
+        # The watcher's `read` ends when the pipe's last write end closes: ours, which no child inherits (os.pipe is
+        # close-on-exec), so only this process's exit, whatever its cause, or `remove` ends it. It runs in the
+        # background of a shell that exits at once, so it is nobody's child: Ray kills a dead worker's children.
+        # Chromium has process groups of its own and outlives a killed runner by a moment, writing its profile as it
+        # goes: the watcher removes the folder until it stays gone (a minute at most).
+        read_end, lifeline = os.pipe()
+        try:
+            subprocess.run(["sh", "-c", WATCHER, str(self.path)], stdin=read_end, start_new_session=True, check=True)
+        finally:
+            os.close(read_end)
+        self._lifeline = lifeline
+
+    @contextmanager
+    def as_tmpdir(self) -> Iterator[None]:
+        """Point TMPDIR here while the Playwright driver starts: it makes its folders in its TMPDIR, and Chromium
+        inherits the driver's environment."""
+        old = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = str(self.path)
+        try:
+            yield
+        finally:
+            if old is None:
+                del os.environ["TMPDIR"]
+            else:
+                os.environ["TMPDIR"] = old
+
+    def environment(self) -> dict[str, str]:
+        """The browser's environment: none of the worker's variables (tokens, credentials, proxy settings) but the
+        few it needs, with its home and temporary folder here."""
+        kept = {k: os.environ[k] for k in BROWSER_ENV if k in os.environ}
+        return {"PATH": "/usr/bin:/bin", **kept, "HOME": str(self.path), "TMPDIR": str(self.path)}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lifeline)
+
+
+def owner_alive(folder: Path) -> bool:
+    """Is the process that made this files folder still running? Its name holds the pid and the start time, so a
+    reused pid does not count; a name we did not give, or a process we may not inspect, counts as alive."""
+    try:
+        pid, started, _ = folder.name[len(FILES_PREFIX):].split("-")
+        return int(psutil.Process(int(pid)).create_time()) == int(started)
+    except psutil.NoSuchProcess:
+        return False
+    except (ValueError, psutil.Error):
+        return True
+
+
+def remove_leftovers() -> int:
+    """Remove the files folders of runners that are gone."""
+    removed = 0
+    for folder in Path(tempfile.gettempdir()).glob(f"{FILES_PREFIX}*"):
+        if not owner_alive(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    if removed:
+        log.info("removed %d browser folder(s) left in %s by runners that died", removed, tempfile.gettempdir())
+    return removed
 
 
 class BrowserRunner:
     """Runner for `Stage(make_runner=BrowserRunner, actors=True)`: one Chromium, relaunched when it dies or is killed."""
 
     def __init__(self, stage: Stage):
-        from playwright.sync_api import sync_playwright
-
         self.stage, self.bounds = stage, stage.bounds
-        self.playwright = sync_playwright().start()
+        self.files = BrowserFiles()
+        self.playwright: Any = None
+        self.driver: psutil.Process | None = None
         self.browser: Any = None
         self.server = SiteServer()
         self.launches = 0
         self._marker = ""
-        self._launch()
+        try:
+            self._start_driver()
+            self._launch()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_driver(self) -> None:
+        """Start Playwright's driver (a node process, our child) and remember which process it is."""
+        from playwright.sync_api import sync_playwright
+
+        before = {p.pid for p in psutil.Process().children()}
+        with self.files.as_tmpdir():
+            self.playwright = sync_playwright().start()
+        self.driver = next((p for p in psutil.Process().children()
+                            if p.pid not in before and "run-driver" in p.cmdline()), None)
+
+    def kill_driver(self) -> None:
+        if self.driver is not None:
+            try:
+                self.driver.kill()
+            except psutil.Error:
+                pass
+
+    def driver_alive(self) -> bool:
+        try:
+            return self.driver is None or self.driver.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
     def _launch(self) -> None:
         self._marker = secrets.token_hex(8)
-        self.browser = self.playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*LAUNCH_ARGS, f"--vlcorpus-browser={self._marker}"],
-            timeout=120_000,
-        )
+        args = [*LAUNCH_ARGS, f"--proxy-server={self.server.proxy}", f"--vlcorpus-browser={self._marker}"]
+        self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args,
+                                                       env=self.files.environment(), timeout=120_000)
         self.launches += 1
 
     def processes(self) -> list[psutil.Process]:
@@ -147,6 +270,12 @@ class BrowserRunner:
             self.browser.close()
         except Exception:  # noqa: BLE001 - the browser is dead or dying; closing is best effort
             pass
+        if not self.driver_alive():
+            try:
+                self.playwright.stop()
+            except Exception:  # noqa: BLE001 - the driver is gone; stopping only releases our side
+                pass
+            self._start_driver()
         self._launch()
 
     def alive(self) -> bool:
@@ -192,5 +321,11 @@ class BrowserRunner:
         except Exception:  # noqa: BLE001 - closing a dead browser
             pass
         self.kill_processes()
-        self.playwright.stop()
-        self.server.close()
+        try:
+            if self.playwright is not None:
+                self.playwright.stop()
+        except Exception:  # noqa: BLE001 - a driver the watchdog killed
+            pass
+        finally:
+            self.server.close()
+            self.files.remove()

@@ -1,8 +1,10 @@
-"""Helpers the browser renderer tests share: a runner on the real Chromium, rendering one file, small EPUBs."""
+"""Helpers the browser renderer tests share: a runner on the real Chromium, rendering one file, small EPUBs, and
+loopback listeners that record every connection a renderer opens to them."""
 
 from __future__ import annotations
 
 import io
+import socket
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,6 +20,55 @@ from renderers.browser import epub, html
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Stage
 from vlcorpus.sample import Sample
+
+
+class LoopbackListeners:
+    """TCP listeners on several 127.0.0.1 ports (the http:// and https:// targets of a hostile page) and one UDP
+    socket (a STUN target for WebRTC), standing for the services a Ray node keeps on loopback. They never accept
+    while the page renders: the kernel completes a connection into the backlog anyway, so `connections()` afterwards
+    finds every one that was opened, with its first bytes (an HTTP request line, a TLS ClientHello)."""
+
+    def __init__(self, count: int = 4):
+        self.tcp = []
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(64)
+            s.setblocking(False)
+            self.tcp.append(s)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.setblocking(False)
+        self.ports = [s.getsockname()[1] for s in self.tcp]
+        self.udp_port = self.udp.getsockname()[1]
+
+    def connections(self) -> list[tuple[str, int, bytes]]:
+        """(protocol, port, first bytes) of every connection or datagram that reached a listener."""
+        found = []
+        for s in self.tcp:
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except BlockingIOError:
+                    break
+                conn.settimeout(1)
+                try:
+                    first = conn.recv(64)
+                except OSError:
+                    first = b""
+                conn.close()
+                found.append(("tcp", s.getsockname()[1], first))
+        while True:
+            try:
+                data = self.udp.recv(2048)
+            except BlockingIOError:
+                break
+            found.append(("udp", self.udp_port, data[:64]))
+        return found
+
+    def close(self) -> None:
+        for s in [*self.tcp, self.udp]:
+            s.close()
 
 
 def html_stage(**overrides: Any) -> Stage:

@@ -160,3 +160,59 @@ def test_broken_xhtml_is_read_as_html_and_counted(ledger):
 def test_not_a_zip_fails_clearly(ledger):
     e = ledger[1]["notzip.epub"]
     assert e["status"] == "failed" and "not a zip archive" in e["error"]
+
+
+# --- long books: parts decided before rendering, each its own document ------------------------------------------------
+
+def _novel(path, chapters: int, paragraphs: int, words: int = 60):
+    """A generated novel whose paragraphs are numbered, so any loss, repeat or reordering shows."""
+    text = {f"ch{c:03d}.xhtml": chapter(f"Chapter {c}", f"<h1>Chapter {c}</h1>" + "".join(
+        f"<p>c{c:03d}p{p:02d} " + " ".join(["whale", "sea", "ship", "sail", "harpoon"][(c + p + w) % 5] for w in range(words))
+        + "</p>" for p in range(paragraphs))) for c in range(chapters)}
+    return make_epub(path, text), text
+
+
+def test_book_parts_cover_the_spine_in_bounded_runs_of_chapters(tmp_path):
+    """A 135-chapter novel of 10 KB chapters (Moby-Dick's shape): parts of whole chapters, in order, none missing,
+    each within the byte budget, decided from the zip directory alone."""
+    from renderers.browser import epub
+
+    book, text = _novel(tmp_path / "novel.epub", chapters=135, paragraphs=25)
+    cfg = epub.EpubConfig()
+    parts = epub.book_parts(book, cfg)
+    assert parts[0][0] == 0 and parts[-1][1] == 135 and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    sizes = [len(t.encode()) for t in text.values()]
+    assert all(sum(sizes[a:b]) <= cfg.part_bytes for a, b in parts)
+    assert all(sum(sizes[a:b + 1]) > cfg.part_bytes for a, b in parts[:-1])  # no part could take the next chapter
+    assert len(parts) == -(-sum(sizes) // cfg.part_bytes) or len(parts) == -(-sum(sizes) // cfg.part_bytes) + 1
+    small = epub.EpubConfig(page=epub.PageConfig(max_pages=500, width=512, height=512))
+    assert small.part_bytes == cfg.part_bytes // 4 and len(epub.book_parts(book, small)) > len(parts)
+
+
+def test_long_book_renders_in_parts_and_loses_nothing(tmp_path, ray_local):
+    """A book over the page bound: the old renderer cut it; now each part is a document with its own ledger line and
+    keys, every paragraph is on some page exactly once, in order, and a re-run renders nothing again."""
+    books = tmp_path / "books"
+    books.mkdir()
+    _novel(books / "long.epub", chapters=10, paragraphs=3, words=40)
+    out = tmp_path / "corpus"
+    parser = argparse.ArgumentParser()
+    epub_pipeline.add_arguments(parser)
+    argv = [str(books), "--out", str(out), "--set", "page.max_pages=6", "--set", "page.templates=[sans-large-print]"]
+    assert epub_pipeline.main(parser.parse_args(argv)) == 0
+    lines = [json.loads(x) for x in (out / "_ledger" / "epub.jsonl").read_text().splitlines()]
+    assert len(lines) > 2 and all(e["status"] == "ok" and e["origin"] == "long.epub" for e in lines)
+    assert sorted(e["doc"] for e in lines)[0] == "long.epub#C0" and all("#C" in e["doc"] for e in lines)
+    assert not any(k in e["counts"] for e in lines for k in ("chapters_over_page_limit", "pages_over_limit"))
+    rows = list(wds.WebDataset(sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")), shardshuffle=False).decode())
+    assert len({r["__key__"] for r in rows}) == len(rows) == sum(e["samples"] for e in lines)
+    for doc in {r["json"]["doc"] for r in rows}:
+        assert sorted(r["json"]["part"] for r in rows if r["json"]["doc"] == doc) == list(range(sum(
+            r["json"]["doc"] == doc for r in rows)))  # each part's pages are numbered from 0
+    rows.sort(key=lambda r: (r["json"]["meta"]["book_part"], r["json"]["part"]))
+    assert {r["json"]["meta"]["book"] for r in rows} == {"long.epub"}
+    assert {r["json"]["meta"]["book_parts"] for r in rows} == {len(lines)}
+    labels = [w for r in rows for w in r["json"]["segments"][1]["text"].split() if w[:1] == "c" and w[4:5] == "p"]
+    assert labels == [f"c{c:03d}p{p:02d}" for c in range(10) for p in range(3)]
+    assert epub_pipeline.main(parser.parse_args(argv)) == 0
+    assert len((out / "_ledger" / "epub.jsonl").read_text().splitlines()) == len(lines)

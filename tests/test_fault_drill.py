@@ -9,11 +9,14 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.browser_fixtures import chapter, make_epub
+from pipelines.browser_runner import FILES_PREFIX, owner_alive
+from tests.browser_fixtures import LoopbackListeners, chapter, make_epub
 from tests.helpers import image_bytes
 from tests.notebook_fixtures import bomb_png, code_cell, notebook, png_output, write
 from vlcorpus.cli import main
@@ -75,6 +78,27 @@ def hostile_inputs(root: Path, url: str) -> dict[str, Path]:
     return {"arxiv": arxiv, "pdf": pdf, "epub": epub, "html": html, "notebooks": nbs}
 
 
+def loopback_inputs(inputs: dict[str, Path], listeners: LoopbackListeners) -> None:
+    """A page and a book whose frames, objects, embeds and meta refresh aim at loopback services (issue 16)."""
+    a, b, c, d = listeners.ports
+    body = (f'<p>{"Text beside the frames. " * 20}</p><iframe src="http://127.0.0.1:{a}/"></iframe>'
+            f'<iframe src="https://127.0.0.1:{b}/"></iframe><object data="http://127.0.0.1:{c}/"></object>'
+            f'<embed src="https://127.0.0.1:{d}/"><iframe src="http://localhost:{a}/"></iframe>')
+    (inputs["html"] / "loopback.html").write_text(
+        f'<html><head><meta http-equiv="refresh" content="0; url=http://127.0.0.1:{c}/"></head><body>{body}</body></html>')
+    make_epub(inputs["epub"] / "loopback.epub", {"c1.xhtml": chapter("One", body)})
+
+
+def dead_runner_folders() -> set[Path]:
+    """Browser files folders whose runner is gone, waiting (at most a minute) for the watchers to remove them."""
+    for _ in range(120):
+        left = {f for f in Path(tempfile.gettempdir()).glob(f"{FILES_PREFIX}*") if not owner_alive(f)}
+        if not left:
+            break
+        time.sleep(0.5)
+    return left
+
+
 class _Zeros(io.RawIOBase):
     def __init__(self, n: int):
         self.left = n
@@ -96,10 +120,15 @@ COMMANDS = {"arxiv": ["render", "arxiv"], "pdf": ["render", "pdf"], "epub": ["re
 def test_hostile_inputs_are_all_recorded_and_contained(tmp_path, server):
     url, hits = server
     inputs = hostile_inputs(tmp_path / "in", url)
+    listeners = LoopbackListeners()
+    loopback_inputs(inputs, listeners)
     out = tmp_path / "out"
     before = {p for p in tmp_path.rglob("*") if out not in p.parents}
     for kind, folder in inputs.items():
         assert main([*COMMANDS[kind], str(folder), "--out", str(out), "--doc-timeout", "60"]) == 0, kind
+    assert listeners.connections() == [], "a renderer opened a connection to a loopback service"
+    listeners.close()
+    assert dead_runner_folders() == set(), "browser files left behind by runners that are gone"
     after = {p for p in tmp_path.rglob("*") if out not in p.parents and p != out}
     assert after == before, f"written outside the output: {sorted(after - before)}"
     assert not list(tmp_path.rglob("escaped.txt")) and not Path("/tmp/escaped.txt").exists()
@@ -119,6 +148,9 @@ def test_hostile_inputs_are_all_recorded_and_contained(tmp_path, server):
     assert passwd and (passwd[0].status != "ok" or "root:" not in json.dumps(passwd[0].__dict__))
     phone = [e for o, e in recorded.items() if o.endswith("phone-home.html")]
     assert phone and phone[0].status == "ok" and sum(v for k, v in phone[0].counts.items() if "block" in k) >= 1
+    for name in ("loopback.html", "loopback.epub"):
+        (e,) = [e for o, e in recorded.items() if o.endswith(name)]
+        assert e.status == "ok" and e.counts["blocked_requests"] >= 4, (name, e)
 
 
 def hostile_records(root: Path) -> dict[str, Path]:

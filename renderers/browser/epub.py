@@ -4,6 +4,10 @@ The book is never extracted: the zip is checked (member names, sizes, compressio
 to the browser from memory by the session's route handler. `container.xml` names the OPF package; its spine gives the
 chapter order. A spine item that is missing is skipped and counted; a chapter that is not well-formed XHTML is parsed
 as HTML (Chromium's XML parser would stop at the first error) and counted.
+
+A long book is rendered in parts, each its own document: `book_parts` decides them before anything is rendered, from
+the spine and the chapters' sizes in the zip directory (runs of whole chapters of at most `part_bytes`), and
+`render` renders the chapters `doc.related["chapters"]` names.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ NS = {
     "dc": "http://purl.org/dc/elements/1.1/",
 }
 CHAPTER_TYPES = ("application/xhtml+xml", "text/html", "image/svg+xml")
+# Bytes of chapter markup the roomiest template (sans-large-print) sets on a 1024 x 1024 page: about 1 KB in prose
+# (The Scarlet Letter: 1017); the denser templates set 1.9 to 3.3 KB.
+PAGE_BYTES = 1000
 
 
 class EpubError(ValueError):
@@ -54,6 +61,12 @@ class EpubConfig:
     def __post_init__(self) -> None:
         if min(self.max_file_mb, self.max_unpacked_mb, self.max_member_mb, self.max_ratio) <= 0 or self.max_members <= 0:
             raise ValueError("EPUB limits must be positive")
+
+    @property
+    def part_bytes(self) -> int:
+        """Chapter bytes per part: what half the page bound holds in the roomiest template at this page size, so a
+        part stays within `page.max_pages` even where the estimate is off by two."""
+        return int(self.page.max_pages / 2 * PAGE_BYTES * self.page.width * self.page.height / 1024**2)
 
 
 class Book:
@@ -151,8 +164,31 @@ class Book:
         lang = opf.findtext("opf:metadata/dc:language", default="", namespaces=NS).strip()
         return spine, lang, types
 
+    def chapter_bytes(self, name: str) -> int:
+        return self.members[name].file_size
+
     def close(self) -> None:
         self.zip.close()
+
+
+def book_parts(path: str | Path, cfg: EpubConfig) -> list[tuple[int, int]]:
+    """The book's parts as spine ranges [start, end): whole chapters in spine order, a new part where the next
+    chapter would take the part past `cfg.part_bytes` (a chapter larger than that is a part of its own). Reads only
+    the zip directory, the container and the package document."""
+    book = Book(path, cfg, Counter())
+    try:
+        parts: list[tuple[int, int]] = []
+        start, size = 0, 0
+        for i, name in enumerate(book.spine):
+            n = book.chapter_bytes(name)
+            if i > start and size + n > cfg.part_bytes:
+                parts.append((start, i))
+                start, size = i, 0
+            size += n
+        parts.append((start, len(book.spine)))
+        return parts
+    finally:
+        book.close()
 
 
 class BookSite:
@@ -184,16 +220,21 @@ class BookSite:
 
 
 def render(doc: DocInput, cfg: EpubConfig, stats: Counter, session: Session) -> Iterator[Sample]:
+    """The book, or the part of it `doc.related` names (`book`, `chapters` "start:end" of the spine, `book_part`,
+    `book_parts`, set by the pipeline from `book_parts`); the spine's own counts go to the first part only."""
     if Path(doc.path).stat().st_size > cfg.max_file_mb * 1024**2:
         raise EpubError(f"the file is larger than {cfg.max_file_mb:g} MB")
-    book = Book(doc.path, cfg, stats)
+    book_id = doc.related.get("book", doc.doc)
+    part_index, part_count = int(doc.related.get("book_part", 0)), int(doc.related.get("book_parts", 1))
+    book = Book(doc.path, cfg, stats if part_index == 0 else Counter())
+    start, end = (int(x) for x in doc.related.get("chapters", f"0:{len(book.spine)}").split(":"))
     pc = cfg.page
-    template = pick_template(doc.doc, pc.templates)
+    template = pick_template(book_id, pc.templates)  # one look for the whole book, whatever its parts
     site = BookSite(book, stats)
     part = 0
     try:
         with session.page(site, pc.width, pc.height, pc.scale, pc.javascript, stats) as page:
-            for number, name in enumerate(book.spine):
+            for number, name in enumerate(book.spine[start:end], start):
                 if part >= pc.max_pages:
                     stats["chapters_over_page_limit"] += 1
                     continue
@@ -206,6 +247,7 @@ def render(doc: DocInput, cfg: EpubConfig, stats: Counter, session: Session) -> 
                         segments=[{"image": image_name(pc)}, {"text": p.text}], images={image_name(pc): p.image},
                         meta={"page_size": [pc.width, pc.height], "scale": pc.scale, "template": template,
                               "chapter": name, "chapter_index": number, "page_in_chapter": p.index,
+                              "book": book_id, "book_part": part_index, "book_parts": part_count,
                               "language": book.language, "lines": p.lines},
                     )
                     part += 1

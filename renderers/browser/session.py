@@ -2,10 +2,13 @@
 
 - `Session` (given to `render(doc, config, stats, session)` by the runner that owns the browser,
   `pipelines/browser_runner.py`) opens one fresh browser context per document.
-- The document's own files (a `Site`, from disk or from memory) are served to the browser by a small HTTP server on
-  127.0.0.1 (`SiteServer`) that only this runner's pages reach; a route handler aborts and counts every other request
-  (`blocked_requests`), and the browser's DNS resolves nothing, so a request that escapes routing (a WebSocket with
-  JavaScript on) fails too. JavaScript is off unless the config turns it on.
+- The document's own files (a `Site`, from disk or from memory) are served to the browser by a small HTTP server
+  (`SiteServer`) under the private origin `http://document.invalid`. A route handler aborts and counts every other
+  request (`blocked_requests`). Beneath it, the browser's network is closed: that server is also the browser's only
+  proxy, for loopback addresses too, and refuses anything but the document's origin, and host names resolve to
+  nothing; so what escapes routing (a preconnect to a frame's target, an `https://` tunnel, a WebSocket with
+  JavaScript on, Chromium's own update checks) opens no connection to anything but this server. JavaScript is off
+  unless the config turns it on.
 """
 
 from __future__ import annotations
@@ -49,12 +52,20 @@ class DirSite:
         return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
+DOCUMENT_HOST = "document.invalid"  # a name that resolves nowhere (RFC 2606): reachable only through the proxy
+
+
 class SiteServer:
-    """Serves the current document's `Site` on 127.0.0.1 (a random port) to this runner's browser.
+    """Serves the current document's `Site` as `http://document.invalid` to this runner's browser, whose only proxy
+    it is (listening on 127.0.0.1, a random port): a request for any other origin, or a tunnel (`CONNECT`, which
+    `https://` and WebSockets need), is refused, never forwarded. The refusals are not counted per document: the
+    route handler already counts what the page asked for, and Chromium's own background requests land here too.
 
     Bodies go straight from this server to Chromium: sending them through Playwright's pipe (`route.fulfill`) makes
     a 100 MB page stall the driver so that even killing the browser does not free the runner.
     """
+
+    base = f"http://{DOCUMENT_HOST}"
 
     def __init__(self) -> None:
         self.site: Site | None = None
@@ -64,7 +75,11 @@ class SiteServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 site, stats = server.site, server.stats
-                path = unquote(urlsplit(self.path).path)
+                url = urlsplit(self.path)  # absolute through a proxy: http://document.invalid/path
+                if url.scheme not in ("", "http") or (url.netloc or self.headers.get("Host", "")) != DOCUMENT_HOST:
+                    self.send_error(403)
+                    return
+                path = unquote(url.path)
                 body = site.read(path) if site is not None else None
                 if body is None:
                     stats["missing_files"] += 1
@@ -81,12 +96,15 @@ class SiteServer:
                 except OSError:  # the browser went away (killed, or the page was closed)
                     pass
 
+            def do_CONNECT(self) -> None:  # noqa: N802 - http.server's name
+                self.send_error(403)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.proxy = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
