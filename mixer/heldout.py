@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from vlcorpus.document import document_of
 from vlcorpus.shards import (
     ShardWriter,
     read_index,
@@ -35,11 +36,14 @@ def corpus_fingerprint(corpus: Path) -> str:
 
 
 def held_out_docs(docs: list[str], fraction: float) -> set[str]:
-    ranked = sorted(docs, key=lambda d: hashlib.sha1(d.encode("utf-8")).hexdigest())
-    n = round(fraction * len(ranked))
-    if len(ranked) >= 2:
-        n = min(max(n, 1), len(ranked) - 1)
-    return set(ranked[:n])
+    """The `doc` ids on the held-out side: a `fraction` of the documents (the parts of a book count as one), by
+    hash, at least one and never all where there are two or more."""
+    documents = sorted({document_of(d) for d in docs}, key=lambda d: hashlib.sha1(d.encode("utf-8")).hexdigest())
+    n = round(fraction * len(documents))
+    if len(documents) >= 2:
+        n = min(max(n, 1), len(documents) - 1)
+    held = set(documents[:n])
+    return {d for d in docs if document_of(d) in held}
 
 
 def _link_category(src: Path, dst: Path) -> None:
@@ -64,7 +68,8 @@ def split_corpus(corpus: Path, out: Path, fraction: float) -> dict:
         read_index(cat)  # a category without an index is not a finished corpus folder: refuse it
         docs = [d for shard in shard_paths(cat) for d in read_sidecar(shard).docs]
         held = set() if cat.name.startswith("sft_") else held_out_docs(sorted(set(docs)), fraction)
-        summary["categories"][cat.name] = {"docs": len(set(docs)), "heldout_docs": len(held)}
+        summary["categories"][cat.name] = {"docs": len({document_of(d) for d in docs}),
+                                           "heldout_docs": len({document_of(d) for d in held})}
         if not held:
             _link_category(cat, partial / "train" / cat.name)
             continue

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pipelines.browser_runner import BrowserRunner
 from pipelines.job import add_job_arguments, discover, renderer_config, run_job
 from renderers.browser import epub
-from vlcorpus.document import Bounds, DocInput
+from vlcorpus.document import Bounds, DocInput, part_id
 from vlcorpus.driver import Stage
 
 COMMAND = ("render", "epub")
@@ -44,7 +44,7 @@ def split_books(books: Iterable[DocInput], cfg: epub.EpubConfig) -> list[DocInpu
         if len(parts) == 1:
             inputs.append(book)
         else:
-            inputs += [replace(book, doc=f"{book.doc}#C{start}", related={
+            inputs += [replace(book, doc=part_id(book.doc, start), related={
                 "book": book.doc, "chapters": f"{start}:{end}", "book_part": str(k), "book_parts": str(len(parts))})
                 for k, (start, end) in enumerate(parts)]
         if n % PROGRESS_EVERY == 0:

@@ -41,3 +41,16 @@ class Bounds:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.memory_gb <= 0:
             raise ValueError("per-document timeout and memory bound must be positive")
+
+
+PART_MARK = "#C"  # `<document>#C<first chapter>`: one bounded part of a long document (a book split by chapters)
+
+
+def part_id(document: str, first_chapter: int) -> str:
+    return f"{document}{PART_MARK}{first_chapter}"
+
+
+def document_of(doc: str) -> str:
+    """The document a `doc` id belongs to: every part of a book rendered in parts is the same book, so that a
+    document-level split (train / held-out) never puts parts of one book on both sides."""
+    return doc.rsplit(PART_MARK, 1)[0] if PART_MARK in doc else doc
