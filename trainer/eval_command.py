@@ -58,6 +58,7 @@ def load_model(model_dir: Path, tokenizer_dir: Path | None, device: str, seq_len
 
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: no config.json; MODEL is a model directory such as RUN/stage3/final")
+    processor = load_processor(model_dir)
     model = load_trained(model_dir).to(device)
     tok_dir = tokenizer_dir or model_dir
     if not (tok_dir / "tokenizer_config.json").exists() and not (tok_dir / "tokenizer.json").exists():
@@ -70,7 +71,6 @@ def load_model(model_dir: Path, tokenizer_dir: Path | None, device: str, seq_len
             raise ValueError(f"{tok_dir}: not the tokenizer saved with the model in {model_dir} ({differ:,} token ids "
                              "differ); leave out --tokenizer to use the model's own")
     check_tokenizer(model, tokenizer, str(tok_dir))
-    processor = load_processor(model_dir)
     length = seq_len or model.config.text_config.max_position_embeddings
     return model, Encoder(tokenizer, special_ids(tokenizer), image_token_count(model.config), processor, length)
 

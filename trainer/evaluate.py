@@ -11,9 +11,10 @@ their end, the plotting cell); options that read the same after the cut are neve
 Two scorings of the same items:
 - `mc_ppl` (DeepSeek-VL §4, multi-choice perplexity): the model sees the image, the question and all options
   lettered A-D, then "Answer:"; the prediction is the letter whose continuation has the lowest perplexity.
-- `option` (lm-evaluation-harness's multiple choice): the model sees the image and the question; each option is
-  a continuation scored by its summed log-likelihood. `option_acc` picks the highest, `option_acc_norm` the
-  highest per character of the option.
+- `option` (lm-evaluation-harness's multiple choice): each option is a continuation of the image, in the
+  pretraining format (the text right after the image), scored by its summed log-likelihood. `option_acc` picks the
+  highest, `option_acc_norm` the highest per character of the option. No question: a pretrained model has never
+  seen one between an image and its text.
 Chance is 1/4 for both. Intervals: Wilson score intervals for accuracies.
 
 Bits per byte: for every held-out category (text-only ones and, with their images in context, multimodal ones),
@@ -288,7 +289,7 @@ def mc_ppl_prompt(item: Item) -> str:
 
 @torch.no_grad()
 def score_item(model, encoder: Encoder, item: Item) -> dict:
-    """One forward pass over the item's rows: the lettered prompt (MC-PPL) and the option continuations.
+    """One forward pass over the item's rows: the lettered prompt (MC-PPL) and the options right after the image.
 
     Each letter is one token with the demo's and most tokenizers: then one row gives all letters' probabilities at
     its last position (a one-token continuation's perplexity is 1/p); otherwise every letter is its own row."""
@@ -297,12 +298,11 @@ def score_item(model, encoder: Encoder, item: Item) -> dict:
     features = _image_features(model, image["pixel_values"], image["high_res_pixel_values"])
     head = [ids.bos] + [ids.image] * encoder.n_img
     prompt = head + encoder.text_ids(mc_ppl_prompt(item))
-    question = head + encoder.text_ids(item.question + "\n")
     n = len(item.options)
     letters = [encoder.text_ids(f" {LETTERS[i]}") for i in range(n)]
     one_token = all(len(t) == 1 for t in letters)
     rows = [_row(prompt, letters[0])] if one_token else [_row(prompt, t) for t in letters]
-    rows += [_row(question, encoder.text_ids(o)) for o in item.options]
+    rows += [_row(head, encoder.text_ids(o)) for o in item.options]
     hidden, targets = _forward(model, rows, ids.pad, features.repeat(len(rows), 1, 1))
     k = len(rows) - n
     if one_token:
@@ -369,17 +369,34 @@ def bits_per_byte(model, encoder: Encoder, samples: list[Sample], batch_tokens: 
             "bpb_samples": len(samples), "bpb_bytes": int(total)}
 
 
+@contextlib.contextmanager
+def _one_thread_on_cpu(model):
+    """Evaluation batches are a few short rows: on CPU, intra-op threads cost more in synchronisation than they
+    save, and on a loaded machine they collapse (20 caption items: 0.6 s with one thread, 14 s with two, measured
+    on the 2-core dev box under load)."""
+    if next(model.parameters()).device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate_set(model, encoder: Encoder, eval_set: EvalSet, cfg: EvalConfig) -> dict:
     was_training = model.training
     model.eval()
-    result = multiple_choice(model, encoder, eval_set.items)
-    per_cat = {c: bits_per_byte(model, encoder, s, bootstrap=cfg.bootstrap, seed=cfg.seed)
-               for c, s in eval_set.texts.items() if s}
-    for cat, bpb in per_cat.items():
-        result["categories"].setdefault(cat, {}).update(bpb)
-    language = [s for c in TEXT_ONLY_CATEGORIES for s in eval_set.texts.get(c, [])]
-    if language:
-        result.update(bits_per_byte(model, encoder, language, bootstrap=cfg.bootstrap, seed=cfg.seed))
+    with _one_thread_on_cpu(model):
+        result = multiple_choice(model, encoder, eval_set.items)
+        per_cat = {c: bits_per_byte(model, encoder, s, bootstrap=cfg.bootstrap, seed=cfg.seed)
+                   for c, s in eval_set.texts.items() if s}
+        for cat, bpb in per_cat.items():
+            result["categories"].setdefault(cat, {}).update(bpb)
+        language = [s for c in TEXT_ONLY_CATEGORIES for s in eval_set.texts.get(c, [])]
+        if language:
+            result.update(bits_per_byte(model, encoder, language, bootstrap=cfg.bootstrap, seed=cfg.seed))
     model.train(was_training)
     return result
 
