@@ -166,7 +166,7 @@ def build_items(samples: dict[str, list[Sample]], cfg: EvalConfig) -> list[Item]
         distinct = len({t for _, _, t in pairs})
         if distinct < cfg.options:
             raise ValueError(
-                f"eval folder: category {cat} gives no items: {len(samples.get(cat, []))} held-out samples, {distinct} "
+                f"category {cat} gives no items: {len(samples.get(cat, []))} held-out samples, {distinct} "
                 f"distinct texts with an image, and an item needs {cfg.options}. Hold out more of its documents "
                 f"(heldout_fraction), or leave it out of the evaluated categories")
         by_doc: dict[str, list[int]] = defaultdict(list)
@@ -220,7 +220,11 @@ def load_eval_set(folder: str | Path, cfg: EvalConfig) -> EvalSet:
                 kept.append(s)
                 nbytes += len(s.text.encode("utf-8"))
         texts[cat] = kept
-    return EvalSet(build_items(samples, cfg), texts)
+    try:
+        items = build_items(samples, cfg)
+    except ValueError as e:
+        raise ValueError(f"{folder}: {e}") from None
+    return EvalSet(items, texts)
 
 
 # --- scoring -----------------------------------------------------------------------------------------------------
