@@ -208,7 +208,7 @@ def write_report_page(report: Path, train: Path, stages: list[str], mix: Path | 
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlcorpus run</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 7px}}
 tr.all td{{font-weight:bold;border-top:2px solid #888}} td.above{{background:#d9f2d9}} small{{color:#555}}
-img{{max-width:1400px}}</style></head><body>
+img{{max-width:100%}}</style></head><body>
 <h1>vlcorpus: raw sources to a trained model</h1>
 <ul><li><a href="corpus/index.html">corpus report</a></li><li><a href="mix/index.html">mixture report</a></li></ul>
 <h2>Evaluation on the held-out split</h2>{chart}{note}{eval_table(evals)}
