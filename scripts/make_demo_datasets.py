@@ -1,16 +1,29 @@
-"""Write the small self-made demo datasets under demo/ (caption, interleaved, table_chart, scene_ocr, text, sft).
+"""Write the demo datasets under demo/ (caption, interleaved, table_chart, scene_ocr, text, sft).
 
-Everything is generated here (PIL drawings, matplotlib charts, text written for this project), so it is our own
-work, released CC0. Re-running gives the same files: `python3 scripts/make_demo_datasets.py [DEMO_DIR]`.
+Two kinds, each folder's SOURCE.md saying which is which:
+- self-made (PIL drawings, matplotlib charts from random values, text written for this project): our own work,
+  released CC0; small format examples (a broken line, a missing image) and the chart/sign sets;
+- real sources from Debian packages, whose licences allow shipping them (see `REAL_SOURCES`): emoji images with
+  their Unicode names (captions), Openclipart clip art with its metadata (interleaved catalogue pages and
+  conversations), the Python 3.11 documentation (text) and its FAQ (text conversations). The packages are fetched
+  with `apt-get download` and unpacked with `dpkg -x` into a scratch folder; nothing is installed.
+
+Re-running gives the same files: `python3 scripts/make_demo_datasets.py [DEMO_DIR]`.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
+import math
+import os
 import random
+import re
+import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +34,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import webdataset as wds  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from renderers.records.text import split_paragraphs  # noqa: E402
 
 SOURCE = """# {kind} demo data
 
@@ -83,7 +98,8 @@ def caption(root: Path) -> None:
                      "json": json.dumps({"caption": f"A small {color} {shape}."}).encode()})
     write_source(folder, "caption", "Three formats: `images/` + `captions.jsonl` (one line is broken and one image "
                  "is missing on purpose), `captions.parquet` (HF-style image structs, row groups of 2) and a WebDataset "
-                 "tar `shard-000000.tar` (jpg + json).")
+                 "tar `shard-000000.tar` (jpg + json).\n\n"
+                 "`emoji/`: real images and names (Noto Color Emoji, Unicode data); its own SOURCE.md gives origin and licences.")
 
 
 def interleaved(root: Path) -> None:
@@ -103,7 +119,14 @@ def interleaved(root: Path) -> None:
                                   "matched_text_index": 2})
     (folder / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     write_source(folder, "interleaved", "MMC4-style documents (`text_list`, `image_info` with `image_name` or an "
-                 "embedded `base64` image and `matched_text_index`).")
+                 "embedded `base64` image and `matched_text_index`).\n\n"
+                 "Real sources, each with its own SOURCE.md: `openclipart/` (clip art catalogue pages, public domain) and "
+                 "`debian-handbook/` (The Debian Administrator's Handbook's figures in context, CC BY-SA 3.0).")
+
+
+CHARTS = 160  # 2 questions each: enough for the stage-2 share of table/chart data and for held-out items
+REGIONS = ["North", "South", "East", "West", "Centre", "Coast", "Hills", "Islands"]
+MEASURES = ["Sales", "Rainfall", "Visitors", "Orders", "Downloads", "Births", "Trips", "Repairs"]
 
 
 def table_chart(root: Path) -> None:
@@ -111,21 +134,36 @@ def table_chart(root: Path) -> None:
     (folder / "png").mkdir(parents=True, exist_ok=True)
     rng = random.Random(7)
     records = []
-    for i in range(4):
-        labels = ["A", "B", "C", "D"]
+    for i in range(CHARTS):
+        labels = ["A", "B", "C", "D"] if i < 4 else rng.sample("ABCDEFGHJK", rng.randint(3, 6))
         values = [rng.randint(5, 50) for _ in labels]
-        fig, ax = plt.subplots(figsize=(3.2, 2.4), dpi=80)
-        (ax.bar if i % 2 == 0 else ax.plot)(labels, values, color="tab:blue")
-        ax.set_title(f"Sales in region {i + 1}")
+        kind = ("bar", "line")[i % 2] if i < 4 else rng.choice(["bar", "line", "barh", "pie"])
+        title = f"Sales in region {i + 1}" if i < 4 else f"{rng.choice(MEASURES)} in {rng.choice(REGIONS)} {2000 + i % 25}"
+        fig, ax = plt.subplots(figsize=(3.2, 2.4), dpi=80 if i < 4 else 60)
+        if kind == "pie":
+            ax.pie(values, labels=labels)
+        else:
+            getattr(ax, {"bar": "bar", "line": "plot", "barh": "barh"}[kind])(labels, values,
+                                                                             color="tab:blue" if i < 4 else f"C{i % 10}")
+        ax.set_title(title)
         fig.tight_layout()
         fig.savefig(folder / "png" / f"chart{i}.png")
         plt.close(fig)
         top = labels[values.index(max(values))]
         records.append({"imgname": f"png/chart{i}.png", "query": "Which category has the highest value?", "label": top})
-        records.append({"imgname": f"png/chart{i}.png", "query": "What is the value of B?", "label": str(values[1])})
-    (folder / "chartqa_test.json").write_text(json.dumps(records, indent=1))
-    write_source(folder, "table_chart", "Bar and line charts drawn with matplotlib from random values, with "
-                 "ChartQA-style questions whose answers are computed from the same values.")
+        records.append({"imgname": f"png/chart{i}.png", "query": f"What is the value of {labels[1]}?", "label": str(values[1])})
+    (folder / "chartqa_test.json").write_text(json.dumps(records[:8], indent=1))
+    for n, first in enumerate(range(8, len(records), 40)):  # several documents, so some can be held out
+        (folder / f"chartqa_more_{n:02d}.json").write_text(json.dumps(records[first : first + 40], indent=1))
+    write_source(folder, "table_chart", f"{CHARTS} bar, line and pie charts drawn with matplotlib from random values, with "
+                 "ChartQA-style questions whose answers are computed from the same values (`chartqa_test.json`: the "
+                 "first four charts; `chartqa_more_*.json`: the rest, 20 charts a file).")
+
+
+SIGNS = 400
+SIGN_WORDS = ["OPEN", "CLOSED", "EXIT", "PUSH", "PULL", "NO", "PARKING", "STOP", "BUS", "TAXI", "TRAIN", "CAFE",
+              "BAKERY", "FRESH", "BREAD", "FISH", "PHARMACY", "HOTEL", "BOOKS", "SALE", "TODAY", "DAILY", "ONLY",
+              "ENTRANCE", "TICKETS", "PLATFORM", "LIBRARY", "MARKET", "SCHOOL", "SLOW", "DANGER", "WET", "PAINT"]
 
 
 def scene_ocr(root: Path) -> None:
@@ -133,19 +171,24 @@ def scene_ocr(root: Path) -> None:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(3)
     signs = [["OPEN", "DAILY"], ["NO PARKING", "ANY TIME"], ["FRESH BREAD", "2 EUR"], ["EXIT"]]
+    more = random.Random(4)  # the first four signs keep their own draws from rng
+    for _ in range(SIGNS - len(signs)):
+        signs.append([" ".join(more.sample(SIGN_WORDS, more.randint(1, 2))) for _ in range(more.randint(2, 3))]
+                     + ([f"{more.randint(1, 99)} EUR"] if more.random() < 0.3 else []))
     imgs, anns, index = {}, {}, {}
     for i, lines in enumerate(signs):
-        img = Image.new("RGB", (320, 200), tuple(rng.randint(60, 200) for _ in range(3)))
+        w, h = (320, 200) if i < 4 else (200, 125)
+        img = Image.new("RGB", (w, h), tuple(rng.randint(60, 200) for _ in range(3)))
         d = ImageDraw.Draw(img)
         for _ in range(200):  # texture, so this is not a clean document
-            x, y = rng.randrange(320), rng.randrange(200)
+            x, y = rng.randrange(w), rng.randrange(h)
             d.point((x, y), fill=tuple(rng.randint(0, 255) for _ in range(3)))
-        f = font(26)
+        f = font(26 if i < 4 else 16)
         img_id = f"img{i}"
         index[img_id] = []
         for row, line in enumerate(lines):
             x = 20 + rng.randint(0, 20)
-            y = 40 + row * 60
+            y = (40 if i < 4 else 12) + row * (60 if i < 4 else 34)
             for word in line.split():
                 l, t, r, b = d.textbbox((x, y), word, font=f)
                 d.text((x, y), word, fill="white", font=f)
@@ -154,14 +197,18 @@ def scene_ocr(root: Path) -> None:
                 index[img_id].append(ann_id)
                 x = r + 14
         name = f"images/{img_id}.jpg"
-        img.save(folder / name, quality=90)
-        imgs[img_id] = {"file_name": name, "width": 320, "height": 200}
+        img.save(folder / name, quality=90 if i < 4 else 75)
+        imgs[img_id] = {"file_name": name, "width": w, "height": h}
     anns["illegible"] = {"image_id": "img3", "bbox": [250, 150, 30, 20], "utf8_string": "."}
     index["img3"].append("illegible")
     rng.shuffle(index["img1"])  # annotation order is not reading order
-    (folder / "textocr_demo.json").write_text(json.dumps({"imgs": imgs, "anns": anns, "imgToAnns": index}, indent=1))
-    write_source(folder, "scene_ocr", "Synthetic signs: words drawn with PIL on textured backgrounds, with their "
-                 "word boxes in TextOCR's JSON layout (one illegible word marked '.').")
+    for n, first in enumerate(range(0, SIGNS, 40)):  # several documents, so some can be held out
+        ids = list(imgs)[first : first + 40]
+        part = {"imgs": {i: imgs[i] for i in ids}, "anns": {a: v for a, v in anns.items() if v["image_id"] in ids},
+                "imgToAnns": {i: index[i] for i in ids}}
+        (folder / ("textocr_demo.json" if n == 0 else f"textocr_more_{n:02d}.json")).write_text(json.dumps(part, indent=1))
+    write_source(folder, "scene_ocr", f"{SIGNS} synthetic signs: words drawn with PIL on textured backgrounds, with "
+                 "their word boxes in TextOCR's JSON layout (one illegible word marked '.'), 40 signs a file.")
 
 
 TEXT = [
@@ -180,7 +227,12 @@ def text(root: Path) -> None:
     (folder / "records" / "notes.jsonl").write_text("".join(json.dumps({"text": t * 2}) + "\n" for t in TEXT))
     pq.write_table(pa.table({"text": [t * 3 for t in TEXT]}), folder / "records" / "notes.parquet")
     write_source(folder, "text", "Short paragraphs about data pipelines written for this project, as JSONL and Parquet "
-                 "under `records/` (this file stays outside it: the text importer takes .md files too).")
+                 "under `records/` (this file stays outside it: the text importer takes .md files too).\n\n"
+                 "`records/about-vlcorpus.md` was written for this repository by the vlcorpus developers; CC0 1.0.\n\n"
+                 "`records/licenses/*.txt`: the texts of common free-software and content licences, copied from Debian's\n"
+                 "`/usr/share/common-licenses/` (GPL-3, LGPL-2.1, GFDL-1.3, Apache-2.0, MPL-2.0, Artistic, CC0-1.0). Each\n"
+                 "licence text permits verbatim copying and distribution of itself.\n\n"
+                 "`records/python-docs.parquet`: the Python 3.11 documentation (real text, PSF licence), described below.")
 
 
 def sft(root: Path) -> None:
@@ -217,13 +269,295 @@ def sft(root: Path) -> None:
     (folder / "sft_general" / "chat.jsonl").write_text("".join(json.dumps(m) + "\n" for m in msgs))
     write_source(folder, "sft", "Conversations written for this project about drawn shapes: LLaVA JSON "
                  "(`llava_demo.json`, two records are bad on purpose: an `<image>` count mismatch and a conversation "
-                 "that ends with a user turn) and OpenAI-style `messages` JSONL under `sft_general/`.")
+                 "that ends with a user turn) and OpenAI-style `messages` JSONL under `sft_general/`.\n\n"
+                 "Real sources, each with its own SOURCE.md: `sft_general/openclipart/` (clip art title conversations, public "
+                 "domain) and `sft_text/python-faq.jsonl` (the Python FAQ, PSF licence; see `sft_text/SOURCE.md`).")
+
+
+# ---- real sources from Debian packages -------------------------------------------------------------------------
+
+REAL_SOURCES = {  # package -> what it gives the demo, and its licence (from the package's copyright file)
+    "fonts-noto-color-emoji": "Noto Color Emoji (emoji images): SIL Open Font License 1.1",
+    "unicode-data": "emoji-test.txt (emoji names, groups): Unicode License v3",
+    "openclipart-svg": "Openclipart 0.18 (clip art with titles, descriptions, keywords): public domain dedication",
+    "python3.11-doc": "the Python 3.11 documentation sources (text, FAQ): PSF License Agreement for Python 3.11",
+    "debian-handbook": "The Debian Administrator's Handbook (interleaved pages with figures): GPL-2+ or CC BY-SA 3.0",
+}
+SFT_CLIPART = 700  # title conversations (stage 3's general multimodal share)
+PER_FILE = 100  # records per JSONL/Parquet piece: one document each, so the held-out split takes whole pieces
+
+
+def debian_share(scratch: Path) -> Path:
+    """`apt-get download` + `dpkg -x` of REAL_SOURCES into `scratch` (kept between runs); its usr/share."""
+    root = scratch / "root"
+    if not (root / "usr/share/doc/debian-handbook").is_dir():
+        scratch.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", *REAL_SOURCES], cwd=scratch, check=True)
+        for deb in sorted(scratch.glob("*.deb")):
+            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    return root / "usr/share"
+
+
+def square_jpeg(img: Image.Image, side: int, quality: int = 85) -> bytes:
+    """Crop to the drawing, centre it on a white square, resize to `side`."""
+    img = img.convert("RGBA")
+    box = img.getbbox() or (0, 0, *img.size)
+    img = img.crop(box)
+    n = max(img.size)
+    canvas = Image.new("RGB", (n, n), "white")
+    canvas.paste(img, ((n - img.width) // 2, (n - img.height) // 2), img)
+    buf = io.BytesIO()
+    canvas.resize((side, side), Image.LANCZOS).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_jsonl_pieces(folder: Path, stem: str, records: list[dict], per_file: int = PER_FILE) -> int:
+    for old in folder.glob(f"{stem}-*.jsonl"):
+        old.unlink()
+    for n, first in enumerate(range(0, len(records), per_file)):
+        piece = records[first : first + per_file]
+        (folder / f"{stem}-{n:02d}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in piece))
+    return math.ceil(len(records) / per_file)
+
+
+def emoji_captions(root: Path, share: Path) -> None:
+    """Every fully-qualified emoji of Unicode 15.0 drawn by Noto Color Emoji, captioned with its name and group."""
+    folder = root / "caption" / "emoji"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    face = ImageFont.truetype(str(share / "fonts/truetype/noto/NotoColorEmoji.ttf"), 109,
+                              layout_engine=ImageFont.Layout.RAQM)
+    entries, group, subgroup = [], "", ""
+    for line in (share / "unicode/emoji/emoji-test.txt").read_text("utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif "; fully-qualified" in line:
+            codes = line.split(";")[0].split()
+            name = line.split("#", 1)[1].split(maxsplit=2)[2]  # "😀 E1.0 grinning face" -> "grinning face"
+            entries.append((codes, name, group, subgroup))
+    records = []
+    for codes, name, group, subgroup in entries:
+        img = Image.new("RGBA", (160, 136), (255, 255, 255, 0))
+        ImageDraw.Draw(img).text((4, 4), "".join(chr(int(c, 16)) for c in codes), font=face, embedded_color=True)
+        file = f"images/{'-'.join(codes).lower()}.jpg"
+        (folder / file).write_bytes(square_jpeg(img, 80, quality=80))
+        records.append({"image": file, "caption": f"The {name} emoji, from the {group} group ({subgroup.replace('-', ' ')})."})
+    random.Random(0).shuffle(records)  # pieces (and so the held-out ones) are samples of the whole set
+    pieces = write_jsonl_pieces(folder, "emoji", records)
+    (folder / "SOURCE.md").write_text(f"""# Emoji captions ({len(records)} images)
+
+Origin: every fully-qualified emoji listed in `emoji-test.txt` of Debian's `unicode-data` 15.0.0 (Unicode 15.0),
+drawn with Debian's `fonts-noto-color-emoji` 2.042 (Noto Color Emoji) by `scripts/make_demo_datasets.py`, cropped,
+centred on white and saved as 80 x 80 JPEG. The caption is the emoji's Unicode name with its group and subgroup:
+"The grinning face emoji, from the Smileys & Emotion group (face smiling)." Records are shuffled with a fixed seed
+into {pieces} JSONL files of {PER_FILE} (each one document for the held-out split).
+
+Licences: the images are renderings of Noto Color Emoji, SIL Open Font License 1.1 (Copyright 2021 Google Inc.),
+which permits use and redistribution of the font and places no restriction on what is drawn with it; the names
+and groups come from the Unicode Character Database, Unicode License v3 (free to use, copy and distribute, with
+this notice: Copyright (c) 1991-2022 Unicode, Inc.).
+""")
+
+
+def _svg_meta(text: str) -> tuple[str, str, list[str]]:
+    def tag(name: str) -> str:
+        m = re.search(rf"<{name}>(.*?)</{name}>", text, re.S)
+        return html.unescape(" ".join(m.group(1).split())) if m else ""
+
+    keywords = [html.unescape(k.strip()) for k in re.findall(r"<rdf:li>([^<]*)</rdf:li>", text) if k.strip()]
+    return tag("dc:title"), tag("dc:description"), keywords
+
+
+def openclipart(root: Path, share: Path) -> None:
+    """Clip art with its own title: catalogue pages (interleaved) where it has a description, conversations where
+    it has a title only. The two sets share no image."""
+    import cairosvg
+
+    base = share / "openclipart/svg"
+    found = []
+    for svg in sorted(base.rglob("*.svg")):
+        if svg.stat().st_size > 400_000:  # a few huge drawings: slow to rasterise, nothing gained
+            continue
+        found.append((svg, *_svg_meta(svg.read_text("utf-8", "replace"))))
+    titles = Counter(t.lower() for _, t, _, _ in found)
+    usable = [f for f in found if 3 <= len(f[1]) <= 60 and titles[f[1].lower()] <= 2 and not f[1].startswith("Clipart by")]
+    described = [f for f in usable if len(f[2]) >= 20 and "http" not in f[2] and "@" not in f[2]]
+    titled = [f for f in usable if f not in described]
+
+    def raster(svg: Path, out: Path, side: int = 128) -> bool:
+        try:
+            png = cairosvg.svg2png(url=str(svg), output_width=256, unsafe=False)
+            out.write_bytes(square_jpeg(Image.open(io.BytesIO(png)), side))
+            return True
+        except Exception:  # noqa: BLE001 - a drawing cairosvg cannot read is left out
+            return False
+
+    folder = root / "interleaved" / "openclipart"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    pages: dict[str, list[dict]] = {}
+    for svg, title, desc, keywords in described:
+        rel = svg.relative_to(base)
+        file = f"images/{'_'.join(rel.with_suffix('').parts)}.jpg"
+        if raster(svg, folder / file):
+            topic = " / ".join(p.replace("_", " ") for p in rel.parent.parts)
+            pages.setdefault(topic, []).append({"file": file, "text": f"{title}. {desc}" + (
+                f" Keywords: {', '.join(dict.fromkeys(keywords))}." if keywords else "")})
+    docs = []
+    for topic, clips in sorted(pages.items()):
+        for first in range(0, len(clips), 3):
+            group = clips[first : first + 3]
+            docs.append({"url": f"openclipart:{topic}#{first}",
+                         "text_list": [f"Clip art: {topic}."] + [c["text"] for c in group],
+                         "image_info": [{"image_name": c["file"], "matched_text_index": i + 1} for i, c in enumerate(group)]})
+    random.Random(1).shuffle(docs)
+    (folder / "SOURCE.md").write_text(f"""# Openclipart catalogue pages ({len(docs)} documents, {sum(len(d["image_info"]) for d in docs)} images)
+
+Origin: Debian's `openclipart-svg` 0.18 (Openclipart, <http://www.openclipart.org>). Every drawing that has its own
+title (one that at most two drawings share, so not a collection name) and a description of at least 20 characters
+(without URLs or e-mail addresses) is rasterised with cairosvg and saved as a 128 x 128 JPEG; drawings of one
+folder make MMC4-style pages of up to three, each image placed before its text (title, description, keywords).
+Documents are shuffled with a fixed seed into {math.ceil(len(docs) / 20)} JSONL files.
+
+Licence: public domain (Openclipart's Creative Commons Public Domain Dedication; see the package's copyright file).
+""")
+    write_jsonl_pieces(folder, "pages", docs, per_file=20)
+
+    sft_folder = root / "sft" / "sft_general" / "openclipart"
+    (sft_folder / "images").mkdir(parents=True, exist_ok=True)
+    prompts = ["What does this clip art show?", "Name the subject of this drawing.", "What is drawn here?"]
+    convs = []
+    for i, (svg, title, _, _) in enumerate(random.Random(2).sample(titled, min(SFT_CLIPART, len(titled)))):
+        file = f"images/{'_'.join(svg.relative_to(base).with_suffix('').parts)}.jpg"
+        if raster(svg, sft_folder / file, 96):
+            convs.append({"id": f"openclipart-{i}", "image": file, "conversations": [
+                {"from": "human", "value": f"<image>\n{prompts[i % len(prompts)]}"},
+                {"from": "gpt", "value": f"{title}."}]})
+    (sft_folder / "clipart.json").write_text(json.dumps(convs, indent=0, ensure_ascii=False))
+    (sft_folder / "SOURCE.md").write_text(f"""# Openclipart title conversations ({len(convs)})
+
+Origin: Debian's `openclipart-svg` 0.18: the drawings that have their own title but no usable description (so
+none of them is in `demo/interleaved/openclipart/`), {SFT_CLIPART} of them drawn with a fixed seed, rasterised to
+96 x 96 JPEG; LLaVA-style conversations that
+ask what the drawing shows and answer with its title.
+
+Licence: public domain (Openclipart's Creative Commons Public Domain Dedication).
+""")
+
+
+def handbook_pages(root: Path, share: Path) -> None:
+    """The Debian Administrator's Handbook (English HTML): one MMC4-style document per figure, the figure with the
+    paragraphs around it (pages are cut half way between figures, so no paragraph is in two documents)."""
+    from bs4 import BeautifulSoup
+
+    src = share / "doc/debian-handbook/html/en-US"
+    folder = root / "interleaved" / "debian-handbook"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    docs = []
+    for page in sorted(src.glob("*.html")):
+        soup = BeautifulSoup(page.read_text("utf-8"), "html.parser")
+        blocks: list[tuple[str, str]] = []
+        for el in soup.select("div.para, div.figure"):
+            if "figure" in el.get("class", []):
+                img = el.find("img")
+                title = el.find(class_="title")
+                if img and (src / img["src"]).suffix == ".png":
+                    blocks.append(("image", img["src"]))
+                    blocks.append(("text", " ".join(title.get_text(" ").split()) if title else ""))
+            elif not el.find_parent(class_="figure"):
+                blocks.append(("text", " ".join(el.get_text(" ").split())))
+        figures = [i for i, (kind, _) in enumerate(blocks) if kind == "image"]
+        cuts = [max(0, figures[0] - 8)] + [(a + b) // 2 for a, b in zip(figures, figures[1:])] if figures else []
+        for k, fig in enumerate(figures):
+            part = blocks[cuts[k] : cuts[k + 1] if k + 1 < len(cuts) else fig + 8]
+            texts, infos = [], []
+            for kind, value in part:
+                if kind == "image":
+                    name = f"images/{Path(value).stem}.jpg"
+                    (folder / name).write_bytes(square_jpeg(Image.open(src / value), 256, quality=80))
+                    infos.append({"image_name": name, "matched_text_index": len(texts)})
+                elif value:
+                    texts.append(value)
+            if infos and all(i["matched_text_index"] < len(texts) for i in infos):
+                docs.append({"url": f"debian-handbook:{page.name}#figure{k}", "text_list": texts, "image_info": infos})
+    random.Random(3).shuffle(docs)
+    pieces = write_jsonl_pieces(folder, "pages", docs, per_file=10)
+    (folder / "SOURCE.md").write_text(f"""# The Debian Administrator's Handbook, figures in context ({len(docs)} documents)
+
+Origin: Debian's `debian-handbook` 11.20220922, the English HTML (`/usr/share/doc/debian-handbook/html/en-US/`).
+Each figure (PNG screenshot or diagram, saved as a 256 x 256 JPEG) becomes one MMC4-style document with its
+caption and the paragraphs around it: a page is cut half way between two figures, so no paragraph is in two
+documents. Documents are shuffled with a fixed seed into {pieces} JSONL files.
+
+Authors: Raphaël Hertzog and Roland Mas (Copyright 2003-2015), Freexian SARL (2013-2015).
+Licence: GPL-2.0+ or CC BY-SA 3.0 (the authors' choice of either; we take CC BY-SA 3.0: anything made from these
+documents is shared under the same licence, with this attribution).
+""")
+
+
+PYDOC_PARTS = ("tutorial", "reference", "howto", "library")
+PYDOC_BYTES = 2_600_000
+PYDOC_CHUNK = 900
+
+
+def python_docs(root: Path, share: Path) -> None:
+    """The reStructuredText sources of the Python 3.11 documentation, in paragraph-aligned chunks, as Parquet; and
+    the FAQ as question -> answer conversations."""
+    src = share / "doc/python3.11/html/_sources"
+    chunks, size = [], 0
+    for part in PYDOC_PARTS:
+        for f in sorted((src / part).rglob("*.rst.txt")):
+            for chunk in split_paragraphs(f.read_text("utf-8"), PYDOC_CHUNK):
+                if len(chunk) >= 200 and size < PYDOC_BYTES:
+                    chunks.append(chunk)
+                    size += len(chunk.encode())
+    folder = root / "text" / "records"
+    pq.write_table(pa.table({"text": chunks}), folder / "python-docs.parquet", row_group_size=PER_FILE,
+                   compression="zstd")
+    (folder / "licenses" / "PSF-python3.11-doc.txt").write_text((share / "doc/python3.11-doc/copyright").read_text("utf-8"))
+    faq = []
+    for f in sorted((src / "faq").glob("*.rst.txt")):
+        for question, answer in re.findall(r"\n([^\n]+\?)\n-{3,}\n(.*?)(?=\n[^\n]+\n[-=]{3,}\n|\Z)", f.read_text("utf-8"), re.S):
+            answer = answer.strip()
+            if 40 <= len(answer) <= 3000:
+                faq.append({"messages": [{"role": "user", "content": question.strip()},
+                                         {"role": "assistant", "content": answer}]})
+    (root / "sft" / "sft_text" / "python-faq.jsonl").write_text("".join(json.dumps(m) + "\n" for m in faq))
+    licence = """Licence: PSF License Agreement for Python 3.11 (Debian's `python3.11-doc` copyright file): the PSF grants a
+non-exclusive, royalty-free, world-wide licence to reproduce and distribute the documentation, provided the PSF's
+licence agreement and copyright notice are retained: "Copyright (c) 2001-2023 Python Software Foundation; All
+Rights Reserved". The full agreement is `demo/text/records/licenses/PSF-python3.11-doc.txt`."""
+    with (root / "text" / "SOURCE.md").open("a") as out:  # text() wrote the first part
+        out.write(f"""
+## `records/python-docs.parquet`: the Python 3.11 documentation ({len(chunks)} chunks, {size:,} bytes)
+
+Origin: Debian's `python3.11-doc` (3.11.2), the reStructuredText sources of the documentation
+(`/usr/share/doc/python3.11/html/_sources/`), parts {", ".join(PYDOC_PARTS)} in that order (files sorted by path)
+until {PYDOC_BYTES:,} bytes. Each file is cut at blank lines into chunks of at most {PYDOC_CHUNK:,} characters (one
+training sample each, under 256 tokens, so the demo's sequence length cuts none); Parquet, row groups of {PER_FILE}
+(each one document for the held-out split).
+
+{licence}
+""")
+    (root / "sft" / "sft_text" / "SOURCE.md").write_text(f"""# Text-only conversations
+
+`text_conversations.jsonl` was written for this repository by the vlcorpus developers; CC0 1.0.
+
+`python-faq.jsonl` ({len(faq)} conversations): the questions of the Python 3.11 FAQ (`faq/*.rst.txt` in Debian's
+`python3.11-doc`) with their answers (40 to 3,000 characters) as user -> assistant conversations.
+
+{licence}
+""")
 
 
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "demo")
+    args = sys.argv[1:]
+    root = Path(args[0] if args else Path(__file__).resolve().parents[1] / "demo")
     for make in (caption, interleaved, table_chart, scene_ocr, text, sft):
         make(root)
+    share = debian_share(Path(os.environ.get("VLCORPUS_DEMO_SCRATCH", "/tmp/vlcorpus-demo-debs")))
+    for make_real in (emoji_captions, openclipart, handbook_pages, python_docs):
+        make_real(root, share)
     print(f"demo datasets written under {root}")
 
 

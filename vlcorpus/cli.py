@@ -44,6 +44,7 @@ COMMANDS = [
     "mixer.report",
     "trainer.cli",
     "trainer.tokenizer",
+    "trainer.eval_command",
     "chain.run",
 ]
 SOURCE_GROUPS = ("render", "extract", "import", "build")
