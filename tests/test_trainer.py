@@ -204,6 +204,19 @@ def test_train_tokenizer_command_saves_special_tokens(mix, tmp_path):
     assert chat_format(tok) is OURS
 
 
+def test_a_tokenizer_without_our_special_tokens_gets_them_from_scratch(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = {w: i for i, w in enumerate(["[UNK]", "a", "page"])}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="[UNK]"))).save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)  # names no image token, no bos/eos/pad
+    ids = special_ids(tok)
+    assert tok.image_token == "<image_placeholder>" and len({ids.bos, ids.eos, ids.image}) == 3 and ids.pad == ids.eos
+    tok.save_pretrained(tmp_path / "saved")
+    assert load_tokenizer(tmp_path / "saved").image_token == "<image_placeholder>"
+
+
 def test_special_tokens_are_added_only_from_scratch(tmp_path):
     released = released_bundle(tmp_path / "released")
     before = len(load_tokenizer(released, scratch=False))

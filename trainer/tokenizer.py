@@ -136,6 +136,8 @@ def load_tokenizer(path: str | Path, scratch: bool = True) -> PreTrainedTokenize
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: tokenizer directory not found (train one with `vlcorpus train-tokenizer`)")
     tok = AutoTokenizer.from_pretrained(str(path))
+    if scratch and getattr(tok, "image_token", None) is None:  # named at load: transformers 5 has no setter that saves
+        tok = AutoTokenizer.from_pretrained(str(path), extra_special_tokens={"image_token": IMAGE})
     if not scratch:
         if (getattr(tok, "image_token", None) or IMAGE) not in tok.get_vocab():
             raise ConfigError(f"{path}: the pretrained tokenizer has no image token ({IMAGE}); it is not a DeepSeek-VL one")
@@ -143,8 +145,6 @@ def load_tokenizer(path: str | Path, scratch: bool = True) -> PreTrainedTokenize
     missing = [t for t in EXTRA_SPECIALS if t not in tok.get_vocab()]
     if missing:
         tok.add_tokens(missing, special_tokens=True)
-    if getattr(tok, "image_token", None) is None:
-        tok.add_special_tokens({"image_token": IMAGE})
     if tok.bos_token is None:
         tok.add_special_tokens({"bos_token": BOS})
     if tok.eos_token is None:
