@@ -24,6 +24,7 @@ from mixer.config import MixtureConfig, load_mixture
 from mixer.heldout import corpus_fingerprint, split_corpus
 from trainer.config import RunConfig
 from trainer.eval_plots import label, plot_results
+from trainer.evaluate import ACCURACIES
 from vlcorpus.cli import main as cli_main
 from vlcorpus.cli import source_commands
 from vlcorpus.config import ConfigError, load_config
@@ -220,8 +221,7 @@ def _score_cell(entry: dict, key: str, chance: float | None) -> str:
 
 def eval_table(evals: list[dict]) -> str:
     """Rows: each evaluation (stage, or stage@step) and under it each category; every score with its interval."""
-    cols = [("option_acc", "option acc"), ("option_acc_norm", "option acc_norm"), ("mc_ppl_acc", "MC-PPL acc"),
-            ("bpb", "bits per byte")]
+    cols = [*ACCURACIES, ("bpb", "bits per byte")]
     head = "<tr><th>after</th><th>category</th><th>items</th>" + "".join(f"<th>{n}</th>" for _, n in cols) + "<th>bpb bytes</th></tr>"
     rows = []
     for ev in evals:

@@ -33,6 +33,7 @@ from trainer.evaluate import (
     wilson,
 )
 from trainer.model import build_model, image_processor, image_token_count
+from trainer.synthetic import write_stage
 from trainer.tokenizer import corpus_texts, load_tokenizer, special_ids, train_tokenizer
 from trainer.train import run_stages
 from vlcorpus import cli
@@ -168,7 +169,8 @@ def test_mc_ppl_lists_every_option_and_scores_the_letters(tiny):
     assert mc_ppl_prompt(item) == ("Which caption describes this image?\nA. a red square\nB. a blue square\n"
                                    "C. a green square\nD. a black square\nAnswer:")
     scored = score_item(model, encoder, item)
-    assert set(scored) == {"mc_ppl", "option", "option_norm"} and all(isinstance(v, bool) for v in scored.values())
+    assert set(scored) == {"mc_ppl", "option", "option_norm", "option_image"}
+    assert all(isinstance(v, bool) for v in scored.values())
 
 
 def test_evaluate_reports_every_score_with_counts_and_intervals(tiny, heldout):
@@ -177,7 +179,7 @@ def test_evaluate_reports_every_score_with_counts_and_intervals(tiny, heldout):
     assert result["items"] == sum(e.get("items", 0) for e in result["categories"].values()) > 0
     assert result["chance"] == 0.25
     for entry in [result, *[e for e in result["categories"].values() if "items" in e]]:
-        for key in ("mc_ppl_acc", "option_acc", "option_acc_norm"):
+        for key in ("mc_ppl_acc", "option_acc", "option_acc_norm", "option_acc_image"):
             lo, hi = entry[f"{key}_ci"]
             assert 0 <= lo <= entry[key] <= hi <= 1
     text = result["categories"]["text"]
@@ -249,7 +251,7 @@ COLOURS = {"red": (210, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 210), 
            "black": (15, 15, 15), "white": (245, 245, 245), "purple": (130, 40, 160), "orange": (240, 130, 20)}
 
 
-def colour_corpus(folder, n: int, seed: int, noise: bool) -> None:
+def colour_captions(n: int, seed: int, noise: bool) -> list[Sample]:
     """Captions that can only be told apart by the image: "a red picture" under a red image, and so on."""
     rng = random.Random(seed)
     samples = []
@@ -257,21 +259,21 @@ def colour_corpus(folder, n: int, seed: int, noise: bool) -> None:
         name = rng.choice(list(COLOURS))
         samples.append(pair("caption", f"c{seed}-{i // 10}", i % 10, f"a {name} picture",
                             jpeg(COLOURS[name], seed * 100000 + i, noise=noise)))
-    with ShardWriter(folder / "caption", "t", max_samples=100) as w:
-        for s in samples:
-            w.write(s)
-    (folder / "mixture.json").write_text(json.dumps({"categories": {"caption": {"realised_ratio": 1.0}}}))
+    return samples
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # two short trainings: about a minute on a quiet 2-core machine, far more on a loaded one
 def test_control_a_model_trained_on_noise_instead_of_images_scores_lower(tmp_path):
     heldout = tmp_path / "heldout"
-    colour_corpus(heldout, 160, seed=99, noise=False)
+    with ShardWriter(heldout / "caption", "t", max_samples=100) as w:
+        for s in colour_captions(160, seed=99, noise=False):
+            w.write(s)
     scores = {}
     for kind in ("images", "noise"):
         mix = tmp_path / kind / "mix"
-        colour_corpus(mix / "stage2", 600, seed=1, noise=kind == "noise")
+        write_stage(mix, "stage2", {"caption": colour_captions(600, seed=1, noise=kind == "noise")}, {"caption": 1.0},
+                    shard_samples=100)
         tok_dir = tmp_path / "tok"
         if not tok_dir.exists():
             train_tokenizer(corpus_texts(mix), 300, tok_dir)
@@ -281,8 +283,9 @@ def test_control_a_model_trained_on_noise_instead_of_images_scores_lower(tmp_pat
                 "language_share=0.0", "modality_warmup_steps=0", "lr_schedule=cosine"]
         summary = run_stages(run, [load_stage(SCHEDULES / "stage2.yaml", over)])[0]
         scores[kind] = summary["eval"]["categories"]["caption"]
-    assert scores["images"]["option_acc_ci"][0] > 0.25  # 4 options: chance is 1/4
-    assert scores["noise"]["option_acc_ci"][1] < scores["images"]["option_acc_ci"][0]
+    for key in ("option_acc", "option_acc_image"):
+        assert scores["images"][f"{key}_ci"][0] > 0.25  # 4 options: chance is 1/4
+        assert scores["noise"][f"{key}_ci"][1] < scores["images"][f"{key}_ci"][0]
 
 
 def test_report_page_shows_every_score_with_its_interval_and_the_chart(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.evaluate import EvalConfig, evaluate_set, load_eval_set
+from trainer.evaluate import ACCURACIES, EvalConfig, evaluate_set, load_eval_set
 from trainer.tokenizer import IMAGE, load_tokenizer, special_ids
 
 COMMAND = ("eval",)
@@ -82,7 +82,7 @@ def format_table(result: dict) -> str:
         lo, hi = e[f"{key}_ci"]
         return f"{e[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
-    cols = ["option_acc", "option_acc_norm", "mc_ppl_acc", "bpb"]
+    cols = [key for key, _ in ACCURACIES] + ["bpb"]
     rows = [("all", result)] + sorted(result["categories"].items())
     lines = [f"{'category':<14}{'items':>6}  " + "".join(f"{c:<24}" for c in cols)]
     for name, e in rows:

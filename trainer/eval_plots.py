@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-ACCURACIES = (("option_acc", "option scoring: acc"), ("option_acc_norm", "option scoring: acc_norm"),
-              ("mc_ppl_acc", "MC-PPL (lettered options)"))
+from trainer.evaluate import ACCURACIES
 
 
 def label(result: dict) -> str:
@@ -30,7 +29,7 @@ def plot_results(results: list[dict], path: str | Path, title: str = "held-out e
     names = [label(r) for r in results]
     x = list(range(len(results)))
     cats = sorted({c for r in results for c, v in r.get("categories", {}).items() if "option_acc" in v})
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
+    fig, axes = plt.subplots(1, len(ACCURACIES) + 1, figsize=(5 * len(ACCURACIES) + 5, 4.4))
     for ax, (key, name) in zip(axes, ACCURACIES):
         for i, cat in enumerate(["all", *cats]):
             rows = [(j, r if cat == "all" else r["categories"].get(cat, {})) for j, r in enumerate(results)]
@@ -48,7 +47,7 @@ def plot_results(results: list[dict], path: str | Path, title: str = "held-out e
             ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set(title=name, ylim=(0, 1), xticks=x, xticklabels=names, ylabel="accuracy (95% Wilson interval)")
     axes[0].legend(fontsize=7, loc="upper left")
-    ax = axes[3]
+    ax = axes[-1]
     series = [("text", lambda r: r)] + [(c, lambda r, c=c: r.get("categories", {}).get(c, {}))
                                         for c in sorted({c for r in results for c in r.get("categories", {})})
                                         if c != "text"]

@@ -13,9 +13,12 @@ Two scorings of the same items:
   lettered A-D, then "Answer:"; the prediction is the letter whose continuation has the lowest perplexity.
 - `option` (lm-evaluation-harness's multiple choice): each option is a continuation of the image, in the
   pretraining format (the text right after the image), scored by its summed log-likelihood. `option_acc` picks the
-  highest, `option_acc_norm` the highest per character of the option. No question: a pretrained model has never
+  highest, `option_acc_norm` the highest per character of the option, `option_acc_image` the highest gain from the
+  image: log P(option | image) - log P(option | a blank grey image), lm-evaluation-harness's `acc_mutual_info` with
+  the image as the context. What an option's words cost whatever the picture (a rare name, a long title) cancels
+  out, so this one moves only with what the model reads in the pixels. No question: a pretrained model has never
   seen one between an image and its text.
-Chance is 1/4 for both. Intervals: Wilson score intervals for accuracies.
+Chance is 1/4 for all. Intervals: Wilson score intervals for accuracies.
 
 Bits per byte: for every held-out category (text-only ones and, with their images in context, multimodal ones),
 the summed negative log-likelihood of the sample texts' target tokens in bits over the UTF-8 bytes those tokens
@@ -54,7 +57,12 @@ LETTERS = "ABCDEFGHIJ"
 HARD_NEGATIVE_CATEGORIES = ("doc_ocr", "interleaved")  # where a document's other parts are the hard negatives
 TAIL_CATEGORIES = ("web_code",)  # options keep the end: the plotting cell, after the cells it depends on
 Z95 = 1.959963984540054
-SCORES = {"mc_ppl": "mc_ppl_acc", "option": "option_acc", "option_norm": "option_acc_norm"}  # what -> reported as
+SCORES = {"mc_ppl": "mc_ppl_acc", "option": "option_acc", "option_norm": "option_acc_norm",
+          "option_image": "option_acc_image"}  # what -> reported as
+# The reported accuracies, in the order tables and pictures show them, with their names there.
+ACCURACIES = (("option_acc", "option scoring: acc"), ("option_acc_norm", "option scoring: acc_norm"),
+              ("option_acc_image", "option scoring: gain from the image"), ("mc_ppl_acc", "MC-PPL (lettered options)"))
+BLANK_RGB = (128, 128, 128)  # the image of `option_image`'s baseline: one grey, no information
 
 
 @dataclass(frozen=True)
@@ -291,34 +299,47 @@ def mc_ppl_prompt(item: Item) -> str:
     return f"{item.question}\n{lettered}Answer:"
 
 
+def _blank_image() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), BLANK_RGB).save(buf, "PNG")  # the processor resizes it: still one grey
+    return buf.getvalue()
+
+
 @torch.no_grad()
-def score_item(model, encoder: Encoder, item: Item) -> dict:
-    """One forward pass over the item's rows: the lettered prompt (MC-PPL) and the options right after the image.
+def score_item(model, encoder: Encoder, item: Item, blank: torch.Tensor | None = None) -> dict:
+    """One forward pass over the item's rows: the lettered prompt (MC-PPL), the options right after the image and,
+    for `option_image`, the options right after the blank image (`blank`: its features, computed once per set).
 
     Each letter is one token with the demo's and most tokenizers: then one row gives all letters' probabilities at
     its last position (a one-token continuation's perplexity is 1/p); otherwise every letter is its own row."""
     ids = encoder.ids
     image = _image_inputs(encoder, item.image)
     features = _image_features(model, image["pixel_values"], image["high_res_pixel_values"])
+    if blank is None:
+        blank_inputs = _image_inputs(encoder, _blank_image())
+        blank = _image_features(model, blank_inputs["pixel_values"], blank_inputs["high_res_pixel_values"])
     head = [ids.bos] + [ids.image] * encoder.n_img
     prompt = head + encoder.text_ids(mc_ppl_prompt(item))
     n = len(item.options)
     letters = [encoder.text_ids(f" {LETTERS[i]}") for i in range(n)]
     one_token = all(len(t) == 1 for t in letters)
     rows = [_row(prompt, letters[0])] if one_token else [_row(prompt, t) for t in letters]
-    rows += [_row(head, encoder.text_ids(o)) for o in item.options]
-    hidden, targets = _forward(model, rows, ids.pad, features.repeat(len(rows), 1, 1))
-    k = len(rows) - n
+    options = [_row(head, encoder.text_ids(o)) for o in item.options]
+    rows += options + options
+    k = len(rows) - 2 * n
+    hidden, targets = _forward(model, rows, ids.pad, torch.cat([features.repeat(k + n, 1, 1), blank.repeat(n, 1, 1)]))
     if one_token:
         at = len(prompt) - 1  # the position that predicts the letter
         letter_ppl = -_log_softmax(model, hidden[0, at])[[t[0] for t in letters]].cpu()  # log-perplexity
     else:
         summed, count = _summed(model, hidden[:k], targets[:k])
         letter_ppl = -(summed / count)
-    option, _ = _summed(model, hidden[k:], targets[k:])
+    option, _ = _summed(model, hidden[k : k + n], targets[k : k + n])
+    without, _ = _summed(model, hidden[k + n :], targets[k + n :])
     option_norm = option / torch.tensor([len(o) for o in item.options], dtype=option.dtype)
     return {"mc_ppl": int(letter_ppl.argmin()) == item.answer, "option": int(option.argmax()) == item.answer,
-            "option_norm": int(option_norm.argmax()) == item.answer}
+            "option_norm": int(option_norm.argmax()) == item.answer,
+            "option_image": int((option - without).argmax()) == item.answer}
 
 
 def _accuracy(hits: list[bool]) -> dict:
@@ -328,7 +349,9 @@ def _accuracy(hits: list[bool]) -> dict:
 
 def multiple_choice(model, encoder: Encoder, items: list[Item]) -> dict:
     """Accuracies with Wilson intervals, overall and per category."""
-    results = [(item, score_item(model, encoder, item)) for item in items]
+    blank_inputs = _image_inputs(encoder, _blank_image())
+    blank = _image_features(model, blank_inputs["pixel_values"], blank_inputs["high_res_pixel_values"])
+    results = [(item, score_item(model, encoder, item, blank)) for item in items]
     out: dict = {"items": len(items), "chance": 1 / len(items[0].options) if items else math.nan, "categories": {}}
     groups: dict[str, list] = defaultdict(list)
     for item, r in results:
