@@ -29,6 +29,14 @@ def image_size(data: bytes) -> str:
         return f"{im.width}x{im.height} {im.format}"
 
 
+def print_paper_routes(corpus: Path) -> None:
+    """Papers (`render arxiv|pdf`): the route their pages took and why (`renderers.paper.routes`)."""
+    from renderers.paper.routes import corpus_routes, describe
+
+    for source, summary in corpus_routes(corpus).items():
+        print("\n".join(describe(source, summary)))
+
+
 def main(args: argparse.Namespace) -> int:
     shards = shard_paths(args.path)
     if args.verify:
@@ -40,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
         for f in sorted(ledger_dir.glob("*.jsonl")):
             counts = summarize(Ledger(args.path, f.stem).latest().values())
             print(f"ledger {f.stem}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print_paper_routes(args.path)
     per_category: Counter = Counter()
     tokens: Counter = Counter()
     images: Counter = Counter()

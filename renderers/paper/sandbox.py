@@ -224,7 +224,7 @@ def _live_members(pgid: int) -> bool:
 # Perl, the TeX tree (ls-R and formats live in /var/lib/texmf) and its configuration. Nothing else of the host
 # exists in the sandbox: no /proc (so no environment of ours to read), no /usr/lib/os-release, no /etc/passwd.
 TOOLCHAIN = (
-    "/usr/bin", *sorted(glob.glob("/usr/lib/*-linux-gnu")), "/usr/lib64", "/usr/lib/libbtparse.so.2",
+    "/usr/bin", *sorted(glob.glob("/usr/lib/*-linux-gnu")), "/usr/lib64", "/usr/lib/libbtparse.so.2", "/usr/lib/locale",
     "/usr/share/perl", "/usr/share/perl5", "/usr/share/texlive", "/usr/share/texmf", "/var/lib/texmf",
     "/etc/texmf", "/etc/alternatives", "/etc/perl", "/etc/ld.so.cache",
 )
