@@ -72,6 +72,7 @@ def count_special_chars(string: str, char_ind: int) -> int:
     place in `string`. A cut falling inside maths moves to the formula's start, and one after a heading's `##`,
     a section number or a `**` moves before them, so no formula or heading is split across pages."""
     _, index = normalize(string)
+    char_ind = max(char_ind, 0)  # Nougat's reverse search can hand over a negative offset at a paragraph's start
     pos = index[char_ind] if char_ind < len(index) else len(string)
     opens = [m.start() for m in _MATH_OPEN.finditer(string, 0, pos)]
     if opens:
