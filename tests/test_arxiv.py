@@ -374,3 +374,20 @@ def test_float_goes_where_its_caption_is_printed():
     assert top.startswith("Figure 1:")
     unknown = floats.place(page_md, "Figure 9: Nowhere.", "Figure 9: Nowhere to be found.", pdf_text)
     assert unknown.endswith("Figure 9: Nowhere.")  # Nougat's placement when the caption is not on the page
+
+
+EVAL = Path("/work/shared/eval/arxiv")  # real papers, not in the repository (README there)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not EVAL.is_dir(), reason="the evaluation papers are not on this machine")
+@pytest.mark.parametrize("name", ["vuenet-aaai24", "softvqae-iclr"])
+def test_real_papers_take_the_latex_route_on_every_page(name):
+    """Two-column AAAI with a numeric bibliography made by bibtex, ICLR with natbib author-year citations: neither
+    ships a .bbl, and Nougat alone refuses both; every page pairs with its LaTeX markdown, verified."""
+    stats: Counter = Counter()
+    doc = DocInput(name, name, str(EVAL / name), {"source": str(EVAL / name)})
+    samples = list(render_arxiv(doc, PaperConfig(sandbox=bwrap_available()), stats))
+    assert stats["text_from_latex"] == 1 and stats["bbl_bibtex"] == 1
+    assert len(samples) == pymupdf.open(EVAL / name / f"{name}.pdf").page_count
+    assert all(s.meta["text_from"] == "latex" for s in samples), [s.meta.get("latex_page") for s in samples]

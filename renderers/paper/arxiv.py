@@ -114,13 +114,14 @@ def _latex_split(tree: Path, pdf_path: Path, texts: list[str], cfg: PaperConfig,
         outside = check_sources(tree, main.parent)
         if outside:
             stats["pictures_outside_folder"] += len(outside)
+        start = time.monotonic()
         bib = make_bbl(main, tree, cfg.bib, stats)
-        info["bibliography"] = bib.source
+        info["bibliography"], info["bibtex_s"] = bib.source, round(time.monotonic() - start, 2)
         if bib.error:
             info["bibliography_error"] = bib.error[:300]
         check_sources(tree, main.parent)  # the .bbl bibtex made is TeX input too
         start = time.monotonic()
-        html = latexml_to_html(main, tree, cfg.latexml)
+        html = latexml_to_html(main, tree, cfg.latexml, ("biblatex.sty",) if bib.biblatex else ())
         info["latexml_s"] = round(time.monotonic() - start, 1)
         markdown, figures = html_to_markdown(html, stats, bib.keys)
         return split_pages(markdown, figures, pdf_path, texts, cfg.min_page_score)

@@ -28,6 +28,8 @@ _STYLE = re.compile(r"\\bibliographystyle\s*\{([^}]*)\}")
 _DATA = re.compile(r"\\bibliography\s*\{([^}]*)\}")
 _RESOURCE = re.compile(r"\\addbibresource\s*(?:\[[^\]]*\])?\s*\{([^}]*)\}")
 _BIBLATEX = re.compile(r"\\(?:usepackage|RequirePackage)\s*(?:\[[^\]]*\])?\s*\{[^}]*\bbiblatex\b")
+_DEFINITION = re.compile(r"\\(?:def|newcommand\*?|renewcommand\*?)\s*\{?(\\[A-Za-z@]+)\}?\s*\{([^{}]*)\}")
+_COMPLAINT = re.compile(r"^(?:I was expecting|I couldn't|I found no|Repeated entry|Illegal|Warning--I didn't find)[^\n]*", re.M)
 _MISSING_STYLE = re.compile(r"I couldn't open style file (\S+)")
 
 
@@ -47,6 +49,7 @@ class Bibliography:
     source: str = "none"
     keys: tuple[str, ...] = ()
     error: str | None = None
+    biblatex: bool = False  # LaTeXML must then preload our biblatex binding (a class may load biblatex itself)
 
 
 def cited_keys(text: str) -> list[str]:
@@ -77,16 +80,25 @@ def _style(text: str, folder: Path, natbib: bool) -> str:
 def make_bbl(main: Path, tree: Path, settings: BibSettings, stats: Counter) -> Bibliography:
     """Make sure `main`'s folder holds `<jobname>.bbl` if the paper has a bibliography; say how (see module doc)."""
     text = expand_inputs(main, tree)
+    # biblatex is often loaded by a shipped class (ReScience's), with its resource named by a macro
+    classes = [expand_inputs(f, tree) for f in sorted(main.parent.glob("*.cls")) + sorted(main.parent.glob("*.sty"))]
+    biblatex = any(_BIBLATEX.search(t) for t in (text, *classes))
+    if biblatex:
+        stats["biblatex"] += 1
+    bib = _make_bbl(main, tree, settings, stats, text, classes if biblatex else None)
+    bib.biblatex = biblatex
+    return bib
+
+
+def _make_bbl(main: Path, tree: Path, settings: BibSettings, stats: Counter, text: str,
+              biblatex_sources: list[str] | None) -> Bibliography:
     keys = tuple(cited_keys(text))
     bbl = main.with_suffix(".bbl")
     if bbl.is_file() and "\\bibitem" in bbl.read_text("utf-8", errors="replace"):  # not biber's own format
         stats["bbl_present"] += 1
         return Bibliography("present", keys)
-    biblatex = bool(_BIBLATEX.search(text))
-    if biblatex:
-        stats["biblatex"] += 1
-        names = [n.strip() for m in _RESOURCE.findall(text) for n in m.split(",")]
-        style = "plainnat"
+    if biblatex_sources is not None:
+        names, style = _resources(main.parent, [text, *biblatex_sources]), "plainnat"
     else:
         names = [n.strip() for m in _DATA.findall(text)[-1:] for n in m.split(",")]
         style = _style(text, main.parent, "natbib" in text)
@@ -106,7 +118,7 @@ def make_bbl(main: Path, tree: Path, settings: BibSettings, stats: Counter) -> B
         error = _bibtex(main, tree, keys, data, style, settings)
         if error and _MISSING_STYLE.search(error):  # e.g. IEEEtran.bst neither shipped nor installed
             stats["bst_missing"] += 1
-            fallback = "plainnat" if "natbib" in text or biblatex else "plain"
+            fallback = "plainnat" if "natbib" in text or biblatex_sources is not None else "plain"
             error = f"{_MISSING_STYLE.search(error).group(0)}; used {fallback}.bst. " + (
                 _bibtex(main, tree, keys, data, fallback, settings) or "")
     except ToolTimeout as e:
@@ -123,6 +135,20 @@ def make_bbl(main: Path, tree: Path, settings: BibSettings, stats: Counter) -> B
     return Bibliography("bibtex", keys, error[-300:] if error else None)
 
 
+def _resources(folder: Path, texts: list[str]) -> list[str]:
+    """biblatex's `\\addbibresource` files; a name given by a macro (`\\addbibresource{\\articleBIB}`) is looked up
+    in the `\\def`s and `\\newcommand`s of the folder's TeX files, else taken to be the folder's only `.bib`."""
+    names = [n.strip() for t in texts for m in _RESOURCE.findall(t) for n in m.split(",")]
+    if not any(n.startswith("\\") for n in names):
+        return names
+    definitions = {}
+    for f in sorted(folder.glob("*.tex")) + sorted(folder.glob("*.cls")) + sorted(folder.glob("*.sty")):
+        definitions.update(_DEFINITION.findall(read_tex(f)))
+    bibs = sorted(folder.glob("*.bib"))
+    only = [bibs[0].name] if len(bibs) == 1 else []
+    return [n for name in names for n in ([definitions[name]] if name in definitions else only if name.startswith("\\") else [name])]
+
+
 def _bibtex(main: Path, tree: Path, keys: tuple[str, ...], data: str, style: str, settings: BibSettings) -> str | None:
     """Write `<jobname>.aux` and run bibtex on it; None, or bibtex's complaints (it still writes what it could)."""
     lines = [f"\\citation{{{k}}}" for k in keys] + [f"\\bibdata{{{data}}}", f"\\bibstyle{{{style}}}"]
@@ -133,5 +159,5 @@ def _bibtex(main: Path, tree: Path, keys: tuple[str, ...], data: str, style: str
     if code <= 1:  # 1: warnings only (an empty field)
         return None
     out = log.read_text("utf-8", errors="replace")
-    complaints = [line for line in out.splitlines() if re.search(r"error|couldn't|I was expecting|illegal", line, re.I)]
-    return f"bibtex exited with {code}: " + " | ".join(complaints[:5])
+    complaints = _COMPLAINT.findall(out)
+    return f"bibtex exited with {code}: " + " | ".join(dict.fromkeys(complaints[:8]))

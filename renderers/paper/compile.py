@@ -48,8 +48,9 @@ def compile_pdf(tree: Path, settings: CompileSettings, stats: Counter) -> Path:
     if not pdf.is_file():
         stats["compile_failed"] += 1
         tex_log = main.with_suffix(".log")
-        errors = re.findall(r"^!.*$", (tex_log if tex_log.is_file() else log).read_text("utf-8", errors="replace"), re.M)
+        errors = [e for e in re.findall(r"^!.*$", (tex_log if tex_log.is_file() else log).read_text("utf-8", errors="replace"), re.M)
+                  if not re.match(r"^!\s*(Emergency stop|==> Fatal error)", e)]  # the error that stopped it, not the stop
         raise Filtered(f"no PDF of the paper in the source, and compiling {main.name} made none "
-                       f"(latexmk exited with {code}: {errors[0] if errors else 'no TeX error shown'})")
+                       f"(latexmk exited with {code}: {errors[-1] if errors else 'no TeX error shown'})")
     stats["pdf_compiled"] += 1
     return pdf

@@ -32,12 +32,13 @@ class LatexmlSettings:
     archive: ArchiveLimits
 
 
-def latexml_to_html(main: Path, tree: Path, settings: LatexmlSettings) -> Path:
-    """Run latexmlc on `main` inside `tree`; return the HTML file. Raises LatexmlError or ToolTimeout."""
+def latexml_to_html(main: Path, tree: Path, settings: LatexmlSettings, preload: tuple[str, ...] = ()) -> Path:
+    """Run latexmlc on `main` inside `tree` (with our bindings `preload`ed too); return the HTML file. Raises
+    LatexmlError or ToolTimeout."""
     html = main.parent / "_latexml" / (main.stem + ".html")
     cmd = ["latexmlc", "--nocomments", "--nodefaultresources", "--nographicimages", "--nopictureimages",
-           "--preload=[nobibtex]latexml.sty", "--preload=vlcorpus.sty", f"--path={BINDINGS}",
-           f"--timeout={int(settings.timeout_s)}", f"--dest=_latexml/{html.name}", main.name]
+           "--preload=[nobibtex]latexml.sty", "--preload=vlcorpus.sty", *(f"--preload={p}" for p in preload),
+           f"--path={BINDINGS}", f"--timeout={int(settings.timeout_s)}", f"--dest=_latexml/{html.name}", main.name]
     log = tree.parent / "latexml.log"
     code = run_tool(cmd, tree=tree, cwd=main.parent, timeout_s=settings.timeout_s + 10, log=log,
                     sandbox=settings.sandbox, read_only=(str(BINDINGS),))

@@ -1,0 +1,51 @@
+"""Tesseract's CER on every page of a paper corpus, split by where the page's text came from (LaTeX or the PDF's
+text layer) and by how much of it is maths (LaTeX maths counts against the CER: tesseract reads glyphs), with the
+same reading and scoring as the shared check `ocr_cer.py` (imported from `--tools`).
+
+    python benchmarks/paper_cer.py CORPUS [--tools /work/shared/tools] [--maths-heavy 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+_MATH = re.compile(r"\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
+
+
+def maths_share(text: str) -> float:
+    return sum(len(m) for m in _MATH.findall(text)) / max(1, len(text))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("corpus", type=Path)
+    p.add_argument("--tools", type=Path, default=Path("/work/shared/tools"), help="folder holding ocr_cer.py")
+    p.add_argument("--maths-heavy", type=float, default=0.1, help="share of the text's characters inside maths")
+    args = p.parse_args()
+    sys.path.insert(0, str(args.tools))
+    from ocr_cer import cer, norm, ocr
+    from samples import samples, text_and_image
+
+    groups: dict[str, list[float]] = defaultdict(list)
+    for _, meta, files in samples(args.corpus, "doc_ocr"):
+        text, image = text_and_image(meta, files)
+        if image is None or len(text.strip()) < 40:
+            continue
+        rate = cer(norm(text), norm(ocr(image, "eng")))
+        kind = "maths-heavy" if maths_share(text) > args.maths_heavy else "prose"
+        for group in ("all", f"from {meta['meta']['text_from']}", kind, f"from {meta['meta']['text_from']}, {kind}"):
+            groups[group].append(rate)
+    print("| pages | count | median CER | p90 CER |")
+    print("|---|---|---|---|")
+    for group, rates in sorted(groups.items(), key=lambda kv: (kv[0] != "all", kv[0])):
+        rates.sort()
+        print(f"| {group} | {len(rates)} | {statistics.median(rates):.3f} | {rates[int(0.9 * (len(rates) - 1))]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
