@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES="chromium latexml bubblewrap texlive-latex-base texlive-latex-recommended texlive-latex-extra texlive-science
-  texlive-pictures texlive-publishers texlive-bibtex-extra biber latexmk fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils libcairo2
+  texlive-pictures texlive-publishers texlive-bibtex-extra texlive-pstricks texlive-luatex biber latexmk
+  fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils libcairo2
   tesseract-ocr tesseract-ocr-jpn tesseract-ocr-jpn-vert tesseract-ocr-chi-sim tesseract-ocr-chi-sim-vert"
 PY=${PYTHON:-python3}
 

@@ -257,16 +257,26 @@ def make_pdf(path: Path, pages: int = 1, size: tuple[float, float] = (612, 792),
     return path
 
 
+def _text_pdf(path: Path, text: str, pages: int = 1) -> Path:
+    doc = pymupdf.open()
+    for _ in range(pages):
+        doc.new_page().insert_textbox(pymupdf.Rect(72, 72, 540, 720), text, fontsize=10)
+    doc.save(path)
+    return path
+
+
 def test_picks_the_paper_pdf_never_a_figure_or_a_review(tmp_path):
-    words = "Greedy selection of points makes sparse factors of kernel matrices with provable accuracy guarantees. "
+    abstract = ("Greedy selection of points makes sparse factors of kernel matrices with provable accuracy guarantees. "
+                "Dense kernel matrices arise naturally in machine learning and statistics, and their factors are "
+                "expensive to compute when the number of points grows beyond what memory holds. ")
     (tmp_path / "main.tex").write_text("\\documentclass{article}\\title{Greedy Sparse Factors}\\begin{document}"
-                                       f"{words * 3}\\includegraphics{{figs/plot}}\\end{{document}}")
+                                       f"\\maketitle {abstract * 2}\\includegraphics{{figs/plot}}\\end{{document}}")
     (tmp_path / "figs").mkdir()
-    make_pdf(tmp_path / "figs" / "plot.pdf", text=words)  # the sources draw it: a figure, whatever it shows
-    make_pdf(tmp_path / "reviews.pdf", pages=4, text="Greedy Sparse Factors. Reviewer 2: the rebuttal period "
-             "convinced me; please discuss the assumptions and clarify the experiments.")
-    assert pick_pdf(tmp_path, "my-paper") is None  # compile it instead
-    make_pdf(tmp_path / "final.pdf", pages=2, text="Greedy Sparse Factors " + words)
+    _text_pdf(tmp_path / "figs" / "plot.pdf", abstract * 2)  # the sources draw it: a figure, whatever it shows
+    vocabulary = sorted(set(abstract.lower().replace(",", "").replace(".", "").split()))  # the paper's words...
+    _text_pdf(tmp_path / "reviews.pdf", "Greedy Sparse Factors. Reviewer 2: " + " ".join(vocabulary * 2), pages=4)
+    assert pick_pdf(tmp_path, "my-paper") is None  # ...not its sentences: compile instead
+    _text_pdf(tmp_path / "final.pdf", "Greedy Sparse Factors\n" + abstract * 2, pages=2)
     assert pick_pdf(tmp_path, "my-paper") == tmp_path / "final.pdf"  # its first page is the sources' text
     make_pdf(tmp_path / "my-paper.pdf", pages=2)
     assert pick_pdf(tmp_path, "my-paper") == tmp_path / "my-paper.pdf"  # named like the folder: as given

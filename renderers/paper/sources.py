@@ -33,6 +33,7 @@ _GRAPHICS = ("includegraphics", "includepdf")
 _INPUT = re.compile(r"\\(?:input|include|subfile)\s*\{([^}]*)\}|\\input\s+([^\s{}\\%]+)")
 _EXPAND_MAX_CHARS = 8 * 1024**2
 _WORD = re.compile(r"[a-z]{4,}")
+_COMMAND = re.compile(r"\\[A-Za-z@]+")
 
 
 class UnsafeSource(ValueError):
@@ -162,11 +163,21 @@ def main_tex_candidates(tree: Path) -> list[Path]:
     return out
 
 
-def page_share_in_source(page_text: str, source_words: set[str]) -> float:
-    """The share of a PDF page's words (4+ letters) that occur in a source: near 1 for the paper's own first page,
-    far lower for a review of it, a figure or another paper."""
+def _pairs(words_: list[str]) -> set[tuple[str, str]]:
+    return set(zip(words_, words_[1:]))
+
+
+def source_pairs(tex_text: str) -> set[tuple[str, str]]:
+    """The pairs of consecutive words (4+ letters) a source's text holds, LaTeX commands left out."""
+    return _pairs(words(_COMMAND.sub(" ", tex_text)))
+
+
+def page_match(page_text: str, pairs: set[tuple[str, str]]) -> float:
+    """The share of a PDF page's pairs of consecutive words that a source holds: 0.66-0.94 for the first page of a
+    paper against its own source, under 0.1 for a review of it (which uses its words, not its sentences), 0 for a
+    figure or another paper."""
     page = words(page_text)
-    return sum(w in source_words for w in page) / len(page) if page else 0.0
+    return sum(p in pairs for p in zip(page, page[1:])) / (len(page) - 1) if len(page) > 1 else 0.0
 
 
 def pick_main_tex(tree: Path, pdf_stem: str, first_page_text: str) -> Path | None:
@@ -178,8 +189,8 @@ def pick_main_tex(tree: Path, pdf_stem: str, first_page_text: str) -> Path | Non
     named = [c for c in candidates if c.stem == pdf_stem]
     if len(named) == 1:
         return named[0]
-    scores = sorted(((page_share_in_source(first_page_text, set(words(expand_inputs(c, tree)))), c)
-                     for c in candidates), key=lambda sc: sc[0], reverse=True)
+    scores = sorted(((page_match(first_page_text, source_pairs(expand_inputs(c, tree))), c) for c in candidates),
+                    key=lambda sc: sc[0], reverse=True)
     if scores[0][0] >= 0.5 and scores[0][0] > scores[1][0] + 0.02:
         return scores[0][1]
     names = ", ".join(str(c.relative_to(tree)) for c in candidates)
@@ -206,12 +217,13 @@ def _first_page_text(path: Path) -> str:
         return ""
 
 
-def pick_pdf(tree: Path, name: str, min_share: float = 0.6) -> Path | None:
+def pick_pdf(tree: Path, name: str, min_match: float = 0.5, min_words: int = 50) -> Path | None:
     """The paper's own PDF in a source folder that may also hold figure PDFs and other documents, or None.
 
     A PDF named like the folder (or `name`) is taken as given. Otherwise a PDF that the sources draw as a picture
-    never is; of the rest (named like a `.tex` first), the first whose first page's words are mostly (`min_share`)
-    in the sources of some main file. None: the paper's PDF is not there (compile it).
+    never is; of the rest (named like a `.tex` first), the first whose first page has `min_words` words and whose
+    pairs of consecutive words are mostly (`min_match`) in the sources of some main file (`page_match`). None: the
+    paper's PDF is not there (compile it).
     """
     pdfs = sorted(p for p in tree.rglob("*") if p.is_file() and p.suffix.lower() == ".pdf")
     named = [p for p in pdfs if p.stem == name]
@@ -225,9 +237,9 @@ def pick_pdf(tree: Path, name: str, min_share: float = 0.6) -> Path | None:
 
     tex_stems = {p.stem for p in tree.rglob("*.tex")}
     rest = sorted((p for p in pdfs if not is_picture(p)), key=lambda p: (p.stem not in tex_stems, p.name))
-    sources = [set(words(expand_inputs(c, tree))) for c in main_tex_candidates(tree)]
+    sources = [source_pairs(expand_inputs(c, tree)) for c in main_tex_candidates(tree)]
     for p in rest:
         text = _first_page_text(p)
-        if any(page_share_in_source(text, s) >= min_share for s in sources):
+        if len(words(text)) >= min_words and any(page_match(text, s) >= min_match for s in sources):
             return p
     return None
