@@ -1,17 +1,22 @@
 """Page rendering speed: our path (rasterise + encode + write tar shards) against bare PyMuPDF (rasterise + encode)
 on the same PDFs in the same run; the whole renderer on the text-layer route; and, per paper, the LaTeX route
-(LaTeXML seconds and the whole paper's seconds).
+(bibtex, LaTeXML and whole-paper seconds, pages from LaTeX and from the text layer), with the median and p90 of
+each and the papers one core renders per hour.
 
-    python benchmarks/pdf_render.py [FOLDER ...]     (default: demo/arxiv)
+    python benchmarks/pdf_render.py [FOLDER ...]     (default: demo/arxiv; every paper folder inside)
 
-Each paper folder's PDF is the one `renderers.paper.arxiv.pick_pdf` chooses. Rasterisation timings are the best of `--rounds`, interleaved.
+Each paper folder's PDF is the one `renderers.paper.sources.pick_pdf` chooses (papers without one are compiled on
+the LaTeX route and left out of the rasterisation rounds). Rasterisation timings are the best of `--rounds`,
+interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -19,8 +24,9 @@ from pathlib import Path
 
 import pymupdf
 
-from renderers.paper.arxiv import PaperConfig, pick_pdf, render_arxiv, render_pdf
+from renderers.paper.arxiv import PaperConfig, render_arxiv, render_pdf
 from renderers.paper.pdf_pages import rasterise
+from renderers.paper.sources import pick_pdf
 from vlcorpus.document import DocInput
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter
@@ -69,12 +75,20 @@ def timed(fn, *args) -> tuple[float, int]:
     return time.perf_counter() - start, n
 
 
-def latex_route(folder: Path) -> tuple[float, int, dict]:
-    """`render_arxiv` on one paper folder: seconds, pages kept, and the first sample's meta (LaTeXML seconds)."""
+def latex_route(folder: Path) -> tuple[float, list, Counter]:
+    """`render_arxiv` on one paper folder: seconds, its samples and its counts."""
     doc = DocInput(folder.name, folder.name, str(folder), {"source": str(folder)})
+    stats: Counter = Counter()
     start = time.perf_counter()
-    samples = list(render_arxiv(doc, PaperConfig(), Counter()))
-    return time.perf_counter() - start, len(samples), samples[0].meta if samples else {}
+    samples = list(render_arxiv(doc, PaperConfig(), stats))
+    return time.perf_counter() - start, samples, stats
+
+
+def median_p90(values: list[float]) -> str:
+    if not values:
+        return "-"
+    v = sorted(values)
+    return f"{statistics.median(v):.2f} / {v[min(len(v) - 1, round(0.9 * (len(v) - 1)))]:.2f}"
 
 
 def main() -> None:
@@ -84,7 +98,7 @@ def main() -> None:
     p.add_argument("--no-latexml", action="store_true", help="skip the LaTeX route (LaTeXML) timings")
     args = p.parse_args()
     papers = sorted(d for f in args.folders for d in f.iterdir() if d.is_dir())
-    pdfs = [pick_pdf(d, d.name) for d in papers]
+    pdfs = [pdf for d in papers if (pdf := pick_pdf(d, d.name))]
     out = Path(tempfile.mkdtemp(prefix="bench-pdf-"))
     try:
         bare = ours = float("inf")
@@ -96,20 +110,32 @@ def main() -> None:
         full, kept = timed(full_renderer, pdfs)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}; {len(pdfs)} PDFs, {pages} pages")
+    print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}; {len(pdfs)} PDFs, {pages} pages")
     print("| step | seconds | pages/s |")
     print("|---|---|---|")
     print(f"| bare PyMuPDF rasterise + JPEG encode | {bare:.2f} | {pages / bare:.1f} |")
     print(f"| ours: rasterise + encode + samples + tar shards | {ours:.2f} | {pages / ours:.1f} |")
     print(f"| full renderer, text-layer route ({kept} pages kept) | {full:.2f} | {kept / full:.1f} |")
     print(f"ours / bare = {ours / bare:.2f}x (target <= 1.3x)")
-    if not args.no_latexml:
-        print("| paper | pages | kept | text from | LaTeXML s | whole paper s |")
-        print("|---|---|---|---|---|---|")
-        for folder, pdf in zip(papers, pdfs):
-            seconds, kept, meta = latex_route(folder)
-            print(f"| {folder.name} | {pymupdf.open(pdf).page_count} | {kept} | {meta.get('text_from')} | "
-                  f"{meta.get('latexml_s', '-')} | {seconds:.1f} |")
+    if args.no_latexml:
+        return
+    print("| paper | PDF pages | from LaTeX | from text layer | route lost | bibliography | bibtex s | LaTeXML s | paper s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    bib_s, lx_s, paper_s = [], [], []
+    for folder in papers:
+        seconds, samples, stats = latex_route(folder)
+        meta = samples[0].meta if samples else {}
+        latex = sum(s.meta["text_from"] == "latex" for s in samples)
+        bib_s += [meta["bibtex_s"]] if "bibtex_s" in meta else []
+        lx_s += [meta["latexml_s"]] if "latexml_s" in meta else []
+        paper_s.append(seconds)
+        print(f"| {folder.name} | {meta.get('page_count', '-')} | {latex} | {len(samples) - latex} | "
+              f"{(meta.get('latex_error') or '')[:60]} | {meta.get('bibliography', '-')} | {meta.get('bibtex_s', '-')} | "
+              f"{meta.get('latexml_s', '-')} | {seconds:.1f} |")
+    print(f"median / p90 seconds: bibtex {median_p90(bib_s)}, LaTeXML {median_p90(lx_s)}, whole paper "
+          f"{median_p90(paper_s)}; papers per core-hour: {3600 * len(paper_s) / sum(paper_s):.0f}")
+
 
 if __name__ == "__main__":
     main()

@@ -241,6 +241,29 @@ def render_view(view: View, chart_files: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
+def paper_routes_section(corpus: Path) -> str:
+    """Papers (`render arxiv|pdf`), per source: papers by route, pages paired from LaTeX and from the PDF's text
+    layer, and why papers or pages lost the LaTeX route (`renderers.paper.routes`); empty without paper ledgers."""
+    from renderers.paper.routes import corpus_routes
+
+    e = html.escape
+    parts = []
+    for source, s in corpus_routes(corpus).items():
+        def row(label: str, counts: dict) -> str:
+            cells = ", ".join(f"{e(k)} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+            return f"<tr><td>{e(label)}</td><td style='text-align:left'>{cells}</td></tr>"
+
+        pages = {"from LaTeX": s.pages_latex, "from the PDF's text layer": s.pages_text_layer, **s.pages_dropped}
+        parts += [f"<section class='paper-routes' data-source='{e(source)}'><h3>{e(source)}: papers by route</h3>",
+                  "<table>", row("papers", dict(s.by_route)), row("pages", pages),
+                  row("why papers lost the LaTeX route", dict(s.route_lost)),
+                  row("why pages took the text layer", dict(s.pages_refused)),
+                  row("bibliographies", dict(s.bibliography)), "</table><ul>",
+                  *(f"<li>{e(r.doc)}: {e(r.route)}{', ' + e(r.reason) if r.reason else ''}</li>" for r in s.examples),
+                  "</ul></section>"]
+    return "\n".join(parts)
+
+
 def write_report(path: Path, out: Path, thumbs: int = 8, limit: int = 2000, chars: int = 280) -> Path:
     """Write `<out>/index.html` and `<out>/assets/`; return the page's path."""
     views = find_views(path)
@@ -250,6 +273,8 @@ def write_report(path: Path, out: Path, thumbs: int = 8, limit: int = 2000, char
     for view in views:
         scan(view, assets, thumbs, limit, chars)
         bodies.append(render_view(view, charts(view, assets)))
+        if view.mixture is None:
+            bodies.append(paper_routes_section(view.folder))
     page = out / "index.html"
     page.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlcorpus report: {html.escape(str(path))}</title>"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.paper import arxiv
-from renderers.paper.latexml import ARCHIVE_SUFFIXES
+from renderers.paper.sources import ARCHIVE_SUFFIXES
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Stage
 

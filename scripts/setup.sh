@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="python3-venv chromium latexml bubblewrap texlive-latex-base fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils libcairo2
+APT_PACKAGES="python3-venv chromium latexml bubblewrap texlive-latex-base texlive-latex-recommended texlive-latex-extra texlive-science
+  texlive-pictures texlive-publishers texlive-bibtex-extra texlive-pstricks texlive-luatex biber latexmk
+  fonts-noto-cjk fonts-noto-core fonts-dejavu-core poppler-utils libcairo2
   tesseract-ocr tesseract-ocr-jpn tesseract-ocr-jpn-vert tesseract-ocr-chi-sim tesseract-ocr-chi-sim-vert"
 PY=${PYTHON:-python3}
 VENV=.venv

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -208,3 +209,74 @@ def test_reads_outside_the_input_are_refused_and_unbounded_records_counted(tmp_p
     (piece,) = Ledger(out, "caption").latest().values()
     assert (piece.status, piece.samples) == ("ok", 1)
     assert piece.counts == {"records": 4, "imported": 1, "image_unreadable": 2, "image_outside_root": 1}
+
+
+# Issue 16, papers: a canary in the environment the workers inherit (set before the session's Ray starts), which a
+# paper reads through a macro-built name no source check sees; the test asserts it appears in no output.
+CANARY = "vlcorpus-drill-canary-91d2"
+os.environ["VLCORPUS_DRILL_CANARY"] = CANARY
+TINY = ("\\documentclass{article}\\usepackage{natbib}\\title{A small hostile paper}\\begin{document}\\maketitle\n"
+        + "Ordinary prose that the alignment can find on the printed page, sentence after sentence. " * 25
+        + "\n\n%s \\citep{k1}\n\n\\bibliographystyle{%s}\\bibliography{refs}\\end{document}\n")
+BIB = "@misc{k1, author={A. Author}, title={A title}, year={2020}}\n"
+
+
+def paper_folder(root: Path, name: str, body: str = "", style: str = "plainnat", bib: str = BIB) -> Path:
+    """A paper folder with its PDF (compiled from the harmless text, as a real PDF would be)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "paper.tex").write_text(TINY % ("", "plainnat"))
+    subprocess.run(["pdflatex", "-interaction=nonstopmode", "paper.tex"], cwd=folder, capture_output=True, timeout=120)
+    (folder / "paper.pdf").rename(folder / f"{name}.pdf")
+    for f in folder.glob("paper.*"):
+        f.unlink()
+    (folder / "paper.tex").write_text(TINY % (body, style))
+    (folder / "refs.bib").write_text(bib)
+    return folder
+
+
+def hostile_papers(root: Path) -> dict[str, Path]:
+    arxiv = root / "arxiv"
+    paper_folder(arxiv, "environ", "\\def\\e{/proc/self/environ}\\input{\\e} \\def\\p{/usr/lib/os-release}\\input{\\p}")
+    paper_folder(arxiv, "bib-syntax", bib=BIB + "@article{broken, title = {no closing brace\n")
+    loop = paper_folder(arxiv, "bst-loop", style="loop")
+    (loop / "loop.bst").write_text("ENTRY { } { } { }\nFUNCTION {f} { { #1 } { } while$ }\nREAD\nEXECUTE {f}\n")
+    huge = paper_folder(arxiv, "bib-50mb")
+    with open(huge / "refs.bib", "a") as f:
+        f.write(("@misc{filler, note={" + "x" * 1000 + "}}\n") * 50_000)
+    chain = root / "chain"
+    chain.mkdir()
+    with tarfile.open(chain / "2401.00009.tar.gz", "w:gz") as tar:
+        for name, target in (("d", "."), ("d/e", "..")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        data = TINY.encode()
+        info = tarfile.TarInfo("d/e/x.tex")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    shutil.copy(next((arxiv / "environ").glob("*.pdf")), chain / "2401.00009.pdf")
+    pdf = root / "pdf"
+    pdf.mkdir()
+    (pdf / "page.pdf").write_text("<html><body><h1>Not a PDF</h1><p>" + "words " * 300 + "</p></body></html>")
+    return {"arxiv": arxiv, "chain": chain, "pdf": pdf}
+
+
+def test_hostile_papers_are_contained_and_explained(tmp_path):
+    inputs = hostile_papers(tmp_path / "in")
+    out = tmp_path / "out"
+    for kind, folder in inputs.items():
+        command = ["render", "pdf"] if kind == "pdf" else ["render", "arxiv"]
+        assert main([*command, str(folder), "--out", str(out), "--doc-timeout", "300",
+                     "--set", "bibtex_timeout_s=5"]) == 0, kind
+    for f in out.rglob("*"):  # shards, sidecars, indexes, ledgers
+        assert not f.is_file() or CANARY.encode() not in f.read_bytes(), f"the worker's environment is in {f}"
+        assert not f.is_file() or b"VERSION_CODENAME" not in f.read_bytes(), f"/usr/lib/os-release is in {f}"
+    latest = {e.origin: e for src in ("arxiv", "pdf") for e in Ledger(out, src).latest().values()}
+    assert latest["environ"].status == "ok" and latest["environ"].counts["text_from_latex"] == 1
+    assert latest["bib-syntax"].status == "ok" and latest["bib-syntax"].counts["bibtex_errors"] == 1
+    assert latest["bst-loop"].status == "ok" and latest["bst-loop"].counts["bibtex_timeout"] == 1
+    assert latest["bib-50mb"].status == "ok" and latest["bib-50mb"].counts["bib_too_large"] == 1
+    chain = latest["2401.00009.tar.gz"]
+    assert chain.status == "failed" and chain.error_class == "UnsafeArchive" and "goes through the link" in chain.error
+    assert latest["page.pdf"].status == "failed" and latest["page.pdf"].error_class == "PdfError"

@@ -60,7 +60,7 @@ def test_discovery_pairs_a_versioned_source_with_an_unversioned_pdf(tmp_path):
     assert doc.doc == "2402.00003v2" and doc.related["pdf"] == str(tmp_path / "2402.00003.pdf")
 
 
-def test_render_arxiv_job(inputs, tmp_path, ray_local):
+def test_render_arxiv_job(inputs, tmp_path, ray_local, capsys):
     out = tmp_path / "corpus"
     sandbox = f"sandbox={str(bwrap_available()).lower()}"
     assert main(["render", "arxiv", str(inputs), "--out", str(out), "--batch-size", "2", "--set", sandbox]) == 0
@@ -82,6 +82,17 @@ def test_render_arxiv_job(inputs, tmp_path, ray_local):
         assert max(row["0.jpg"].size) == 1024 and meta["segments"][1]["text"]
     index = json.loads((out / "doc_ocr" / "index.json").read_text())
     assert index["samples"] == good.samples
+
+    # the route and the reason per paper, in `inspect` and in the corpus report
+    assert main(["inspect", str(out), "--samples", "0"]) == 0
+    printed = capsys.readouterr().out
+    routes = next(line for line in printed.splitlines() if line.startswith("arxiv: 4 papers by route: "))
+    assert {"failed 2 (50%)", "latex 1 (25%)", "filtered 1 (25%)"} == set(routes.partition(": ")[2].partition(": ")[2].split(", "))
+    assert f"pages paired {good.samples}: from LaTeX {good.samples} (100%)" in printed
+    assert "2401.00002v1: failed, UnsafeArchive:" in printed and "reports/blank-scan: filtered" in printed
+    assert main(["report", str(out), "--thumbs", "1", "--scan", "10"]) == 0
+    page = (out / "report" / "index.html").read_text()
+    assert "arxiv: papers by route" in page and "UnsafeArchive" in page
 
     # a second run skips what is done and leaves the failures alone
     assert main(["render", "arxiv", str(inputs), "--out", str(out), "--set", sandbox]) == 0

@@ -22,6 +22,8 @@ NOT_DROPS = frozenset({
     "records", "imported", "pages", "pairs", "images", "classified", "classified_others", "blocked_requests",
     "navigations_blocked", "served_requests", "browser_crashes", "text_from_latex", "upsampled_copies",
     "chapters_parsed_as_html", "code_elements_dropped", "code_css_rules_dropped", "code_inline_data_dropped",
+    "text_from_pdf", "pages_from_text_layer", "pdf_compiled", "bbl_present", "bbl_bibtex", "biblatex",
+    "labels_unresolved", "citations_unresolved", "citations_as_text", "math_unparsed", "latexml_errors",
 })
 
 
@@ -122,6 +124,14 @@ def split_output(path: Path, shards: list[Path]) -> tuple[list[Path], Counter]:
     return output, other
 
 
+def print_paper_routes(corpus: Path) -> None:
+    """Papers (`render arxiv|pdf`): the route their pages took and why (`renderers.paper.routes`)."""
+    from renderers.paper.routes import corpus_routes, describe
+
+    for source, summary in corpus_routes(corpus).items():
+        print("\n".join(describe(source, summary)))
+
+
 def main(args: argparse.Namespace) -> int:
     shards = shard_paths(args.path)
     if args.verify:
@@ -130,6 +140,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"verified {len(shards)} shard(s) against their sidecars")
     if args.path.is_dir():
         print_ledgers(args.path)
+        print_paper_routes(args.path)
     shards, not_output = split_output(args.path, shards)
     per_category: Counter = Counter()
     tokens: Counter = Counter()

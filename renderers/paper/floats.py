@@ -11,6 +11,7 @@ import re
 import unicodedata
 
 _WORD = re.compile(r"[a-z]{3,}")
+_LABEL = re.compile(r"\s*(Figure|Table|Fig\.)\s*([A-Z]?\d+)")
 
 
 def words(text: str) -> list[str]:
@@ -29,6 +30,7 @@ def locate(figures: dict[str, str], page_texts: list[str], min_share: float = 0.
     """pdffigures2-style records (`caption`, `page`, `figType`, plus our `key`) for the floats whose caption
     is on a page: the page holding most of the caption's words, at least `min_share` of them."""
     pages = [set(words(t)) for t in page_texts]
+    flat = [" ".join(t.split()) for t in page_texts]
     located = []
     for key, tex in figures.items():
         caption = caption_of(key, tex)
@@ -36,7 +38,9 @@ def locate(figures: dict[str, str], page_texts: list[str], min_share: float = 0.
         if len(cap) < 3:
             continue
         shares = [sum(w in page for w in cap) / len(cap) for page in pages]
-        best = max(range(len(pages)), key=shares.__getitem__)
+        label = _LABEL.match(caption)  # "Figure 3: Learned histogram" and "Figure 4: Learned histogram": the number
+        printed = [bool(label) and f"{label.group(1)} {label.group(2)}" in t for t in flat]
+        best = max(range(len(pages)), key=lambda i: (shares[i], printed[i]) if shares[i] >= min_share else (0, False))
         if shares[best] >= min_share:
             kind = "Table" if key.startswith("TABLE") else "Figure"
             located.append({"caption": caption, "page": best, "figType": kind, "key": key})

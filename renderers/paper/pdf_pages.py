@@ -36,6 +36,9 @@ def open_pdf(path: Path, limits: PdfLimits) -> pymupdf.Document:
         pdf = pymupdf.open(path, filetype="pdf")
     except (pymupdf.FileDataError, RuntimeError, ValueError) as e:
         raise PdfError(f"corrupt or unreadable PDF: {e}") from None
+    if not pdf.is_pdf:  # PyMuPDF also opens HTML, SVG, XPS, EPUB and images, whatever the name says
+        pdf.close()
+        raise PdfError("not a PDF (no PDF header): a file of another kind named .pdf")
     if pdf.needs_pass:
         pdf.close()
         raise Filtered("encrypted PDF: a password is needed to open it")

@@ -5,13 +5,16 @@
   enforced while decompressing (a gzip bomb is stopped at the cap, not after it filled the disk).
 - `run_bounded` runs a command in its own session with a wall-clock timeout; on timeout the whole process group
   is killed, and PR_SET_PDEATHSIG kills the command if the Python process that started it dies.
-- `isolated` wraps a command in bubblewrap: no network, a read-only system, and only one writable folder.
+- `isolated` wraps a command in bubblewrap: no network, no /proc, a cleared environment, of the host only the
+  TeX tool chain (programs, their libraries, Perl, the TeX tree), and one writable folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import glob
 import gzip
 import os
 import shutil
@@ -19,6 +22,7 @@ import signal
 import subprocess
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,8 +67,9 @@ def _gunzip_capped(path: Path, limit: int) -> BinaryIO | None:
     return out
 
 
-def _check_member(m: tarfile.TarInfo, names: set[str]) -> str | None:
-    """Why member `m` is unsafe, or None."""
+def _check_member(m: tarfile.TarInfo, names: set[str], links: set[str]) -> str | None:
+    """Why member `m` is unsafe, or None. `links` are the archive's link members: no path may go through one (a
+    chain like `d -> .`, `d/e -> ..`, `d/e/x` leaves the tree one link at a time, each harmless alone)."""
     p = PurePosixPath(m.name)
     if not p.parts:
         return "empty name"
@@ -72,15 +77,23 @@ def _check_member(m: tarfile.TarInfo, names: set[str]) -> str | None:
         return "absolute path"
     if ".." in p.parts:
         return "'..' in path"
+    for i in range(1, len(p.parts)):
+        if str(PurePosixPath(*p.parts[:i])) in links:
+            return f"its path goes through the link {str(PurePosixPath(*p.parts[:i]))!r}"
     if m.issym():
         target = PurePosixPath(m.linkname)
         if target.is_absolute():
             return f"symlink to absolute path {m.linkname!r}"
-        depth = len(p.parts) - 1
-        for part in target.parts:
-            depth += -1 if part == ".." else (0 if part == "." else 1)
-            if depth < 0:
-                return f"symlink pointing outside the tree ({m.linkname!r})"
+        where = list(p.parts[:-1])
+        for k, part in enumerate(target.parts):
+            if part == "..":
+                if not where:
+                    return f"symlink pointing outside the tree ({m.linkname!r})"
+                where.pop()
+            elif part != ".":
+                where.append(part)
+                if k < len(target.parts) - 1 and str(PurePosixPath(*where)) in links:
+                    return f"symlink {m.linkname!r} goes through the link {str(PurePosixPath(*where))!r}"
     elif m.islnk():
         if PurePosixPath(m.linkname).is_absolute() or ".." in PurePosixPath(m.linkname).parts or m.linkname not in names:
             return f"hard link to {m.linkname!r}, which is not a member of the archive"
@@ -137,12 +150,16 @@ def _extract_checked(tar: tarfile.TarFile, label: str, dest: Path, limits: Archi
         except tarfile.TarError as e:
             raise UnsafeArchive(f"{label}: not a readable tar file ({e})") from None
         names = {m.name for m in members}
+        links = {str(PurePosixPath(m.name)) for m in members if m.issym() or m.islnk()}
         for m in members:
-            reason = _check_member(m, names)
+            reason = _check_member(m, names, links)
             if reason:
                 raise UnsafeArchive(f"{label}: member {m.name!r} refused: {reason}")
         if hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, members=members, filter="data")  # the stdlib's own guard, on top of ours
+            try:
+                tar.extractall(dest, members=members, filter="data")  # the stdlib's own guard, on top of ours
+            except tarfile.TarError as e:  # the filter's errors do not pickle: say it in ours
+                raise UnsafeArchive(f"{label}: refused while extracting: {type(e).__name__}: {e}") from None
         else:  # Python before 3.11.4 (Debian 12's 3.11.2) has no filters: ours stand alone, and as the data
             for m in members:  # filter does, no special mode bits, owner may read and write, nobody else's owner
                 m.mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
@@ -169,8 +186,9 @@ def _die_with_parent() -> None:
 def run_bounded(cmd: Sequence[str], *, cwd: Path, timeout_s: float, log: Path, env: dict[str, str] | None = None) -> int:
     """Run `cmd` with stdout+stderr to the file `log`; return its exit code, raise ToolTimeout past `timeout_s`.
 
-    The command leads a new session (its own process group), so a timeout kills everything it spawned, and it
-    gets SIGKILL if our process dies first.
+    The command leads a new session (its own process group). When it ends, or runs out of time, the whole group
+    is killed and we return only once none of it is alive: nothing it spawned outlives it. It gets SIGKILL if our
+    process dies first.
     """
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -182,9 +200,46 @@ def run_bounded(cmd: Sequence[str], *, cwd: Path, timeout_s: float, log: Path, e
         except subprocess.TimeoutExpired:
             raise ToolTimeout(f"{Path(cmd[0]).name} ran longer than {timeout_s:g} s and was killed") from None
         finally:
-            if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
+            _wait_until_gone(proc.pid)
+
+
+def _wait_until_gone(pgid: int, limit_s: float = 10.0) -> None:
+    """Wait until no live process of group `pgid` is left (SIGKILL takes effect asynchronously)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and _live_members(pgid):
+        time.sleep(0.02)
+
+
+def _live_members(pgid: int) -> bool:
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state, _, group = f.read().rpartition(")")[2].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(group) == pgid and state not in "ZX":
+                return True
+    return False
+
+
+# What the TeX tools (LaTeXML, bibtex, pdflatex, latexmk, biber) need of the host: programs, shared libraries,
+# Perl, the TeX tree (ls-R and formats live in /var/lib/texmf) and its configuration. Nothing else of the host
+# exists in the sandbox: no /proc (so no environment of ours to read), no /usr/lib/os-release, no /etc/passwd.
+TOOLCHAIN = (
+    "/usr/bin", *sorted(glob.glob("/usr/lib/*-linux-gnu")), "/usr/lib64", "/usr/lib/libbtparse.so.2", "/usr/lib/locale",
+    "/usr/share/perl", "/usr/share/perl5", "/usr/share/texlive", "/usr/share/texmf", "/var/lib/texmf",
+    "/etc/texmf", "/etc/alternatives", "/etc/perl", "/etc/ld.so.cache",
+)
+
+
+def tool_env(home: str | Path) -> dict[str, str]:
+    """The whole environment a TeX tool gets (none of ours: a worker's may hold credentials). `openin_any=p` and
+    `openout_any=p` make TeX itself refuse absolute and `..` file names, inside the sandbox or not."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "openin_any": "p", "openout_any": "p"}
 
 
 @functools.cache
@@ -196,22 +251,35 @@ def bwrap_available() -> bool:
     return probe.returncode == 0
 
 
-def isolated(cmd: Sequence[str], workdir: Path, cwd: str = ".", read_only: Sequence[str] = ()) -> list[str]:
+def isolated(cmd: Sequence[str], workdir: Path, cwd: str = ".", read_only: Sequence[str] = TOOLCHAIN) -> list[str]:
     """`cmd` wrapped to run in bubblewrap with `workdir` (writable) at /job, in its subfolder `cwd`.
 
-    It sees no network, no other processes, an empty /tmp, and of the host only /usr (read-only) plus the
-    read-only paths in `read_only` that exist: a file it is told to read elsewhere simply is not there.
+    It sees no network, no other processes, no /proc, an empty /tmp, the environment of `tool_env` only, and of
+    the host only the read-only paths in `read_only` that exist: a file it is told to read elsewhere is not there.
     """
     if not bwrap_available():
         raise SandboxUnavailable("bubblewrap (bwrap) cannot create namespaces here: install it (scripts/setup.sh) and "
                                  "allow user namespaces, or turn isolation off knowingly (sandbox=false)")
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+    # no --new-session: run_bounded's session has no terminal to inject into, and its process group must hold the
+    # tool's processes so that killing the group kills them
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--clearenv"]
+    for key, value in tool_env("/job").items():
+        args += ["--setenv", key, value]
+    args += ["--dev", "/dev", "--tmpfs", "/tmp"]  # first: a path bound below may lie under /tmp (a checkout)
     for link in ("bin", "lib", "lib64", "sbin"):
         if os.path.islink(f"/{link}"):
             args += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
     for p in read_only:
         if os.path.exists(p):
             args += ["--ro-bind", p, p]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(workdir), "/job",
-             "--chdir", str(PurePosixPath("/job") / cwd), "--setenv", "HOME", "/job", "--"]
+    args += ["--bind", str(workdir), "/job", "--chdir", str(PurePosixPath("/job") / cwd), "--"]
     return args + list(cmd)
+
+
+def run_tool(cmd: Sequence[str], *, tree: Path, cwd: Path, timeout_s: float, log: Path, sandbox: bool,
+             read_only: Sequence[str] = ()) -> int:
+    """Run a TeX tool on a paper's private copy `tree`, in its folder `cwd`: bounded (`run_bounded`), with only
+    `tool_env`, and in bubblewrap (the tool chain and `read_only` visible) unless `sandbox` is off."""
+    if sandbox:
+        cmd = isolated(cmd, tree, cwd=str(cwd.relative_to(tree)), read_only=(*TOOLCHAIN, *read_only))
+    return run_bounded(cmd, cwd=cwd, timeout_s=timeout_s, log=log, env=tool_env(tree))

@@ -1,0 +1,57 @@
+"""Tesseract's CER on every page of a paper corpus, split by where the page's text came from (LaTeX or the PDF's
+text layer) and by how much of it is maths (LaTeX maths counts against the CER: tesseract reads glyphs), with the
+reading and scoring of `benchmarks/ocr_cer.py`.
+
+    python benchmarks/paper_cer.py CORPUS [--maths-heavy 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import webdataset as wds
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ocr_cer import cer, normalise, read_back  # noqa: E402
+
+_MATH = re.compile(r"\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
+
+
+def maths_share(text: str) -> float:
+    return sum(len(m) for m in _MATH.findall(text)) / max(1, len(text))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("corpus", type=Path)
+    p.add_argument("--maths-heavy", type=float, default=0.1, help="share of the text's characters inside maths")
+    args = p.parse_args()
+    groups: dict[str, list[float]] = defaultdict(list)
+    tars = sorted(glob.glob(os.path.join(args.corpus, "doc_ocr", "*.tar")))
+    for sample in wds.WebDataset(tars, shardshuffle=False).decode():  # images stay bytes
+        segments = sample["json"]["segments"]
+        images = [s["image"] for s in segments if "image" in s]
+        text = "".join(s.get("text", "") for s in segments)
+        if not images or len(text.strip()) < 40:
+            continue
+        rate = cer(normalise(text), normalise(read_back(sample[images[0]], "eng")))
+        kind = "maths-heavy" if maths_share(text) > args.maths_heavy else "prose"
+        origin = sample["json"]["meta"]["text_from"]
+        for group in ("all", f"from {origin}", kind, f"from {origin}, {kind}"):
+            groups[group].append(rate)
+    print("| pages | count | median CER | p90 CER |")
+    print("|---|---|---|---|")
+    for group, rates in sorted(groups.items(), key=lambda kv: (kv[0] != "all", kv[0])):
+        rates.sort()
+        print(f"| {group} | {len(rates)} | {statistics.median(rates):.3f} | {rates[int(0.9 * (len(rates) - 1))]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
