@@ -44,7 +44,7 @@ def test_rolls_by_samples_and_bytes_with_sidecars(tmp_path):
 def test_same_samples_give_byte_identical_shards(tmp_path):
     a = write_samples(tmp_path / "a", 5)
     b = write_samples(tmp_path / "b", 5)
-    assert a[0].sha256 == b[0].sha256
+    assert a[0].checksum == b[0].checksum and a[0].checksum.startswith("xxh3_128:")
 
 
 def test_plain_webdataset_reads_our_tars(tmp_path):
@@ -67,7 +67,7 @@ def test_reader_yields_samples_and_verifies_checksums(tmp_path):
     data = bytearray(shard.read_bytes())
     data[600] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(ChecksumError, match="sha256"):
+    with pytest.raises(ChecksumError, match="checksum"):
         list(read_shard(shard, verify=True))
     shard.unlink()
     with pytest.raises(ChecksumError, match="missing"):
@@ -116,7 +116,8 @@ def test_killed_writer_leaves_no_partial_tar_nor_dangling_sidecar(tmp_path):
 def test_shards_are_byte_identical_to_webdataset_tarwriter(tmp_path):
     import io
 
-    samples = [doc_sample(doc=f"d{i}", part=i % 2) for i in range(4)]
+    # members of every length modulo 512 (a 512-multiple included), a long key, and shard ends at every record offset
+    samples = [doc_sample(doc=f"d{i}" + "x" * (i % 3) * 60, part=i % 2, text="w" * (37 * i + (i % 5) * 512)) for i in range(40)]
     with ShardWriter(tmp_path, "arxiv-run1-00000") as w:
         for s in samples:
             w.write(s)
@@ -126,3 +127,32 @@ def test_shards_are_byte_identical_to_webdataset_tarwriter(tmp_path):
         plain.write(s.to_wds())
     plain.close()
     assert shard_paths(tmp_path)[0].read_bytes() == buf.getvalue()
+    for n in range(1, 9):  # the end padding to whole 10 KB records, for archives ending at different offsets
+        with ShardWriter(tmp_path / f"n{n}", "arxiv-run1-00000") as w:
+            for s in samples[:n]:
+                w.write(s)
+        buf = io.BytesIO()
+        with wds.TarWriter(buf, encoder=False, mtime=0) as plain:
+            for s in samples[:n]:
+                plain.write(s.to_wds())
+        assert shard_paths(tmp_path / f"n{n}")[0].read_bytes() == buf.getvalue(), n
+
+
+def test_sidecars_from_before_the_checksum_change_still_verify(tmp_path):
+    """Readers accept both checksums during the change: a sidecar with the old `sha256` field verifies and is indexed."""
+    import hashlib
+
+    infos = write_samples(tmp_path, 3)
+    shard = tmp_path / infos[0].shard
+    old = json.loads(shard.with_suffix(".json").read_text())
+    del old["checksum"]
+    old["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    shard.with_suffix(".json").write_text(json.dumps(old))
+    assert verify_shard(shard).checksum == f"sha256:{old['sha256']}"
+    write_index(tmp_path)
+    assert read_index(tmp_path)["shards"][0]["checksum"] == f"sha256:{old['sha256']}"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="sha256"):
+        verify_shard(shard)
