@@ -30,7 +30,7 @@ def corpus_fingerprint(corpus: Path) -> str:
     h = hashlib.sha256()
     for cat in sorted(p for p in corpus.iterdir() if p.is_dir() and not p.name.startswith("_")):
         for shard in shard_paths(cat):
-            h.update(f"{cat.name}/{shard.name}:{read_sidecar(shard).sha256}\n".encode())
+            h.update(f"{cat.name}/{shard.name}:{read_sidecar(shard).checksum}\n".encode())
     return h.hexdigest()
 
 

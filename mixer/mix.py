@@ -162,7 +162,7 @@ def describe(cfg: MixtureConfig, plan: Plan, corpora: list[Path], results: dict[
             "short": bool(r is None or r["units"] < p.target),
             "max_upsample": p.spec.max_upsample,
             "warnings": p.warnings,
-            "shards": [{k: s[k] for k in ("shard", "samples", "bytes", "sha256", "text_tokens", "images")}
+            "shards": [{k: s[k] for k in ("shard", "samples", "bytes", "checksum", "text_tokens", "images")}
                        for s in (r["shards"] if r else [])],
         }
     return {

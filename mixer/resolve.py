@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mixer.config import SCARCEST, CategorySpec, MixtureConfig
 from vlcorpus.sample import CATEGORIES
-from vlcorpus.shards import read_index, sidecar_path
+from vlcorpus.shards import ShardInfo, read_index, sidecar_path
 
 log = logging.getLogger("vlcorpus.mixer")
 
@@ -83,7 +83,7 @@ def category_shards(corpora: list[Path], category: str) -> list[InputShard]:
             elif path.stat().st_size != entry["bytes"]:
                 problems.append(f"{path}: {path.stat().st_size} bytes on disk, index.json says {entry['bytes']}")
             else:
-                shards.append(InputShard(str(path), entry["samples"], entry["text_tokens"], entry["bytes"], entry["sha256"]))
+                shards.append(InputShard(str(path), entry["samples"], entry["text_tokens"], entry["bytes"], ShardInfo.from_json(entry).checksum))
     if problems:
         raise MixError(f"category {category}: {len(problems)} bad shard(s):\n  " + "\n  ".join(problems))
     return shards

@@ -24,7 +24,7 @@ from vlcorpus.sample import PRETRAIN_CATEGORIES, SFT_CATEGORIES
 from vlcorpus.shards import (
     ShardInfo,
     atomic_write_json,
-    file_sha256,
+    file_checksum,
     verify_shard,
     write_index,
 )
@@ -85,7 +85,7 @@ def test_stage2_mix_is_tagged_shuffled_and_described(corpus, tmp_path):
                                                 "ratio": c["requested_ratio"], "repeat": 0}
             assert s["json"]["meta"]["n"] is not None  # the producer's meta is kept
         for shard in c["shards"]:
-            assert verify_shard(stage / shard["shard"]).sha256 == shard["sha256"]
+            assert verify_shard(stage / shard["shard"]).checksum == shard["checksum"]
     # text is the scarcest (70% of tokens, max_upsample 1): all of it is taken, the rest scaled to match
     assert mix["categories"]["text"]["written"]["samples"] == 40
     assert mix["categories"]["text"]["sampling_factor"] == pytest.approx(1.0)
@@ -246,7 +246,7 @@ def test_missing_or_corrupt_shards_stop_before_anything_is_written(corpus, tmp_p
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF  # same size, different bytes: only the checksum can tell
     shard.write_bytes(bytes(data))
-    with pytest.raises(MixError, match=f"{shard.name}.*sha256"):
+    with pytest.raises(MixError, match=f"{shard.name}.*checksum"):
         run_mix([bad], load_mixture("stage1"), tmp_path / "mix", local=True)
     assert not (tmp_path / "mix").exists()
     shard.unlink()
@@ -278,7 +278,7 @@ def test_an_off_contract_sample_found_mid_run_goes_to_the_ledger(tmp_path):
         tw.write({"__key__": good.key, "json": json.dumps(broken).encode()})
     path.write_bytes(buf.getvalue())
     atomic_write_json(path.with_suffix(".json"), asdict(ShardInfo(
-        shard=path.name, samples=1, bytes=path.stat().st_size, sha256=file_sha256(path), text_tokens=5, docs=[good.doc])))
+        shard=path.name, samples=1, bytes=path.stat().st_size, checksum=file_checksum(path), text_tokens=5, docs=[good.doc])))
     write_index(corpus / "caption")
     mix = run_mix([corpus], load_mixture(mixture_file(tmp_path, unit="samples", categories={"caption": {"ratio": 1.0}})),
                   tmp_path / "mix", local=True)
