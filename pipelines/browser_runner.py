@@ -91,7 +91,7 @@ class _Watchdog:
 
 
 class BrowserRunner:
-    """Runner for `Stage(make_runner=BrowserRunner, actors=True)`: one Chromium, relaunched when it dies or is killed."""
+    """Runner for `Stage(make_runner=BrowserRunner)`: one Chromium, relaunched when it dies or is killed."""
 
     def __init__(self, stage: Stage):
         from playwright.sync_api import sync_playwright

@@ -17,7 +17,7 @@ from vlcorpus.driver import Stage
 COMMAND = ("render", "epub")
 HELP = "EPUB books -> doc_ocr page images with exactly the text on each page (Chromium, templates)"
 STAGE = Stage(source="epub", render=epub.render, batch_size=1, bounds=Bounds(timeout_s=900, memory_gb=3),
-              make_runner=BrowserRunner, actors=True)
+              make_runner=BrowserRunner)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

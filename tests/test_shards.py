@@ -11,10 +11,12 @@ import webdataset as wds
 from tests.helpers import doc_sample
 from vlcorpus.sample import Sample
 from vlcorpus.shards import (
+    DEFAULT_MAX_BYTES,
     ChecksumError,
     ShardWriter,
     clean_partial,
     read_index,
+    read_samples,
     read_shard,
     read_sidecar,
     shard_paths,
@@ -156,3 +158,34 @@ def test_sidecars_from_before_the_checksum_change_still_verify(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match="sha256"):
         verify_shard(shard)
+
+
+def _write_then_die(folder: str, conn) -> None:
+    w = ShardWriter(folder, "arxiv-run1-00000", max_samples=4)
+    for i in range(6):  # one finished shard of 4, two samples in the open one
+        w.write(doc_sample(doc=f"d{i}", text=f"kept {i} " * 40))
+    conn.send(w.checkpoint())
+    for i in range(6, 11):  # finishes the open shard and starts a third: all of it after the checkpoint
+        w.write(doc_sample(doc=f"d{i}", text=f"lost {i} " * 40))
+    w._file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_writer_resumes_from_a_checkpoint_after_its_process_was_killed(tmp_path):
+    """What a bounded child does when its predecessor died mid-document: cut back to the last checkpoint."""
+    ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    proc = ctx.Process(target=_write_then_die, args=(str(tmp_path), theirs))
+    proc.start()
+    state = mine.recv()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    assert len(list(tmp_path.glob("*.tar"))) == 2  # the shard open at the checkpoint was finished after it
+    w = ShardWriter.resume(tmp_path, "arxiv-run1-00000", DEFAULT_MAX_BYTES, 4, state)
+    for i in range(11, 14):
+        w.write(doc_sample(doc=f"d{i}", text=f"after {i} " * 40))
+    w.close()
+    shards = shard_paths(tmp_path)
+    assert [verify_shard(p).samples for p in shards] == [4, 4, 1]
+    assert [s.doc for s in read_samples(shards)] == [f"d{i}" for i in (0, 1, 2, 3, 4, 5, 11, 12, 13)]
+    assert not clean_partial(tmp_path)

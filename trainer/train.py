@@ -223,11 +223,11 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
     writer = progress = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
+        from vlcorpus.progress import progress as progress_bar
 
         metrics_path.write_text("".join(json.dumps(m) + "\n" for m in metrics))
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=start)
-        progress = tqdm(total=stage.steps, initial=start, desc=stage.name, dynamic_ncols=True)
+        progress = progress_bar(stage.steps, stage.name, unit="step", initial=start)
 
     model.train()
     end = stage.steps if run.stop_after is None else min(stage.steps, run.stop_after)

@@ -185,6 +185,39 @@ class ShardWriter:
             self._finish()
         return self.finished
 
+    def checkpoint(self) -> dict:
+        """Where this writer stands between two samples, as plain data: enough for `resume` in another process."""
+        current = None
+        if self._file is not None:
+            self._file.flush()  # the bytes are the kernel's now: a killed process does not lose them
+            current = {"info": asdict(self._info), "offset": self._offset, "written": self._written}
+        return {"index": self.index, "current": current}
+
+    @classmethod
+    def resume(cls, folder: str | Path, prefix: str, max_bytes: int, max_samples: int, state: dict) -> ShardWriter:
+        """Continue the writer whose `checkpoint()` is `state`, after the process holding it died: shards it started
+        later are removed, the open one is cut back to the checkpoint's length (and reopened if it had been finished
+        since) and its checksum recomputed over what stays."""
+        w = cls(folder, prefix, max_bytes, max_samples, start_index=state["index"])
+        current = state["current"]
+        remove_shards(w.folder, prefix, from_index=state["index"])
+        if current is None:
+            return w
+        name = current["info"]["shard"]
+        w._final, w._tmp = w.folder / name, w.folder / f".{name}{TMP_SUFFIX}"
+        if not w._tmp.exists():
+            os.replace(w._final, w._tmp)
+        sidecar_path(w._final).unlink(missing_ok=True)
+        w._file = open(w._tmp, "r+b", buffering=_WRITE_BUFFER)
+        w._file.truncate(current["offset"])
+        w._hash = HASHES[CHECKSUM]()
+        while chunk := w._file.read(1 << 22):
+            w._hash.update(chunk)
+        w._offset, w._written = current["offset"], current["written"]
+        w._info = ShardInfo(**current["info"])
+        w._docs = set(w._info.docs)
+        return w
+
     def abort(self) -> None:
         """Drop the shard being written (finished shards stay); safe to call after a failed write."""
         if self._file is not None:
@@ -203,6 +236,14 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def remove_shards(folder: Path, prefix: str, from_index: int = 0) -> None:
+    """Remove the shards `<prefix>-NNNNNN` numbered `from_index` or more, with their sidecars and temporary files."""
+    for p in [*folder.glob(f"{prefix}-*"), *folder.glob(f".{prefix}-*")]:
+        number = p.name.lstrip(".")[len(prefix) + 1 : len(prefix) + 7]
+        if number.isdigit() and int(number) >= from_index:
+            p.unlink(missing_ok=True)
 
 
 def sidecar_path(shard: Path) -> Path:
