@@ -278,9 +278,11 @@ def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledg
     then the job stops with OutputFull: nothing half-written stays behind."""
     import ray
 
-    batches = [todo[i : i + stage.batch_size] for i in range(0, len(todo), stage.batch_size)]
-    log.info("%s: %d document(s) to render in %d batch(es), run %s", stage.source, len(todo), len(batches), opts.run_id)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // stage.cpus))
+    size = min(stage.batch_size, max(1, -(-len(todo) // (2 * cpus))))  # few documents: still two batches per CPU
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+    log.info("%s: %d document(s) to render in %d batch(es) of up to %d, run %s", stage.source, len(todo), len(batches),
+             size, opts.run_id)
     in_flight_cap = opts.max_in_flight or 2 * cpus
     submit = _submitter(stage, opts, cpus, claims)
     committed: list[Entry] = []
