@@ -5,9 +5,10 @@ Inputs (generated): `caption` = one Parquet file of JPEG images (HF `{"bytes", "
 `text` = one JSONL file of ~1.5 KB text records. For each kind and round:
 1. bare: one process, `ParquetFile.iter_batches` + PIL full decode of every image / JSONL read + `json.loads`;
 2. renderer: one process, the importer's renderer over every input piece (reading, checks, `Sample`s; no shards);
-3. job: `vlcorpus import KIND` as a user runs it (a fresh process: CLI, embedded Ray start, bounded workers,
-   shards, ledger), on the file and on a 10-record file of the same kind; the 10-record job's wall time is the
-   fixed start-up, and the big job's time minus it is what the job spends on the records.
+3. job: `vlcorpus import KIND` as a user runs it (a fresh process through benchmarks/run_job.py: CLI, embedded
+   Ray start, bounded workers, shards, ledger), on the file and on a 10-record file of the same kind; the 10-record
+   job's wall time is the fixed start-up, and the big job's time minus it is what the job spends on the records.
+   CPU seconds (all the job's processes) are reported beside: per-core figures a shared machine distorts less.
 
     python3 benchmarks/importers.py --rows 20000 --num-cpus 2 --rounds 2 [--baseline-rev b686ba2]
 
@@ -91,21 +92,28 @@ def renderer(kind: str, path: Path, staging: Path) -> int:
     return sum(1 for d in record_inputs(path, staging) for _ in module.render(d, cfg, stats))
 
 
-def job(tree: Path, kind: str, path: Path, out: Path, num_cpus: int) -> int:
+CPU: dict[tuple[str, str], list[float]] = {}
+
+
+def job(tree: Path, kind: str, path: Path, out: Path, num_cpus: int) -> tuple[int, float]:
+    """(samples written, CPU seconds of all the job's processes)."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(tree), "RAY_AUTH_MODE": "disabled"}
-    args = [sys.executable, "-m", "vlcorpus.cli", "import", kind, str(path), "--out", str(out), "--num-cpus", str(num_cpus)]
+    args = [sys.executable, str(ROOT / "benchmarks" / "run_job.py"), "import", kind, str(path), "--out", str(out),
+            "--num-cpus", str(num_cpus)]
     if kind == "text":
         args += ["--set", "min_chars=10"]
-    subprocess.run(args, env=env, cwd=tree, check=True, capture_output=True)
+    res = subprocess.run(args, env=env, cwd=tree, check=True, capture_output=True, text=True)
     category = "caption" if kind == "caption" else "text"
-    return json.loads((out / category / "index.json").read_text())["samples"]
+    return json.loads((out / category / "index.json").read_text())["samples"], json.loads(res.stdout.splitlines()[-1])["cpu_seconds"]
 
 
-def timed(fn, *args) -> tuple[float, int]:
-    t = time.perf_counter()
+def timed(fn, *args) -> tuple[float, int, float]:
+    """(wall seconds, samples, CPU seconds); in-process contenders report their own process time."""
+    t, c = time.perf_counter(), time.process_time()
     n = fn(*args)
-    return time.perf_counter() - t, n
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return (wall, *n) if isinstance(n, tuple) else (wall, n, cpu)
 
 
 def main() -> None:
@@ -148,21 +156,25 @@ def main() -> None:
                     contenders += [(f"{name} start-up (10 records)", job, (tree, kind, small, tmp / "out", args.num_cpus)),
                                    (f"{name} ({args.rows} records)", job, (tree, kind, big, tmp / "out", args.num_cpus))]
                 for name, fn, fargs in contenders:
-                    s, n = timed(fn, *fargs)
+                    s, n, cpu = timed(fn, *fargs)
                     times.setdefault((kind, name), []).append(s)
+                    CPU.setdefault((kind, name), []).append(cpu)
                     counts[(kind, name)] = n
-                    print(f"round {r} {kind:8s} {name:40s} {n:7d} samples {s:8.2f} s (load {os.getloadavg()[0]:.1f})",
-                          flush=True)
+                    print(f"round {r} {kind:8s} {name:40s} {n:7d} samples {s:8.2f} s, CPU {cpu:7.2f} s "
+                          f"(load {os.getloadavg()[0]:.1f})", flush=True)
         print(f"\n{os.cpu_count()} CPUs, jobs with --num-cpus {args.num_cpus}; median of {args.rounds} rounds")
         for kind in files:
             med = {name: statistics.median(v) for (k, name), v in times.items() if k == kind}
-            base = med["bare"]
-            print(f"\n{kind}: bare {counts[(kind, 'bare')]} records {base:.2f} s")
+            cpu = {name: statistics.median(v) for (k, name), v in CPU.items() if k == kind}
+            base, base_cpu = med["bare"], cpu["bare"]
+            print(f"\n{kind}: bare {counts[(kind, 'bare')]} records {base:.2f} s (CPU {base_cpu:.2f} s)")
             for name, s in med.items():
-                print(f"  {name:40s} {s:8.2f} s  {counts[(kind, name)] / s:9.1f} samples/s")
+                print(f"  {name:40s} {s:8.2f} s  {counts[(kind, name)] / s:9.1f} samples/s   CPU {cpu[name]:7.2f} s")
             for name in trees:
-                fixed, total = med[f"{name} start-up (10 records)"], med[f"{name} ({args.rows} records)"]
-                print(f"  {name}: fixed start-up {fixed:.2f} s; records {total - fixed:.2f} s = {(total - fixed) / base:.2f}x bare")
+                small, big = f"{name} start-up (10 records)", f"{name} ({args.rows} records)"
+                wall, work = med[big] - med[small], cpu[big] - cpu[small]
+                print(f"  {name}: fixed start-up {med[small]:.2f} s (CPU {cpu[small]:.2f} s); the records "
+                      f"{wall:.2f} s = {wall / base:.2f}x bare, CPU {work:.2f} s = {work / base_cpu:.2f}x bare's CPU")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

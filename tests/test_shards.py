@@ -140,6 +140,20 @@ def test_shards_are_byte_identical_to_webdataset_tarwriter(tmp_path):
         assert shard_paths(tmp_path / f"n{n}")[0].read_bytes() == buf.getvalue(), n
 
 
+def test_member_headers_are_tarfiles_own():
+    """The writer builds ustar blocks itself; they must be the bytes tarfile writes, and names or sizes a ustar block
+    cannot hold (long, non-ASCII, 8 GiB) must get tarfile's PAX headers."""
+    import tarfile
+
+    from vlcorpus.shards import member_header
+
+    for name in ["a.json", "notebook-0123456789abcdef-00001.0.png", "x" * 100, "x" * 101, "é.json", "k." + "y" * 98]:
+        for size in [0, 1, 511, 512, 10**6, 8**11 - 1, 8**11]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "bigdata", "bigdata"
+            assert member_header(name, size) == info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
 def test_sidecars_from_before_the_checksum_change_still_verify(tmp_path):
     """Readers accept both checksums during the change: a sidecar with the old `sha256` field verifies and is indexed."""
     import hashlib

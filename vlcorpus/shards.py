@@ -82,6 +82,25 @@ def atomic_write_json(path: Path, obj: object) -> None:
 
 _BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 _WRITE_BUFFER = 1024**2
+# The constant parts of the ustar block tarfile writes for our members (mode 0444, uid/gid 0, mtime 0, regular file,
+# POSIX magic, owner "bigdata"), around the name, size and checksum fields.
+_MODE_IDS = b"0000444\x000000000\x000000000\x00"
+_MTIME = b"00000000000\x00"
+_TAIL = b"0" + bytes(100) + b"ustar\x0000" + b"bigdata".ljust(32, b"\x00") * 2 + bytes(16 + 155 + 12)
+_CHECKSUM_BASE = sum(_MODE_IDS) + sum(_MTIME) + sum(_TAIL) + 8 * ord(" ")
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The header `tarfile` (PAX format, as webdataset's TarWriter uses it) writes for one of our members. A name of
+    at most 100 ASCII bytes and a size under 8 GiB (every key of the contract) need a plain ustar block, built here
+    directly because `TarInfo.tobuf` costs more than writing a small member; anything else goes through tarfile."""
+    if name.isascii() and len(name) <= 100 and size < 8**11:
+        raw, size_field = name.encode("ascii"), b"%011o\x00" % size
+        checksum = _CHECKSUM_BASE + sum(raw) + sum(size_field)
+        return raw.ljust(100, b"\x00") + _MODE_IDS + size_field + _MTIME + b"%06o\x00 " % checksum + _TAIL
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "bigdata", "bigdata"
+    return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
 class ShardWriter:
@@ -110,9 +129,9 @@ class ShardWriter:
         self.finished: list[ShardInfo] = []
         self._file = None
 
-    def write(self, sample: Sample) -> str:
-        """Append one sample; return the name of the shard it went into."""
-        members = sample.to_wds()
+    def write(self, sample: Sample, members: dict | None = None) -> str:
+        """Append one sample (its `to_wds()` members, if the caller already made them); return the shard's name."""
+        members = members or sample.to_wds()
         if self._file is None:
             self._open()
         assert self._info is not None
@@ -156,13 +175,11 @@ class ShardWriter:
         key, total = members["__key__"], 0
         for suffix in sorted(k for k in members if k != "__key__"):
             data = members[suffix]
-            info = tarfile.TarInfo(f"{key}.{suffix}")
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "bigdata", "bigdata"
-            self._put(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+            self._put(member_header(f"{key}.{suffix}", len(data)))
             self._put(data)
-            if info.size % _BLOCK:
-                self._put(bytes(_BLOCK - info.size % _BLOCK))
-            total += info.size
+            if len(data) % _BLOCK:
+                self._put(bytes(_BLOCK - len(data) % _BLOCK))
+            total += len(data)
         return total
 
     def _finish(self) -> None:

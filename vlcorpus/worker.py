@@ -56,13 +56,13 @@ class BatchShards:
         self.writers = {category: ShardWriter.resume(self.out / category, prefix, max_bytes, max_samples, state)
                         for category, state in resume.items()}
 
-    def write(self, samples: list[Sample]) -> list[str]:
-        """Append the samples; return the `<category>/<shard>` names they went into."""
+    def write(self, samples: list[Sample], members: list[dict]) -> list[str]:
+        """Append the samples (with their `to_wds()` members); return the `<category>/<shard>` names they went into."""
         refs: set[str] = set()
-        for s in samples:
+        for s, m in zip(samples, members):
             if s.category not in self.writers:
                 self.writers[s.category] = ShardWriter(self.out / s.category, self.prefix, self.max_bytes, self.max_samples)
-            refs.add(f"{s.category}/{self.writers[s.category].write(s)}")
+            refs.add(f"{s.category}/{self.writers[s.category].write(s, m)}")
         return sorted(refs)
 
     def checkpoint(self) -> dict[str, dict]:
@@ -78,10 +78,10 @@ class BatchShards:
 
 
 def render_all(render: Callable, doc: DocInput, config: Any) -> tuple[list[Sample], dict[str, int]]:
-    """Run a renderer to completion, validating every sample (an off-contract sample fails the document)."""
+    """Run a renderer to completion (`render_document` validates what it keeps)."""
     stats: Counter = Counter()
     try:
-        samples = [s.validate() for s in render(doc, config, stats)]
+        samples = list(render(doc, config, stats))
     except Filtered as e:
         e.counts = dict(stats)  # travels with the exception, so a filtered document keeps its drop counts
         raise
@@ -99,12 +99,15 @@ def render_document(stage: Stage, doc: DocInput, render: Callable[[DocInput], tu
                     shards: BatchShards, claim: Claim | None) -> dict[str, Any]:
     """Render one document, keep what the stage's job-wide `unique` rule admits, write it; return the outcome.
 
-    A renderer's failure is the document's (a `failed` outcome naming the exception's class and message). A failure to
-    write (a full disk) is the environment's: it propagates and fails the batch."""
+    Every sample is validated and encoded (`to_wds`) before the first is written, so an off-contract sample fails
+    the document with nothing of it in the shards. A renderer's failure is the document's (a `failed` outcome
+    naming the exception's class and message); a failure to write (a full disk) is the environment's: it propagates
+    and fails the batch."""
     try:
         samples, counts = render(doc)
         if stage.unique is not None and samples:
             samples = admit(stage.unique, samples, counts, claim)
+        members = [s.to_wds() for s in samples]
     except Filtered as e:
         return outcome("filtered", getattr(e, "counts", {}), "Filtered", str(e))
     except MemoryError as e:  # the allocator's (under the address-space limit), or a runner's own bound
@@ -116,7 +119,7 @@ def render_document(stage: Stage, doc: DocInput, render: Callable[[DocInput], tu
         return outcome("failed", error_class=type(e).__name__, error=(str(e) or repr(e))[:2000])
     if not samples:
         return outcome("filtered", counts, "Filtered", "the renderer produced no samples")
-    return outcome("ok", counts, samples=len(samples), shards=shards.write(samples))
+    return outcome("ok", counts, samples=len(samples), shards=shards.write(samples, members))
 
 
 def admit(unique: Any, samples: list[Sample], counts: dict[str, int], claim: Claim) -> list[Sample]:
@@ -205,7 +208,7 @@ class BoundedWorker:
         self.proc = self.conn = None
         return code
 
-    def _send(self, message: tuple) -> bool:
+    def _send(self, message: object) -> bool:
         """Send to the child; False if it is gone."""
         try:
             self.conn.send(message)
@@ -224,7 +227,8 @@ class BoundedWorker:
             except (EOFError, OSError):
                 return None
             if reply[0] == "claim":
-                self.conn.send(self.claim(reply[1]))
+                if not self._send(self.claim(reply[1])):
+                    return None
                 continue
             if reply[0] == "oserror":
                 raise OSError(reply[1], reply[2])
