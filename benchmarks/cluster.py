@@ -1,10 +1,11 @@
 """Documents/s of a pipeline submitted with `ray job submit` to a real multi-process Ray cluster on this machine: a head
-and worker nodes, each its own `ray start --block` process on loopback (ports of their own, a private RAY_TMPDIR),
-at 1, 2 and 3 nodes; optionally one worker node is killed mid-job.
+and worker nodes, each its own `ray start --block` process with its own loopback address (127.0.0.2, .3, ...; Ray
+replaces 127.0.0.1 by the machine's outward address), ports of its own and a private RAY_TMPDIR, at 1, 2 and 3
+nodes; optionally one worker node is killed mid-job.
 
-    python benchmarks/cluster.py --nodes 1 2 3 --cpus-per-node 1 --rows 20000 --row-group 100 [--kill-one]
+    python benchmarks/cluster.py --nodes 1 2 3 --cpus-per-node 1 --rows 40000 --row-group 250 --side 256 [--kill-one]
 
-The job is `vlcorpus import caption` on one generated Parquet file (one input per row group, 64x64 JPEGs). Seconds
+The job is `vlcorpus import caption` on one generated Parquet file (one input per row group, JPEGs of --side px). Seconds
 run from submission to the job's end as `ray job status` reports it, so they include the job's own start-up (the
 driver process joining the cluster) but not the cluster's. `LoopbackCluster` is also what tests/test_cluster.py
 uses.
@@ -37,10 +38,11 @@ def free_port() -> int:
 
 
 class LoopbackCluster:
-    """A Ray head and worker nodes as separate `ray start --block` processes on 127.0.0.1.
+    """A Ray head and worker nodes as separate `ray start --block` processes, node i at loopback address 127.0.0.(2+i).
 
-    Each node gets its own ports (Ray's defaults would collide between nodes on one host) and all share a private
-    RAY_TMPDIR, so neither another cluster on this machine nor `ray.init()` elsewhere sees this one."""
+    Every address the nodes use is a loopback one (Ray's gRPC servers themselves listen on all interfaces). Each node
+    gets its own ports (Ray's defaults would collide between nodes on one host) and all share a private RAY_TMPDIR,
+    so neither another cluster on this machine nor `ray.init()` elsewhere sees this one."""
 
     def __init__(self, cpus_per_node: int = 1, env: dict[str, str] | None = None):
         self.cpus = cpus_per_node
@@ -49,13 +51,14 @@ class LoopbackCluster:
                     "RAY_USAGE_STATS_ENABLED": "0"}
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH")) if p)
         self.nodes: list[subprocess.Popen] = []
-        self.gcs = f"127.0.0.1:{free_port()}"
+        self.gcs = f"127.0.0.2:{free_port()}"
         self.dashboard = f"http://127.0.0.1:{free_port()}"
-        self._worker_ports = random.Random().randrange(20000, 40000, 1000)
+        # workers' port ranges sit below Linux's ephemeral ports (32768-), where free_port() picks the others
+        self._worker_ports = random.Random().randrange(10000, 31000, 1000)
 
     def _start(self, *args: str) -> subprocess.Popen:
         low = self._worker_ports + 200 * len(self.nodes)
-        cmd = ["ray", "start", "--block", "--node-ip-address", "127.0.0.1", f"--num-cpus={self.cpus}",
+        cmd = ["ray", "start", "--block", f"--node-ip-address=127.0.0.{2 + len(self.nodes)}", f"--num-cpus={self.cpus}",
                f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
@@ -86,8 +89,11 @@ class LoopbackCluster:
     def alive_nodes(self) -> int:
         code = ("import ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
                 "print('alive', sum(n['Alive'] for n in ray.nodes()))")
-        out = subprocess.run([sys.executable, "-c", code], env={**self.env, "RAY_ADDRESS": self.gcs},
-                             capture_output=True, text=True)
+        try:
+            out = subprocess.run([sys.executable, "-c", code], env={**self.env, "RAY_ADDRESS": self.gcs},
+                                 capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:  # no GCS to answer (the head is not up)
+            return 0
         alive = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("alive ")]
         return int(alive[-1]) if out.returncode == 0 and alive else 0
 
@@ -142,7 +148,11 @@ class LoopbackCluster:
         for i, proc in enumerate(self.nodes):
             if proc.poll() is None:
                 self.kill_node(i)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        for _ in range(50):  # files the killed processes were still writing
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if not self.tmp.exists():
+                break
+            time.sleep(0.1)
 
     def __enter__(self) -> LoopbackCluster:
         return self
@@ -151,11 +161,11 @@ class LoopbackCluster:
         self.stop()
 
 
-def caption_parquet(path: Path, rows: int, row_group: int) -> None:
+def caption_parquet(path: Path, rows: int, row_group: int, side: int) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from importers import make_parquet
 
-    make_parquet(path, rows, row_group, side=64)
+    make_parquet(path, rows, row_group, side)
 
 
 def run(nodes: int, cpus: int, data: Path, out: Path, kill_one: bool) -> dict:
@@ -183,15 +193,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--cpus-per-node", type=int, default=1)
-    p.add_argument("--rows", type=int, default=20000)
-    p.add_argument("--row-group", type=int, default=100)
+    p.add_argument("--rows", type=int, default=40000)
+    p.add_argument("--row-group", type=int, default=250)
+    p.add_argument("--side", type=int, default=256, help="image side in pixels")
     p.add_argument("--kill-one", action="store_true", help="kill the last worker node once the first batch commits")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
     try:
         data = tmp / "in" / "captions.parquet"
         data.parent.mkdir()
-        caption_parquet(data, args.rows, args.row_group)
+        caption_parquet(data, args.rows, args.row_group, args.side)
         for nodes in args.nodes:
             r = run(nodes, args.cpus_per_node, data, tmp / "out", args.kill_one and nodes > 1)
             print(f"{r['nodes']} node(s), {r['cpus']} CPU(s): {r['docs']} inputs, {r['samples']} samples in "
