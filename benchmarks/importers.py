@@ -1,13 +1,19 @@
-"""Samples/s of the caption importer from Parquet versus bare pyarrow reading + image decode of the same file; and
-the discovery of a large COCO captions JSON versus a bare `json.load` of it.
+"""Importer jobs against a bare single-process read + decode of the same inputs, with the job's fixed start-up
+measured apart, in one run (contenders interleaved round by round).
 
-Parquet: one run, one generated file (JPEG photos-like noise images with captions in HF `{"bytes", "path"}` structs):
-1. bare: `ParquetFile.iter_batches` + PIL full decode of every image (the floor any importer pays);
-2. renderer: `renderers.records.caption.render` over every row-group input in this process (reading, checks, Samples);
-3. job: `vlcorpus import caption` end to end on a local Ray (bounded child processes, shards, sidecars, ledger);
-   Ray is started before the clock starts (its start-up time is printed on its own).
+Inputs (generated): `caption` = one Parquet file of JPEG images (HF `{"bytes", "path"}` structs) with captions;
+`text` = one JSONL file of ~1.5 KB text records. For each kind and round:
+1. bare: one process, `ParquetFile.iter_batches` + PIL full decode of every image / JSONL read + `json.loads`;
+2. renderer: one process, the importer's renderer over every input piece (reading, checks, `Sample`s; no shards);
+3. job: `vlcorpus import KIND` as a user runs it (a fresh process through benchmarks/run_job.py: CLI, embedded
+   Ray start, bounded workers, shards, ledger), on the file and on a 10-record file of the same kind; the 10-record
+   job's wall time is the fixed start-up, and the big job's time minus it is what the job spends on the records.
+   CPU seconds (all the job's processes) are reported beside: per-core figures a shared machine distorts less.
 
-    python3 benchmarks/importers.py [--images 3000] [--row-group 250] [--num-cpus 2]
+    python3 benchmarks/importers.py --rows 20000 --num-cpus 2 --rounds 2 [--baseline-rev b686ba2]
+
+`--baseline-rev` also runs the jobs with the code of an earlier commit (git archive into a temporary folder),
+interleaved with the current code: before and after in one run.
 
 Large JSON (`--coco-json-gb G`): a COCO `captions_train2017.json` of about G GB (tests/dataset_layouts.py's
 `write_coco_large`), then, each in a fresh process with its peak RSS: `record_inputs` (the streaming read that writes
@@ -22,6 +28,8 @@ import argparse
 import io
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,15 +42,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the of model vision language page table figure equation data train token image text corpus".split()
 
-def make_parquet(path: Path, n: int, row_group: int, side: int = 256) -> None:
+
+def make_parquet(path: Path, n: int, row_group: int, side: int) -> None:
     rng = np.random.default_rng(0)
     writer = None
     for start in range(0, n, row_group):
         images, captions = [], []
         for i in range(start, min(n, start + row_group)):
-            base = rng.integers(0, 255, (side // 16, side // 16, 3), dtype=np.uint8)
-            arr = np.kron(base, np.ones((16, 16, 1), dtype=np.uint8)) + rng.integers(0, 24, (side, side, 3), dtype=np.uint8)
+            cells = max(1, side // 16)
+            base = rng.integers(0, 255, (cells, cells, 3), dtype=np.uint8)
+            arr = np.kron(base, np.ones((side // cells, side // cells, 1), dtype=np.uint8))
+            arr = arr + rng.integers(0, 24, arr.shape, dtype=np.uint8)
             buf = io.BytesIO()
             Image.fromarray(arr).save(buf, "JPEG", quality=85)
             images.append({"bytes": buf.getvalue(), "path": f"{i}.jpg"})
@@ -53,42 +66,60 @@ def make_parquet(path: Path, n: int, row_group: int, side: int = 256) -> None:
     writer.close()
 
 
-def bare(path: Path) -> int:
+def make_jsonl(path: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            paras = ["\n".join(" ".join(rng.choice(WORDS, 12)) for _ in range(4)) for _ in range(3)]
+            f.write(json.dumps({"id": i, "text": "\n\n".join(paras)}) + "\n")
+
+
+def bare(kind: str, path: Path) -> int:
     n = 0
-    with pq.ParquetFile(path) as pf:
-        for batch in pf.iter_batches(batch_size=256, columns=["image", "caption"]):
-            for rec in batch.to_pylist():
-                Image.open(io.BytesIO(rec["image"]["bytes"])).convert("RGB")
-                n += 1
+    if kind == "caption":
+        with pq.ParquetFile(path) as pf:
+            for batch in pf.iter_batches(batch_size=256, columns=["image", "caption"]):
+                for rec in batch.to_pylist():
+                    Image.open(io.BytesIO(rec["image"]["bytes"])).convert("RGB")
+                    n += 1
+    else:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                n += bool(json.loads(line)["text"])
     return n
 
 
-def renderer(path: Path, staging: Path) -> int:
+def renderer(kind: str, path: Path, staging: Path) -> int:
     from pipelines.records import record_inputs
-    from renderers.records import caption
+    from renderers.records import caption, text
 
-    cfg, stats = caption.CaptionConfig(), Counter()
-    return sum(1 for d in record_inputs(path, staging) for _ in caption.render(d, cfg, stats))
-
-
-def start_ray(num_cpus: int) -> int:
-    from vlcorpus.runtime import init_ray
-
-    init_ray(None, num_cpus)
-    return 0
+    module, cfg = (caption, caption.CaptionConfig()) if kind == "caption" else (text, text.TextConfig(min_chars=10))
+    stats: Counter = Counter()
+    return sum(1 for d in record_inputs(path, staging) for _ in module.render(d, cfg, stats))
 
 
-def job(path: Path, out: Path, num_cpus: int) -> int:
-    from vlcorpus.cli import main as cli
-
-    assert cli(["import", "caption", str(path), "--out", str(out), "--num-cpus", str(num_cpus)]) == 0
-    return json.loads((out / "caption" / "index.json").read_text())["samples"]
+CPU: dict[tuple[str, str], list[float]] = {}
 
 
-def timed(fn, *args) -> tuple[int, float]:
-    t = time.perf_counter()
+def job(tree: Path, kind: str, path: Path, out: Path, num_cpus: int) -> tuple[int, float]:
+    """(samples written, CPU seconds of all the job's processes)."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(tree), "RAY_AUTH_MODE": "disabled"}
+    args = [sys.executable, str(ROOT / "benchmarks" / "run_job.py"), "import", kind, str(path), "--out", str(out),
+            "--num-cpus", str(num_cpus)]
+    if kind == "text":
+        args += ["--set", "min_chars=10"]
+    res = subprocess.run(args, env=env, cwd=tree, check=True, capture_output=True, text=True)
+    category = "caption" if kind == "caption" else "text"
+    return json.loads((out / category / "index.json").read_text())["samples"], json.loads(res.stdout.splitlines()[-1])["cpu_seconds"]
+
+
+def timed(fn, *args) -> tuple[float, int, float]:
+    """(wall seconds, samples, CPU seconds); in-process contenders report their own process time."""
+    t, c = time.perf_counter(), time.process_time()
     n = fn(*args)
-    return n, time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return (wall, *n) if isinstance(n, tuple) else (wall, n, cpu)
 
 
 _MEASURED = """
@@ -136,32 +167,71 @@ def large_json(gb: float, bare_max_gb: float) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=3000)
-    p.add_argument("--row-group", type=int, default=250)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kinds", nargs="+", default=["caption", "text"], choices=["caption", "text"])
+    p.add_argument("--rows", type=int, default=20000)
+    p.add_argument("--row-group", type=int, default=500, help="Parquet row group (one job input each)")
+    p.add_argument("--side", type=int, default=64, help="image side in pixels")
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--baseline-rev", help="also run the jobs with this git revision's code")
     p.add_argument("--coco-json-gb", type=float, help="measure the large-JSON discovery instead, on a file of this size")
     p.add_argument("--bare-max-gb", type=float, default=0.25, help="largest file to also json.load whole (default %(default)s)")
     args = p.parse_args()
     if args.coco_json_gb:
         large_json(args.coco_json_gb, args.bare_max_gb)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        path = tmp / "captions.parquet"
-        make_parquet(path, args.images, args.row_group)
-        size_mb = path.stat().st_size / 1024**2
-        results = {}
-        _, ray_start = timed(start_ray, args.num_cpus)
-        for name, fn, fargs in (("bare pyarrow + PIL decode", bare, (path,)),
-                                ("caption renderer, in process", renderer, (path, tmp / "staging")),
-                                (f"vlcorpus import caption, Ray num_cpus={args.num_cpus}", job, (path, tmp / "out", args.num_cpus))):
-            n, s = timed(fn, *fargs)
-            results[name] = {"samples": n, "seconds": round(s, 2), "samples_per_s": round(n / s, 1)}
-        print(f"file: {args.images} JPEG images 256x256, {size_mb:.1f} MB, row groups of {args.row_group}, cpus={os.cpu_count()}")
-        print(f"Ray start-up (not in the job figure): {ray_start:.1f} s")
-        for name, r in results.items():
-            print(f"{name:<45} {r['samples']:>6} samples {r['seconds']:>8.2f} s {r['samples_per_s']:>9.1f} samples/s")
+    tmp = Path(tempfile.mkdtemp(prefix="importers-bench-"))
+    try:
+        trees = {"job": ROOT}
+        if args.baseline_rev:
+            before = tmp / "before"
+            before.mkdir()
+            archive = subprocess.run(["git", "archive", args.baseline_rev], cwd=ROOT, check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+            trees[f"job@{args.baseline_rev}"] = before
+        files = {}
+        for kind in args.kinds:
+            big, small = tmp / f"{kind}-big", tmp / f"{kind}-small"
+            big.mkdir(), small.mkdir()
+            if kind == "caption":
+                make_parquet(big / "data.parquet", args.rows, args.row_group, args.side)
+                make_parquet(small / "data.parquet", 10, 10, args.side)
+            else:
+                make_jsonl(big / "data.jsonl", args.rows)
+                make_jsonl(small / "data.jsonl", 10)
+            files[kind] = (big, small)
+        times: dict[tuple[str, str], list[float]] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for r in range(args.rounds):
+            for kind, (big, small) in files.items():
+                contenders = [("bare", bare, (kind, big / next(big.iterdir()).name)),
+                              ("renderer", renderer, (kind, big, tmp / "staging"))]
+                for name, tree in trees.items():
+                    contenders += [(f"{name} start-up (10 records)", job, (tree, kind, small, tmp / "out", args.num_cpus)),
+                                   (f"{name} ({args.rows} records)", job, (tree, kind, big, tmp / "out", args.num_cpus))]
+                for name, fn, fargs in contenders:
+                    s, n, cpu = timed(fn, *fargs)
+                    times.setdefault((kind, name), []).append(s)
+                    CPU.setdefault((kind, name), []).append(cpu)
+                    counts[(kind, name)] = n
+                    print(f"round {r} {kind:8s} {name:40s} {n:7d} samples {s:8.2f} s, CPU {cpu:7.2f} s "
+                          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        print(f"\n{os.cpu_count()} CPUs, jobs with --num-cpus {args.num_cpus}; median of {args.rounds} rounds")
+        for kind in files:
+            med = {name: statistics.median(v) for (k, name), v in times.items() if k == kind}
+            cpu = {name: statistics.median(v) for (k, name), v in CPU.items() if k == kind}
+            base, base_cpu = med["bare"], cpu["bare"]
+            print(f"\n{kind}: bare {counts[(kind, 'bare')]} records {base:.2f} s (CPU {base_cpu:.2f} s)")
+            for name, s in med.items():
+                print(f"  {name:40s} {s:8.2f} s  {counts[(kind, name)] / s:9.1f} samples/s   CPU {cpu[name]:7.2f} s")
+            for name in trees:
+                small, big = f"{name} start-up (10 records)", f"{name} ({args.rows} records)"
+                wall, work = med[big] - med[small], cpu[big] - cpu[small]
+                print(f"  {name}: fixed start-up {med[small]:.2f} s (CPU {cpu[small]:.2f} s); the records "
+                      f"{wall:.2f} s = {wall / base:.2f}x bare, CPU {work:.2f} s = {work / base_cpu:.2f}x bare's CPU")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
-"""Notebooks/s and pairs/s of `vlcorpus extract notebooks` versus bare `json.load` + `base64.b64decode` of the same
-notebooks, in one run.
+"""Notebooks/s of `vlcorpus extract notebooks` versus bare `json.load` + `base64.b64decode` of the same notebooks and
+the renderer alone, in one run (contenders interleaved round by round), with the job's fixed start-up apart.
 
-    python benchmarks/notebooks.py --input demo/notebooks --copies 8 --num-cpus 2
+    python benchmarks/notebooks.py --input demo/notebooks --copies 8 --num-cpus 1 [--baseline-rev REV]
 
 The input notebooks are copied `--copies` times into a temporary folder. In each copy, one corner pixel of every PNG
 output is set to a colour naming the copy, so the copies hold distinct images and the job-wide exact-duplicate
 filter does not drop them: every copy does the full work (SVG outputs stay identical, so their copies are dropped
-as duplicates after rendering). Three measurements on the same files:
+as duplicates after rendering). Measured on the same files:
 - baseline: one process, `json.load` each notebook and `base64.b64decode` every image output;
 - renderer: one process, `renderers.notebook.pairs.render` on each notebook (no Ray, no bounded child, no shards);
-- pipeline: the whole job (Ray tasks over batches, bounded child per batch, dedup registry, shards, ledger), timed
-  from the job's start with Ray already running; Ray's start-up is reported separately.
+- job: the whole command in a fresh process (benchmarks/run_job.py: CLI, Ray start, tasks, bounded children,
+  dedup registry, shards, ledger) over all copies and over one notebook; the one-notebook job is the fixed
+  start-up, the difference is what the job spends on the notebooks. With `--num-cpus 1` that is the per-core rate.
+Wall and CPU seconds (all the job's processes) are both reported: CPU seconds give a per-core rate that a machine
+shared with other jobs distorts less. `--baseline-rev` runs the job with an earlier commit's code as well.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import io
 import json
 import os
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -29,10 +35,10 @@ from pathlib import Path
 from PIL import Image
 
 from renderers.notebook.pairs import NotebookConfig, render
-from vlcorpus import cli
 from vlcorpus.document import DocInput
 from vlcorpus.ledger import Ledger
-from vlcorpus.runtime import init_ray
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def mark_png(png: bytes, copy: int) -> bytes:
@@ -63,9 +69,9 @@ def make_copies(src: Path, dst: Path, copies: int) -> list[Path]:
     return paths
 
 
-def baseline(paths: list[Path]) -> tuple[float, int]:
-    """json.load + b64decode of every image output; returns (seconds, images decoded)."""
-    start, images = time.perf_counter(), 0
+def baseline(paths: list[Path]) -> int:
+    """json.load + b64decode of every image output; returns the images decoded."""
+    images = 0
     for path in paths:
         with open(path, encoding="utf-8") as f:
             nb = json.load(f)
@@ -75,55 +81,85 @@ def baseline(paths: list[Path]) -> tuple[float, int]:
                     if mime in ("image/png", "image/jpeg"):
                         base64.b64decode("".join(value))
                         images += 1
-    return time.perf_counter() - start, images
+    return images
 
 
-def renderer(paths: list[Path]) -> tuple[float, int]:
-    cfg, start, pairs = NotebookConfig(), time.perf_counter(), 0
+def renderer(paths: list[Path]) -> int:
+    cfg, pairs = NotebookConfig(), 0
     for path in paths:
-        stats: Counter = Counter()
-        pairs += sum(1 for _ in render(DocInput(str(path), str(path), str(path)), cfg, stats))
-    return time.perf_counter() - start, pairs
+        pairs += sum(1 for _ in render(DocInput(str(path), str(path), str(path)), cfg, Counter()))
+    return pairs
 
 
-def pipeline(root: Path, out: Path, num_cpus: int, batch_size: int) -> tuple[float, float, int, dict]:
-    start = time.perf_counter()
-    init_ray(None, num_cpus)
-    ray_s = time.perf_counter() - start
-    start = time.perf_counter()
-    cli.main(["extract", "notebooks", str(root), "--out", str(out), "--batch-size", str(batch_size)])
-    job_s = time.perf_counter() - start
+def job(tree: Path, root: Path, out: Path, num_cpus: int, batch_size: int) -> tuple[int, float]:
+    """(pairs written, CPU seconds of all the job's processes) of `extract notebooks` in a fresh process."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(tree), "RAY_AUTH_MODE": "disabled"}
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_job.py"), "extract", "notebooks", str(root),
+                          "--out", str(out), "--num-cpus", str(num_cpus), "--batch-size", str(batch_size)],
+                         env=env, cwd=tree, check=True, capture_output=True, text=True)
     entries = Ledger(out, "notebook").latest().values()
-    status = Counter(e.status for e in entries)
-    return ray_s, job_s, sum(e.samples for e in entries), dict(status)
+    assert all(e.status == "ok" for e in entries), Counter(e.status for e in entries)
+    return sum(e.samples for e in entries), json.loads(res.stdout.splitlines()[-1])["cpu_seconds"]
+
+
+def measure(fn, *args) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, count); a job reports its own CPU seconds, in-process work its process time."""
+    t, c = time.perf_counter(), time.process_time()
+    n = fn(*args)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return (wall, n[1], n[0]) if isinstance(n, tuple) else (wall, cpu, n)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", type=Path, default=Path("demo/notebooks"))
     p.add_argument("--copies", type=int, default=8)
-    p.add_argument("--num-cpus", type=int, default=os.cpu_count())
+    p.add_argument("--num-cpus", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed afterwards)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--baseline-rev", help="also run the job with this git revision's code")
     args = p.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="nb-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="nb-bench-"))
     try:
         paths = make_copies(args.input, work / "in", args.copies)
+        one = work / "one"
+        one.mkdir()
+        shutil.copy(paths[0], one)
+        trees = {"job": ROOT}
+        if args.baseline_rev:
+            before = work / "before"
+            before.mkdir()
+            archive = subprocess.run(["git", "archive", args.baseline_rev], cwd=ROOT, check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+            trees[f"job@{args.baseline_rev}"] = before
         mb = sum(p.stat().st_size for p in paths) / 1024**2
-        print(f"{len(paths)} notebooks, {mb:.1f} MB ({args.copies} copies of {len(paths) // args.copies})")
-        base_s, images = baseline(paths)
-        print(f"baseline  json.load+b64decode (1 process): {base_s:7.2f} s  {len(paths) / base_s:8.1f} notebooks/s  "
-              f"{images / base_s:8.1f} images/s ({images} images)")
-        rend_s, pairs = renderer(paths)
-        print(f"renderer  render() in process (1 process):  {rend_s:7.2f} s  {len(paths) / rend_s:8.1f} notebooks/s  "
-              f"{pairs / rend_s:8.1f} pairs/s ({pairs} pairs)")
-        ray_s, job_s, written, status = pipeline(work / "in", work / "out", args.num_cpus, args.batch_size)
-        print(f"pipeline  extract notebooks ({args.num_cpus} CPUs, batch {args.batch_size}): {job_s:7.2f} s  "
-              f"{len(paths) / job_s:8.1f} notebooks/s  {written / job_s:8.1f} pairs/s ({written} pairs, {status}); "
-              f"Ray start {ray_s:.1f} s")
+        print(f"{len(paths)} notebooks, {mb:.1f} MB ({args.copies} copies of {len(paths) // args.copies}); "
+              f"jobs with --num-cpus {args.num_cpus}, batch {args.batch_size}")
+        contenders = [("baseline json.load+b64decode", baseline, (paths,)), ("renderer in process", renderer, (paths,))]
+        for name, tree in trees.items():
+            contenders += [(f"{name} start-up (1 notebook)", job, (tree, one, work / "out", args.num_cpus, args.batch_size)),
+                           (f"{name} ({len(paths)} notebooks)", job, (tree, work / "in", work / "out", args.num_cpus,
+                                                                      args.batch_size))]
+        runs: dict[str, list[tuple[float, float, int]]] = {}
+        for r in range(args.rounds):
+            for name, fn, fargs in contenders:
+                wall, cpu, n = measure(fn, *fargs)
+                runs.setdefault(name, []).append((wall, cpu, n))
+                print(f"round {r} {name:36s} {wall:8.2f} s  CPU {cpu:7.2f} s  ({n} images/pairs; load "
+                      f"{os.getloadavg()[0]:.1f})", flush=True)
+        med = {name: (statistics.median(w for w, _, _ in v), statistics.median(c for _, c, _ in v), v[-1][2])
+               for name, v in runs.items()}
+        print(f"\nmedian of {args.rounds} rounds; per-core = notebooks per CPU-second")
+        for name, (wall, cpu, n) in med.items():
+            print(f"  {name:36s} {wall:8.2f} s {len(paths) / wall:7.2f} nb/s  CPU {cpu:7.2f} s {len(paths) / cpu:7.2f} nb/CPU-s")
+        for name in trees:
+            (w1, c1, _), (wn, cn, pairs) = med[f"{name} start-up (1 notebook)"], med[f"{name} ({len(paths)} notebooks)"]
+            n = len(paths) - 1
+            print(f"  {name}: fixed start-up {w1:.2f} s; the other {n} notebooks {wn - w1:.2f} s = {n / (wn - w1):.2f} nb/s "
+                  f"with {args.num_cpus} CPU(s), {n / (cn - c1):.2f} nb per CPU-second; {pairs} pairs")
     finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ from vlcorpus.shards import (
 
 
 def corpus_fingerprint(corpus: Path) -> str:
-    """sha256 over every shard's own sha256 (from the sidecars): changes whenever any shard does."""
+    """sha256 over every shard's own checksum (from the sidecars): changes whenever any shard does."""
     h = hashlib.sha256()
     for cat in sorted(p for p in corpus.iterdir() if p.is_dir() and not p.name.startswith("_")):
         for shard in shard_paths(cat):
-            h.update(f"{cat.name}/{shard.name}:{read_sidecar(shard).sha256}\n".encode())
+            h.update(f"{cat.name}/{shard.name}:{read_sidecar(shard).checksum}\n".encode())
     return h.hexdigest()
 
 

@@ -3,7 +3,7 @@
 Order of work, so that a bad input stops before anything is written and a half-written mixture never looks
 finished:
 1. preflight (index.json only): unknown categories, missing indexes/shards/sidecars, empty required categories;
-2. scan (Ray tasks over groups of input shards): every shard's sha256 against its sidecar, every sample parsed,
+2. scan (Ray tasks over groups of input shards): every shard's checksum against its sidecar, every sample parsed,
    checked against the contract and hashed for dedup;
 3. plan (driver, `mixer.plan`): dedup, budget, targets, selection, and the exact shares every category will realise:
    a mixture that cannot be met as asked stops here (and with --strict, so does any warning);

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mixer.config import MixtureConfig
 from vlcorpus.sample import CATEGORIES
-from vlcorpus.shards import read_index, sidecar_path
+from vlcorpus.shards import ShardInfo, read_index, sidecar_path
 
 log = logging.getLogger("vlcorpus.mixer")
 
@@ -29,7 +29,7 @@ class InputShard:
     samples: int
     text_tokens: int
     bytes: int
-    sha256: str
+    checksum: str
     images: int
 
 
@@ -55,7 +55,7 @@ def category_shards(corpora: list[Path], category: str) -> list[InputShard]:
                 problems.append(f"{path}: {path.stat().st_size} bytes on disk, index.json says {entry['bytes']}")
             else:
                 shards.append(InputShard(str(path), entry["samples"], entry["text_tokens"], entry["bytes"],
-                                          entry["sha256"], entry.get("images", 0)))
+                                          ShardInfo.from_json(entry).checksum, entry.get("images", 0)))
     if problems:
         raise MixError(f"category {category}: {len(problems)} bad shard(s):\n  " + "\n  ".join(problems))
     return shards
@@ -85,9 +85,9 @@ def preflight(corpora: list[Path], cfg: MixtureConfig) -> dict[str, list[InputSh
 
 
 def inputs_hash(inputs: dict[str, list[InputShard]]) -> str:
-    """What went in, independent of where it lies: category, shard name and sha256 of every input shard."""
+    """What went in, independent of where it lies: category, shard name and checksum of every input shard."""
     h = hashlib.sha256()
     for category, shards in inputs.items():
         for s in shards:
-            h.update(f"{category}/{Path(s.path).name}:{s.sha256}\n".encode())
+            h.update(f"{category}/{Path(s.path).name}:{s.checksum}\n".encode())
     return h.hexdigest()

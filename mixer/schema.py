@@ -46,7 +46,7 @@ class ShardEntry:
     stream: int
     samples: int
     bytes: int
-    sha256: str
+    checksum: str  # "<algorithm>:<hex>", as in the shard's sidecar
     text_tokens: int
     images: int
 
@@ -89,7 +89,7 @@ class Budget:
 @dataclass
 class Inputs:
     corpora: list[str]
-    inputs_hash: str  # sha256 over every input shard's category, name and sha256
+    inputs_hash: str  # sha256 over every input shard's category, name and checksum
 
 
 @dataclass

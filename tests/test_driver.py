@@ -64,6 +64,31 @@ def test_rerun_skips_done_documents_and_retries_failed_on_request(tmp_path):
     assert len(Ledger(tmp_path, "stub").path.read_text().splitlines()) == 5
 
 
+def test_a_child_that_dies_mid_batch_keeps_what_earlier_documents_wrote(tmp_path):
+    """The batch's shard survives its child: the replacement resumes it, so a, b and c land once; the exception that
+    cannot unpickle (as tarfile's filter errors) still reaches the ledger by class and message."""
+    names = ["a", "crash1", "b", "twoarg1", "c"]  # batches of 2 on the 2 CPUs: [a, crash1] [b, twoarg1] [c]
+    counts = run_pipeline(stage(batch_size=5), docs(*names), Options(out=tmp_path))
+    latest = Ledger(tmp_path, "stub").latest()
+    assert counts == {"ok": 3, "filtered": 0, "failed": 2, "samples": 6}
+    assert latest["crash1"].error_class == "ProcessDied" and "died" in latest["crash1"].error
+    assert latest["twoarg1"].error_class == "TwoArgError"
+    assert latest["twoarg1"].error == "twoarg1: link outside the archive"
+    shards = shard_paths(tmp_path / "text")
+    assert sorted(d for s in shards for d in verify_shard(s).docs) == ["a", "b", "c"]
+    assert sorted((s.doc, s.part) for s in read_samples(shards)) == [(d, p) for d in "abc" for p in (0, 1)]
+    assert latest["a"].shards == [f"text/{shards[0].name}"]  # the shard open when the child died, finished by the next
+
+
+def test_one_bounded_child_serves_batch_after_batch(tmp_path):
+    children = tmp_path / "children"
+    children.mkdir()
+    counts = run_pipeline(stage(batch_size=2, child_pid_dir=str(children)), docs(*[f"d{i}" for i in range(16)]),
+                          Options(out=tmp_path / "out"))
+    assert counts["ok"] == 16
+    assert 1 <= len(list(children.iterdir())) < 8, "a child was started per batch (8 batches)"
+
+
 def test_duplicate_document_ids_stop_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="given twice"):
         run_pipeline(stage(), docs("a", "a"), Options(out=tmp_path))

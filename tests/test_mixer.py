@@ -29,7 +29,7 @@ from vlcorpus.sample import PRETRAIN_CATEGORIES, SFT_CATEGORIES, Sample
 from vlcorpus.shards import (
     ShardInfo,
     atomic_write_json,
-    file_sha256,
+    file_checksum,
     verify_shard,
     write_index,
 )
@@ -109,7 +109,7 @@ def test_stage2_mix_is_tagged_shuffled_and_described(corpus, tmp_path):
                                                 "ratio": c["requested_ratio"], "repeat": 0}
             assert s["json"]["meta"]["n"] is not None  # the producer's meta is kept
         for shard in c["shards"]:
-            assert verify_shard(stage / shard["shard"]).sha256 == shard["sha256"]
+            assert verify_shard(stage / shard["shard"]).checksum == shard["checksum"]
     # text is the scarcest (69.3% of tokens, max_upsample 1): all of it is taken, the rest scaled to match
     assert mix["budget"]["mode"] == "scarcest" and mix["budget"]["limited_by"] == "text"
     assert mix["categories"]["text"]["written"]["samples"] == 40
@@ -438,7 +438,7 @@ def test_missing_or_corrupt_shards_stop_before_anything_is_written(corpus, tmp_p
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF  # same size, different bytes: only the checksum can tell
     shard.write_bytes(bytes(data))
-    with pytest.raises(MixError, match=f"{shard.name}.*sha256"):
+    with pytest.raises(MixError, match=f"{shard.name}.*checksum"):
         run_mix([bad], load_mixture("stage1"), tmp_path / "mix", local=True)
     assert not (tmp_path / "mix").exists()
     shard.unlink()
@@ -467,7 +467,7 @@ def raw_shard(folder: Path, name: str, samples: list[tuple[str, dict]]) -> None:
             tw.write({"__key__": key, "json": json.dumps(doc).encode()})
     path.write_bytes(buf.getvalue())
     atomic_write_json(path.with_suffix(".json"), asdict(ShardInfo(
-        shard=path.name, samples=len(samples), bytes=path.stat().st_size, sha256=file_sha256(path), text_tokens=5,
+        shard=path.name, samples=len(samples), bytes=path.stat().st_size, checksum=file_checksum(path), text_tokens=5,
         docs=[d["doc"] for _, d in samples])))
     write_index(folder)
 

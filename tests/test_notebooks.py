@@ -268,7 +268,7 @@ def test_job_on_bad_input_goes_on(ray_local, tmp_path):
     # the two identical notebooks: one owns the image, the other is a job-wide duplicate
     pair = [ledger["good.ipynb"], ledger["copy/good.ipynb"]]
     assert sorted(e.status for e in pair) == ["filtered", "ok"]
-    assert "duplicate images" in next(e.error for e in pair if e.status == "filtered")
+    assert "duplicate_image" in next(e.error for e in pair if e.status == "filtered")
     assert ledger["other.ipynb"].status == "ok" and ledger["other.ipynb"].counts["pairs"] == 1
 
     # the shards read back with the webdataset library
@@ -286,7 +286,7 @@ def test_job_on_bad_input_goes_on(ray_local, tmp_path):
     assert cli.main(args) == 0
     ledger = _ledger(out)
     assert len(ledger) == 9 and ledger["late_copy.ipynb"].status == "filtered"
-    assert "duplicate images" in ledger["late_copy.ipynb"].error
+    assert "duplicate_image" in ledger["late_copy.ipynb"].error
     assert len(list(wds.WebDataset([str(p) for p in shard_paths(out / "web_code")], shardshuffle=False))) == 2
 
 

@@ -79,7 +79,7 @@ def write_stage(out: Path, stage: str, samples: dict[str, list[Sample]], ratios:
         with ShardWriter(out / stage / cat, f"synthetic-{cat}", max_samples=shard_samples) as w:
             for sample in samples[cat]:
                 w.write(sample)
-        shards = [ShardEntry(shard=f"{cat}/{i.shard}", stream=0, samples=i.samples, bytes=i.bytes, sha256=i.sha256,
+        shards = [ShardEntry(shard=f"{cat}/{i.shard}", stream=0, samples=i.samples, bytes=i.bytes, checksum=i.checksum,
                              text_tokens=i.text_tokens, images=i.images) for i in w.finished]
         counts = Counts(**{k: sum(getattr(e, k) for e in shards) for k in ("samples", "text_tokens", "images", "bytes")})
         written[cat] = counts, shards

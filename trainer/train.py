@@ -309,11 +309,11 @@ class Metrics:
         self.writer = self.progress = None
         if st.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
-            from tqdm import tqdm
+            from vlcorpus.progress import progress as progress_bar
 
             self.path.write_text("".join(json.dumps(m) + "\n" for m in self.rows))
             self.writer = SummaryWriter(str(st.out / "tensorboard"), purge_step=start)
-            self.progress = tqdm(total=st.stage.steps, initial=start, desc=st.stage.name, dynamic_ncols=True)
+            self.progress = progress_bar(st.stage.steps, st.stage.name, unit="step", initial=start)
 
     def log(self, m: dict) -> None:
         if self.st.rank != 0:

@@ -1,12 +1,19 @@
 """`vlcorpus`: one command, subcommands grouped by what they do. Each command lives in its own module, which
-declares `COMMAND = (group, name)` (or `(name,)`), `HELP`, `add_arguments(parser)` and `main(args) -> int`."""
+declares `COMMAND = (group, name)` (or `(name,)`), `HELP`, `add_arguments(parser)` and `main(args) -> int`.
+
+Only the command being run is imported: the others' `COMMAND` and `HELP` are read from their source (literal
+assignments), because importing every command pulls in torch, transformers and PyMuPDF, seconds before any job
+could start."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import logging
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from vlcorpus.config import ConfigError
@@ -54,6 +61,16 @@ def command_modules() -> list[ModuleType]:
     return [importlib.import_module(m) for m in COMMANDS]
 
 
+def declaration(module: str) -> tuple[tuple[str, ...], str]:
+    """A command module's `COMMAND` and `HELP`, read from its source without importing it."""
+    found: dict[str, object] = {}
+    for node in ast.parse(Path(importlib.util.find_spec(module).origin).read_text("utf-8")).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("COMMAND", "HELP"):
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+    return tuple(found["COMMAND"]), str(found["HELP"])
+
+
 def source_commands() -> dict[str, ModuleType]:
     """Source kind (the command's last word: `arxiv`, `notebooks`, `sft`, ...) -> its module, in the order `vlcorpus
     run` runs them: the order of COMMANDS, those that read the corpus last."""
@@ -62,28 +79,33 @@ def source_commands() -> dict[str, ModuleType]:
     return {m.COMMAND[-1]: m for m in sources}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser for `argv`: every command is listed, only the one `argv` names gets its arguments (imported)."""
+    words = [a for a in argv if not a.startswith("-")][:2]
     parser = argparse.ArgumentParser(prog="vlcorpus", description="vision-language pretraining corpora and training")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
-    for mod in command_modules():
-        group, *name = mod.COMMAND
+    for module in COMMANDS:
+        command, help_text = declaration(module)
+        group, *name = command
         if not name:
-            p = top.add_parser(group, help=mod.HELP, description=mod.HELP)
+            p = top.add_parser(group, help=help_text, description=help_text)
         else:
             if group not in groups:
                 gp = top.add_parser(group, help=GROUPS[group], description=GROUPS[group])
                 groups[group] = gp.add_subparsers(dest="kind", required=True, metavar="KIND")
-            p = groups[group].add_parser(name[0], help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
-        p.set_defaults(main=mod.main)
+            p = groups[group].add_parser(name[0], help=help_text, description=help_text)
+        if words[: len(command)] == list(command):
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(main=mod.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,48 +7,67 @@ or files it did not get) with the resources it declares. `run_pipeline` does the
    crash at any moment leaves no half shard and no duplicate sample;
 2. skip documents whose latest ledger line is `ok`/`filtered` (and `failed` unless `retry_failed`);
 3. group the rest into batches; each batch runs as one Ray task (or on an actor, for renderers with expensive
-   setup such as a browser), which renders every document in a child process bounded in time and memory and
-   writes the samples into shards named `<source>-<run>-<batch>-<NNNNNN>.tar`;
+   setup such as a browser). A task hands its documents to the long-lived bounded child process of its Ray worker
+   (`vlcorpus.worker`), which renders each one within the time and memory bounds and writes the samples into shards
+   named `<source>-<run>-<batch>-<NNNNNN>.tar` itself; only the ledger entries come back;
 4. the driver commits each finished batch with one ledger append. A Ray retry of a batch rewrites the same shard
    names, and a batch that never commits is removed by the next `reconcile`.
+
+A stage may ask for job-wide exact deduplication (`Stage.unique`): each sample claims a value (an image's hash) in
+one registry actor; the first sample key to claim a value owns it, the others are dropped and counted. A retried
+batch claims with the same deterministic keys and keeps what it owned; a resumed job first registers what its
+committed shards hold.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import multiprocessing
-import resource
+import pickle
 import secrets
 import time
-import traceback
-from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm import tqdm
-
-from vlcorpus.document import Bounds, DocInput, Filtered, Render
+from vlcorpus.document import Bounds, DocInput, Render
 from vlcorpus.ledger import DONE, Entry, Ledger, summarize
+from vlcorpus.progress import progress
 from vlcorpus.sample import Sample
 from vlcorpus.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_SAMPLES,
-    ShardWriter,
     clean_partial,
+    iter_members,
     read_sidecar,
+    remove_shards,
     sidecar_path,
     write_index,
 )
+from vlcorpus.worker import BoundedWorker, InProcess
 
 log = logging.getLogger("vlcorpus.driver")
 
 
 class OutputFull(RuntimeError):
     """The output volume is full: an environment failure that stops the job, never a document's fault."""
+
+
+class BatchError(RuntimeError):
+    """A batch failed outside any one document; carries the original class name and message, so that it always
+    pickles across the Ray task boundary whatever library raised it."""
+
+
+@dataclass(frozen=True)
+class Unique:
+    """Job-wide exact deduplication: `value(sample)` (e.g. an image's sha256) is claimed by the first sample key;
+    other samples with that value are dropped and counted as `reason`; `mark(sample)`, if given, notes on each kept
+    sample that it passed. Functions must be module-level (they travel to the bounded child)."""
+
+    value: Callable[[Sample], str]
+    reason: str
+    mark: Callable[[Sample], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,8 +80,9 @@ class Stage:
     cpus: float = 1.0
     batch_size: int = 8
     bounds: Bounds = Bounds()
-    make_runner: Callable[[Stage], Runner] | None = None  # None: render in a bounded child process
-    actors: bool = False  # keep one runner per Ray actor across batches (browser renderers)
+    make_runner: Callable[[Stage], Runner] | None = None  # kept by one Ray actor per CPU (a browser); None: the
+    # documents render in the Ray worker's bounded child process
+    unique: Unique | None = None
 
 
 @dataclass
@@ -85,130 +105,89 @@ class Options:
 
 
 class Runner(Protocol):
+    """Renders in the Ray worker's own process (a browser kept across documents); it enforces the bounds itself."""
+
     def render(self, doc: DocInput) -> tuple[list[Sample], dict[str, int]]: ...
 
     def close(self) -> None: ...
 
 
-def render_all(render: Render, doc: DocInput, config: Any) -> tuple[list[Sample], dict[str, int]]:
-    """Run a renderer to completion, validating every sample (an off-contract sample fails the document)."""
-    stats: Counter = Counter()
-    try:
-        samples = [s.validate() for s in render(doc, config, stats)]
-    except Filtered as e:
-        e.counts = dict(stats)  # travels back with the exception, so a filtered document keeps its drop counts
-        raise
-    return samples, dict(stats)
+_worker: tuple[bytes, BoundedWorker] | None = None  # this Ray worker process's bounded child, kept across tasks
 
 
-def _limit_memory(memory_gb: float) -> None:
-    limit = int(memory_gb * 1024**3)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-class IsolatedRunner:
-    """Renders each document in a spawned child process with an address-space limit and a wall-clock timeout.
-
-    pebble kills a child that runs past the timeout and starts a fresh one for the next document.
-    """
-
-    def __init__(self, stage: Stage):
-        from pebble import ProcessPool
-
-        self.stage = stage
-        self.pool = ProcessPool(
-            max_workers=1,
-            initializer=_limit_memory,
-            initargs=(stage.bounds.memory_gb,),
-            context=multiprocessing.get_context("spawn"),
-        )
-
-    def render(self, doc: DocInput) -> tuple[list[Sample], dict[str, int]]:
-        future = self.pool.submit(render_all, self.stage.bounds.timeout_s, self.stage.render, doc, self.stage.config)
-        return future.result()
-
-    def close(self) -> None:
-        self.pool.stop()
-        self.pool.join()
-
-
-def make_runner(stage: Stage) -> Runner:
-    return (stage.make_runner or IsolatedRunner)(stage)
-
-
-def _failure(exc: BaseException, bounds: Bounds) -> tuple[str, str]:
-    from pebble import ProcessExpired
-
-    if isinstance(exc, FutureTimeout):
-        return "Timeout", f"rendering took longer than the {bounds.timeout_s:g} s per-document bound; the process was killed"
-    if isinstance(exc, MemoryError):
-        return "MemoryError", f"rendering exceeded the {bounds.memory_gb:g} GB per-document memory bound"
-    if isinstance(exc, ProcessExpired):
-        return "ProcessDied", f"the rendering process died (exit code {exc.exitcode}); memory bound {bounds.memory_gb:g} GB"
-    message = str(exc) or repr(exc)
-    return type(exc).__name__, message[:2000]
+def bounded_worker(stage: Stage) -> BoundedWorker:
+    """The bounded child of this process for `stage`: the same child serves every batch of the same stage."""
+    global _worker
+    key = pickle.dumps(stage)
+    if _worker is None or _worker[0] != key:
+        if _worker is not None:
+            _worker[1].shutdown()
+        _worker = (key, BoundedWorker(stage))
+    return _worker[1]
 
 
 def batch_prefix(source: str, run_id: str, batch: int) -> str:
     return f"{source}-{run_id}-{batch:05d}"
 
 
-def process_batch(stage: Stage, docs: list[DocInput], opts: Options, batch: int, runner: Runner | None = None) -> list[Entry]:
-    """Render a batch and write its shards; return one (uncommitted) ledger entry per document."""
+def process_batch(stage: Stage, docs: list[DocInput], opts: Options, batch: int, claims: Any = None,
+                  runner: Runner | None = None) -> list[Entry]:
+    """Render a batch and write its shards; return one (uncommitted) ledger entry per document.
+
+    Rendering and writing happen in the bounded child (or, given a `runner`, in this process); `claims` is the job's
+    registry actor when the stage deduplicates."""
+    import ray
+
+    claim = (lambda items: ray.get(claims.claim.remote(items))) if claims is not None else None
+    target = bounded_worker(stage) if runner is None else InProcess(stage, runner)
     prefix = batch_prefix(stage.source, opts.run_id, batch)
-    for old in opts.out.glob(f"*/{prefix}-*"):  # left by an earlier attempt of this very batch
-        old.unlink(missing_ok=True)
-    own_runner = runner is None
-    runner = runner or make_runner(stage)
-    writers: dict[str, ShardWriter] = {}
     entries: list[Entry] = []
     try:
+        target.open(opts.out, prefix, opts.max_shard_bytes, opts.max_shard_samples, claim)
         for doc in docs:
             start = time.monotonic()
-            entry = Entry(doc=doc.doc, origin=doc.origin, status="ok", run=opts.run_id)
-            try:
-                samples, entry.counts = runner.render(doc)
-            except Filtered as e:
-                entry.status, entry.error_class, entry.error = "filtered", "Filtered", str(e)
-                entry.counts = getattr(e, "counts", {})
-            except Exception as e:  # noqa: BLE001 - every failure becomes a ledger line; the job goes on
-                entry.status = "failed"
-                entry.error_class, entry.error = _failure(e, stage.bounds)
-                log.debug("%s failed:\n%s", doc.origin, "".join(traceback.format_exception(e)))
-            else:
-                if not samples:
-                    entry.status, entry.error_class, entry.error = "filtered", "Filtered", "the renderer produced no samples"
-                shards: set[str] = set()
-                for s in samples:
-                    if s.category not in writers:
-                        writers[s.category] = ShardWriter(
-                            opts.out / s.category, prefix, opts.max_shard_bytes, opts.max_shard_samples
-                        )
-                    shards.add(f"{s.category}/{writers[s.category].write(s)}")
-                entry.samples, entry.shards = len(samples), sorted(shards)
-            entry.seconds = round(time.monotonic() - start, 3)
-            entries.append(entry)
-        for w in writers.values():
-            w.close()
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    finally:
-        if own_runner:
-            runner.close()
+            result = target.render(doc)
+            entries.append(Entry(doc=doc.doc, origin=doc.origin, run=opts.run_id,
+                                 seconds=round(time.monotonic() - start, 3), **result))
+        target.close()
+    except BaseException as e:
+        target.abort()
+        _drop_batch(opts.out, prefix)
+        if isinstance(e, OSError) or not isinstance(e, Exception):
+            raise
+        raise BatchError(f"{type(e).__name__}: {e}") from None
     return entries
 
 
 class BatchActor:
     """Holds one runner (e.g. a browser) for its lifetime and renders batches with it."""
 
-    def __init__(self, stage: Stage, opts: Options):
-        self.stage, self.opts = stage, opts
-        self.runner = make_runner(stage)
+    def __init__(self, stage: Stage, opts: Options, claims: Any = None):
+        self.stage, self.opts, self.claims = stage, opts, claims
+        self.runner = stage.make_runner(stage)
 
     def process(self, docs: list[DocInput], batch: int) -> list[Entry]:
-        return process_batch(self.stage, docs, self.opts, batch, self.runner)
+        return process_batch(self.stage, docs, self.opts, batch, self.claims, self.runner)
+
+
+class Claims:
+    """Ray actor: the job's registry of claimed values (value -> key of the sample that owns it)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[str, str] = {}
+
+    def claim(self, items: list[tuple[str, str]]) -> list[str]:
+        """Claim each (value, key); return each value's owner (the key itself when the claim succeeded)."""
+        return [self.owners.setdefault(value, key) for value, key in items]
+
+
+def committed_claims(out: Path, source: str, unique: Unique) -> Iterator[tuple[str, str]]:
+    """(value, key) of every sample in the source's shards; run after `reconcile`, so only committed ones count."""
+    for tar in sorted(out.glob(f"*/{source}-*.tar")):
+        if not tar.parent.name.startswith("_"):
+            for members in iter_members(tar):
+                sample = Sample.from_wds(members)
+                yield unique.value(sample), sample.key
 
 
 def reconcile(out: Path, source: str, ledger: Ledger) -> dict[str, Entry]:
@@ -270,7 +249,8 @@ def run_pipeline(stage: Stage, inputs: Iterable[DocInput], opts: Options) -> dic
             todo = pending(inputs, reconcile(opts.out, stage.source, ledger), opts.retry_failed)
             if opts.limit is not None:
                 todo = todo[: opts.limit]
-            committed = _run_batches(stage, todo, opts, ledger)
+            claims = _claims(stage, opts.out) if stage.unique is not None and todo else None
+            committed = _run_batches(stage, todo, opts, ledger, claims)
             reconcile(opts.out, stage.source, ledger)
             _write_indexes(opts.out)
         except OSError as e:
@@ -282,22 +262,37 @@ def run_pipeline(stage: Stage, inputs: Iterable[DocInput], opts: Options) -> dic
     return counts
 
 
-def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledger) -> list[Entry]:
-    """Submit the batches (a bounded number in flight) and commit each one's entries as it finishes."""
+def _claims(stage: Stage, out: Path) -> Any:
+    """The job's registry actor, holding what the committed shards already own."""
     import ray
 
-    batches = [todo[i : i + stage.batch_size] for i in range(0, len(todo), stage.batch_size)]
-    log.info("%s: %d document(s) to render in %d batch(es), run %s", stage.source, len(todo), len(batches), opts.run_id)
+    claims = ray.remote(Claims).options(num_cpus=0).remote()
+    ray.get(claims.claim.remote(list(committed_claims(out, stage.source, stage.unique))))
+    return claims
+
+
+def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledger, claims: Any = None) -> list[Entry]:
+    """Submit the batches (a bounded number in flight) and commit each one's entries as it finishes.
+
+    When the output fills up, no new batch starts; those in flight finish (and commit) or fail (and are removed),
+    then the job stops with OutputFull: nothing half-written stays behind."""
+    import ray
+
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // stage.cpus))
+    size = min(stage.batch_size, max(1, -(-len(todo) // (2 * cpus))))  # few documents: still two batches per CPU
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+    log.info("%s: %d document(s) to render in %d batch(es) of up to %d, run %s", stage.source, len(todo), len(batches),
+             size, opts.run_id)
     in_flight_cap = opts.max_in_flight or 2 * cpus
-    submit = _submitter(stage, opts, cpus)
+    submit = _submitter(stage, opts, cpus, claims)
     committed: list[Entry] = []
     futures: dict[Any, int] = {}
     next_batch = 0
     last_index = time.monotonic()
-    with tqdm(total=len(todo), desc=f"render {stage.source}", unit="doc", mininterval=5) as bar:
-        while next_batch < len(batches) or futures:
-            while next_batch < len(batches) and len(futures) < in_flight_cap:
+    full = False
+    with progress(len(todo), f"render {stage.source}", unit="doc") as bar:
+        while (next_batch < len(batches) and not full) or futures:
+            while next_batch < len(batches) and len(futures) < in_flight_cap and not full:
                 futures[submit(batches[next_batch], next_batch)] = next_batch
                 next_batch += 1
             done, _ = ray.wait(list(futures), num_returns=1)
@@ -307,8 +302,8 @@ def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledg
             except (ray.exceptions.RayError, OSError) as e:
                 _drop_batch(opts.out, batch_prefix(stage.source, opts.run_id, batch))
                 if _is_full(getattr(e, "cause", e)):
-                    raise OutputFull(f"no space left writing shards under {opts.out}: free space and run again "
-                                     "(finished batches are committed; this one was removed)") from None
+                    full = True
+                    continue
                 entries = [
                     Entry(doc=d.doc, origin=d.origin, status="failed", error_class=type(e).__name__,
                           error=f"the batch's Ray worker failed after its retries: {str(e)[:500]}", run=opts.run_id)
@@ -321,18 +316,22 @@ def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledg
             if time.monotonic() - last_index > 30:
                 _write_indexes(opts.out)
                 last_index = time.monotonic()
+    if full:
+        raise OutputFull(f"no space left writing shards under {opts.out}: free space and run again "
+                         "(finished batches are committed; the others were removed)")
     return committed
 
 
-def _submitter(stage: Stage, opts: Options, cpus: int) -> Callable[[list[DocInput], int], Any]:
+def _submitter(stage: Stage, opts: Options, cpus: int, claims: Any) -> Callable[[list[DocInput], int], Any]:
     import ray
 
     memory = int(stage.bounds.memory_gb * 1024**3)
-    if not stage.actors:
+    if stage.make_runner is None:
         task = ray.remote(process_batch).options(num_cpus=stage.cpus, memory=memory, max_retries=3, retry_exceptions=False)
-        return lambda docs, batch: task.remote(stage, docs, opts, batch)
+        stage_ref, opts_ref = ray.put(stage), ray.put(opts)
+        return lambda docs, batch: task.remote(stage_ref, docs, opts_ref, batch, claims)
     actor_cls = ray.remote(BatchActor).options(num_cpus=stage.cpus, memory=memory, max_restarts=-1, max_task_retries=3)
-    actors = [actor_cls.remote(stage, opts) for _ in range(cpus)]
+    actors = [actor_cls.remote(stage, opts, claims) for _ in range(cpus)]
     return lambda docs, batch: actors[batch % len(actors)].process.remote(docs, batch)
 
 
@@ -341,8 +340,9 @@ def _is_full(exc: BaseException | None) -> bool:
 
 
 def _drop_batch(out: Path, prefix: str) -> None:
-    for p in out.glob(f"*/{prefix}-*"):
-        p.unlink(missing_ok=True)
+    for folder in out.iterdir():
+        if folder.is_dir() and not folder.name.startswith("_"):
+            remove_shards(folder, prefix)
 
 
 def _write_indexes(out: Path) -> None:

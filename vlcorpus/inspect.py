@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, help="a .tar shard, a category folder or a corpus folder")
     p.add_argument("--samples", type=int, default=3, help="samples to show (default %(default)s)")
     p.add_argument("--chars", type=int, default=300, help="characters of text to show per sample")
-    p.add_argument("--verify", action="store_true", help="check every shard against its sidecar's sha256")
+    p.add_argument("--verify", action="store_true", help="check every shard against its sidecar's checksum")
 
 
 def image_size(data: bytes) -> str:

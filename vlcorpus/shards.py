@@ -1,31 +1,39 @@
 """Atomic WebDataset shards with sidecars, and the reader that turns them back into `Sample`s.
 
 A shard appears only when complete: it is written to a hidden temporary name, fsynced and renamed; then its
-sidecar `<stem>.json` (samples, bytes, sha256, text tokens, images, docs) is written the same way. So a sidecar
+sidecar `<stem>.json` (samples, bytes, checksum, text tokens, images, docs) is written the same way. So a sidecar
 never points at missing data and a crash leaves at most a `.tmp` file that `clean_partial` removes.
+
+The sidecar's `checksum` is `"xxh3_128:<32 hex>"` over the whole tar. Sidecars written before it carried
+`"sha256": "<64 hex>"`; readers accept both (`ShardInfo.from_json` reads the old field as `"sha256:<hex>"`, and
+`verify_shard` checks whichever algorithm the sidecar names). Why xxh3-128: the checksum guards against torn or
+corrupted files, not an adversary (whoever can change a shard can change its sidecar), and sha256 capped shard
+writing below plain `webdataset.TarWriter` (figures in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import xxhash
 
 from vlcorpus.sample import Sample
 
 DEFAULT_MAX_BYTES = 256 * 1024**2
 DEFAULT_MAX_SAMPLES = 10_000
 TMP_SUFFIX = ".tmp"
+CHECKSUM = "xxh3_128"  # what writers use; readers also verify the "sha256" of older sidecars
+HASHES: dict[str, Callable[[], object]] = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
 
 
 class ChecksumError(IOError):
-    """A shard whose bytes no longer match the sha256 its sidecar recorded."""
+    """A shard whose bytes no longer match the checksum its sidecar recorded."""
 
 
 @dataclass
@@ -35,10 +43,18 @@ class ShardInfo:
     shard: str
     samples: int = 0
     bytes: int = 0
-    sha256: str = ""
+    checksum: str = ""  # "<algorithm>:<hex digest>" of the whole tar file
     text_tokens: int = 0
     images: int = 0
     docs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ShardInfo:
+        """A sidecar or `index.json` entry; one written before the checksum change (`sha256`) reads as `sha256:<hex>`."""
+        data = dict(data)
+        if "sha256" in data:
+            data.setdefault("checksum", f"sha256:{data.pop('sha256')}")
+        return cls(**data)
 
 
 def fsync_dir(path: Path) -> None:
@@ -64,46 +80,27 @@ def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8"))
 
 
-class _HashingFile(io.RawIOBase):
-    """A write-only file that hashes what passes through it on a helper thread, a few MB at a time, while the tar
-    stream goes on encoding (hashlib releases the GIL): the checksum costs no second pass over the shard."""
+_BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
+_WRITE_BUFFER = 1024**2
+# The constant parts of the ustar block tarfile writes for our members (mode 0444, uid/gid 0, mtime 0, regular file,
+# POSIX magic, owner "bigdata"), around the name, size and checksum fields.
+_MODE_IDS = b"0000444\x000000000\x000000000\x00"
+_MTIME = b"00000000000\x00"
+_TAIL = b"0" + bytes(100) + b"ustar\x0000" + b"bigdata".ljust(32, b"\x00") * 2 + bytes(16 + 155 + 12)
+_CHECKSUM_BASE = sum(_MODE_IDS) + sum(_MTIME) + sum(_TAIL) + 8 * ord(" ")
 
-    BLOCK = 4 * 1024**2
 
-    def __init__(self, f: io.BufferedWriter):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-        self._chunks: list[bytes] = []
-        self._chunk_bytes = 0
-        self._hasher = ThreadPoolExecutor(max_workers=1)
-        self._pending: Future | None = None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:  # type: ignore[override]
-        n = self.f.write(b)
-        self._chunks.append(b)
-        self._chunk_bytes += n
-        self.size += n
-        if self._chunk_bytes >= self.BLOCK:
-            self._hash_chunks()
-        return n
-
-    def _hash_chunks(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-        chunks, self._chunks, self._chunk_bytes = self._chunks, [], 0
-        self._pending = self._hasher.submit(lambda: [self.sha.update(c) for c in chunks])
-
-    def finish(self) -> str:
-        """The sha256 of everything written."""
-        self._hash_chunks()
-        self._pending.result()
-        self._hasher.shutdown()
-        return self.sha.hexdigest()
-
-    def discard(self) -> None:
-        self._hasher.shutdown(cancel_futures=True)
+def member_header(name: str, size: int) -> bytes:
+    """The header `tarfile` (PAX format, as webdataset's TarWriter uses it) writes for one of our members. A name of
+    at most 100 ASCII bytes and a size under 8 GiB (every key of the contract) need a plain ustar block, built here
+    directly because `TarInfo.tobuf` costs more than writing a small member; anything else goes through tarfile."""
+    if name.isascii() and len(name) <= 100 and size < 8**11:
+        raw, size_field = name.encode("ascii"), b"%011o\x00" % size
+        checksum = _CHECKSUM_BASE + sum(raw) + sum(size_field)
+        return raw.ljust(100, b"\x00") + _MODE_IDS + size_field + _MTIME + b"%06o\x00 " % checksum + _TAIL
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "bigdata", "bigdata"
+    return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
 class ShardWriter:
@@ -130,12 +127,12 @@ class ShardWriter:
         self.prefix, self.max_bytes, self.max_samples = prefix, max_bytes, max_samples
         self.index = start_index
         self.finished: list[ShardInfo] = []
-        self._tar: tarfile.TarFile | None = None
+        self._file = None
 
-    def write(self, sample: Sample) -> str:
-        """Append one sample; return the name of the shard it went into."""
-        members = sample.to_wds()
-        if self._tar is None:
+    def write(self, sample: Sample, members: dict | None = None) -> str:
+        """Append one sample (its `to_wds()` members, if the caller already made them); return the shard's name."""
+        members = members or sample.to_wds()
+        if self._file is None:
             self._open()
         assert self._info is not None
         self._written += self._add(members)
@@ -156,32 +153,41 @@ class ShardWriter:
         self.index += 1
         self._final = self.folder / name
         self._tmp = self.folder / f".{name}{TMP_SUFFIX}"
-        self._file = open(self._tmp, "wb")
-        self._hasher = _HashingFile(self._file)
-        self._tar = tarfile.open(fileobj=self._hasher, mode="w|")
+        self._file = open(self._tmp, "wb", buffering=_WRITE_BUFFER)
+        self._hash = HASHES[CHECKSUM]()
+        self._offset = 0
         self._info = ShardInfo(shard=name)
         self._docs: set[str] = set()
         self._written = 0
 
+    def _put(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._offset += len(data)
+
     def _add(self, members: dict) -> int:
-        """Append one sample's members exactly as `webdataset.TarWriter` lays them out (sorted `<key>.<suffix>`
-        names, mode 0444, owner "bigdata"), with mtime 0 so that the same samples give the same bytes. Written here
-        rather than through TarWriter, whose import pulls in torch: every pipeline worker would pay seconds for it.
-        Returns the payload bytes added (the tar stream itself flushes in 10 KB records)."""
+        """Append one sample's members exactly as `webdataset.TarWriter` lays them out through `tarfile` (sorted
+        `<key>.<suffix>` names, mode 0444, owner "bigdata", tarfile's default PAX format), with mtime 0 so that the
+        same samples give the same bytes. Each member is a header, the data and zero padding to 512 bytes, written
+        and hashed once each: no `tarfile` stream in between, whose 10 KB records and copies cost more than the
+        data itself, and no webdataset import (it pulls in torch, seconds per pipeline worker).
+        Returns the payload bytes added."""
         key, total = members["__key__"], 0
         for suffix in sorted(k for k in members if k != "__key__"):
             data = members[suffix]
-            info = tarfile.TarInfo(f"{key}.{suffix}")
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "bigdata", "bigdata"
-            self._tar.addfile(info, io.BytesIO(data))
-            total += info.size
+            self._put(member_header(f"{key}.{suffix}", len(data)))
+            self._put(data)
+            if len(data) % _BLOCK:
+                self._put(bytes(_BLOCK - len(data) % _BLOCK))
+            total += len(data)
         return total
 
     def _finish(self) -> None:
-        assert self._tar is not None and self._info is not None
-        self._tar.close()  # writes the end-of-archive blocks; our underlying file stays open
-        self._info.sha256 = self._hasher.finish()
-        self._info.bytes = self._hasher.size
+        assert self._file is not None and self._info is not None
+        end = self._offset + 2 * _BLOCK  # two zero blocks close the archive; tarfile then pads to whole records
+        self._put(bytes(2 * _BLOCK + (-end) % _RECORD))
+        self._info.checksum = f"{CHECKSUM}:{self._hash.hexdigest()}"
+        self._info.bytes = self._offset
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -189,20 +195,52 @@ class ShardWriter:
         fsync_dir(self.folder)
         atomic_write_json(sidecar_path(self._final), asdict(self._info))
         self.finished.append(self._info)
-        self._tar, self._info = None, None
+        self._file, self._info = None, None
 
     def close(self) -> list[ShardInfo]:
-        if self._tar is not None:
+        if self._file is not None:
             self._finish()
         return self.finished
 
+    def checkpoint(self) -> dict:
+        """Where this writer stands between two samples, as plain data: enough for `resume` in another process."""
+        current = None
+        if self._file is not None:
+            self._file.flush()  # the bytes are the kernel's now: a killed process does not lose them
+            current = {"info": asdict(self._info), "offset": self._offset, "written": self._written}
+        return {"index": self.index, "current": current}
+
+    @classmethod
+    def resume(cls, folder: str | Path, prefix: str, max_bytes: int, max_samples: int, state: dict) -> ShardWriter:
+        """Continue the writer whose `checkpoint()` is `state`, after the process holding it died: shards it started
+        later are removed, the open one is cut back to the checkpoint's length (and reopened if it had been finished
+        since) and its checksum recomputed over what stays."""
+        w = cls(folder, prefix, max_bytes, max_samples, start_index=state["index"])
+        current = state["current"]
+        remove_shards(w.folder, prefix, from_index=state["index"])
+        if current is None:
+            return w
+        name = current["info"]["shard"]
+        w._final, w._tmp = w.folder / name, w.folder / f".{name}{TMP_SUFFIX}"
+        if not w._tmp.exists():
+            os.replace(w._final, w._tmp)
+        sidecar_path(w._final).unlink(missing_ok=True)
+        w._file = open(w._tmp, "r+b", buffering=_WRITE_BUFFER)
+        w._file.truncate(current["offset"])
+        w._hash = HASHES[CHECKSUM]()
+        while chunk := w._file.read(1 << 22):
+            w._hash.update(chunk)
+        w._offset, w._written = current["offset"], current["written"]
+        w._info = ShardInfo(**current["info"])
+        w._docs = set(w._info.docs)
+        return w
+
     def abort(self) -> None:
         """Drop the shard being written (finished shards stay); safe to call after a failed write."""
-        if self._tar is not None:
-            self._tar, self._info = None, None
-            self._hasher.discard()
+        if self._file is not None:
+            f, self._file, self._info = self._file, None, None
             try:
-                self._file.close()
+                f.close()
             except OSError:
                 pass  # flushing bytes we are about to delete failed (e.g. disk full): nothing is lost
             self._tmp.unlink(missing_ok=True)
@@ -217,24 +255,33 @@ class ShardWriter:
             self.abort()
 
 
+def remove_shards(folder: Path, prefix: str, from_index: int = 0) -> None:
+    """Remove the shards `<prefix>-NNNNNN` numbered `from_index` or more, with their sidecars and temporary files."""
+    for p in [*folder.glob(f"{prefix}-*"), *folder.glob(f".{prefix}-*")]:
+        number = p.name.lstrip(".")[len(prefix) + 1 : len(prefix) + 7]
+        if number.isdigit() and int(number) >= from_index:
+            p.unlink(missing_ok=True)
+
+
 def sidecar_path(shard: Path) -> Path:
     return shard.with_suffix(".json")
 
 
 def read_sidecar(shard: Path) -> ShardInfo:
-    return ShardInfo(**json.loads(sidecar_path(shard).read_text("utf-8")))
+    return ShardInfo.from_json(json.loads(sidecar_path(shard).read_text("utf-8")))
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def file_checksum(path: Path, algorithm: str = CHECKSUM) -> str:
+    """`"<algorithm>:<hex digest>"` of a file, read in 4 MB blocks."""
+    h = HASHES[algorithm]()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
-    return h.hexdigest()
+    return f"{algorithm}:{h.hexdigest()}"
 
 
 def verify_shard(shard: Path) -> ShardInfo:
-    """Raise ChecksumError unless the shard exists and matches its sidecar's size and sha256."""
+    """Raise ChecksumError unless the shard exists and matches its sidecar's size and checksum (either algorithm)."""
     shard = Path(shard)
     if not shard.exists():
         raise ChecksumError(f"{shard}: shard is missing")
@@ -244,9 +291,12 @@ def verify_shard(shard: Path) -> ShardInfo:
     size = shard.stat().st_size
     if size != info.bytes:
         raise ChecksumError(f"{shard}: {size} bytes on disk, sidecar says {info.bytes}")
-    digest = file_sha256(shard)
-    if digest != info.sha256:
-        raise ChecksumError(f"{shard}: sha256 {digest[:12]}… does not match the sidecar's {info.sha256[:12]}…")
+    algorithm = info.checksum.partition(":")[0]
+    if algorithm not in HASHES:
+        raise ChecksumError(f"{shard}: sidecar checksum {info.checksum[:24]!r} names no known algorithm ({', '.join(HASHES)})")
+    digest = file_checksum(shard, algorithm)
+    if digest != info.checksum:
+        raise ChecksumError(f"{shard}: checksum {digest[:24]}… does not match the sidecar's {info.checksum[:24]}…")
     return info
 
 

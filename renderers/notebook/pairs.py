@@ -236,7 +236,7 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
     python = language in (None, "python")
     cells = _code_cells(nb, cfg.keep_magics, stats)
     codes = {c.index: c.code for c in cells}
-    names: dict[int, CellNames] = {}  # parsed on the first plot cell that passes the filters
+    names: dict[int, CellNames] = {}  # cells up to the latest plot cell that passed the filters; later ones unread
     limits = cfg.limits()
     reasons: list[str] = []
     ordinal = 0
@@ -247,7 +247,7 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
         if len(reasons) < _MAX_REASONS:
             reasons.append(f"cell {cell}: {message}")
 
-    for cell in cells:
+    for position, cell in enumerate(cells):
         images = _image_outputs(cell.outputs, stats)
         first, ordinal = ordinal, ordinal + len(images)
         if not images:
@@ -264,7 +264,8 @@ def render(doc: DocInput, cfg: NotebookConfig, stats: Counter) -> Iterator[Sampl
             drop("code_over_budget", cell.index, f"{own_lines} lines / {len(cell.code)} chars of code, over the "
                                                  f"max_code_lines/max_code_chars budget")
             continue
-        names = names or {c.index: cell_names(c.code, python) for c in cells}
+        for c in cells[len(names) : position + 1]:  # a plot cell depends on earlier cells only
+            names[c.index] = cell_names(c.code, python)
         context = collate(cell.index, codes, names, cfg.max_code_lines, cfg.max_code_chars)
         for k, (mime, value) in enumerate(images):
             if mime not in IMAGE_MIMES:

