@@ -309,6 +309,7 @@ class Metrics:
         self.writer = self.progress = None
         if st.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
+
             from vlcorpus.progress import progress as progress_bar
 
             self.path.write_text("".join(json.dumps(m) + "\n" for m in self.rows))
