@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -43,7 +44,9 @@ def test_import_text_then_inspect(tmp_path, capsys):
     capsys.readouterr()
     assert main(["inspect", str(out), "--verify", "--samples", "1"]) == 0
     shown = capsys.readouterr().out
-    assert "verified 1 shard(s)" in shown and f"text             {len(samples):8d} samples" in shown
+    shards = shard_paths(out / "text")
+    assert f"verified {len(shards)} shard(s)" in shown
+    assert re.search(rf"^  text +{len(samples)} samples +\d+ text tokens", shown, re.M), shown
     assert "ledger text: ok 2, filtered 1, failed 1" in shown
     assert json.loads((out / "text" / "index.json").read_text())["samples"] == len(samples)
 

@@ -5,10 +5,12 @@ ShardWriter, real torch steps, real webdataset readers and DataLoader workers, a
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import json
 import math
 import random
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -547,6 +549,12 @@ def _ddp_rank(rank: int, world: int, port: int, tok_dir: str, batches: list, out
     loss, _, _ = train_step(st, mine, float(total))
     if rank == 0:
         torch.save({"loss": loss, "grads": {n: p.grad for n, p in raw.named_parameters() if p.grad is not None}}, out)
+    # Teardown in this order: gloo's worker threads free finished work (Python tensors: they need the GIL), and a
+    # group destroyed by the Reducer's last reference joins those threads while holding the GIL (a deadlock seen here).
+    dist.barrier()
+    del st, ddp
+    gc.collect()
+    time.sleep(0.1)  # lets the worker threads take the GIL for what they still free
     dist.destroy_process_group()
 
 
