@@ -747,6 +747,11 @@ def test_run_config_is_one_strict_definition(tmp_path, capsys):
     assert (run.mix, run.out, run.model.preset, run.model.attn_implementation) == ("/m", "/elsewhere/123", "small", "eager")
     assert run.model.shape == {"llm": {"num_hidden_layers": 2}} and run.eval_interval == 7 and run.fsdp
     assert [s.steps for s in load_stages(run)] == [5]
+    staged = RunConfig(stage_overrides=["lr=1.0e-3", "stage3:lr=3.0e-4", "stage1:steps=7"])
+    assert [(s.name, s.lr, s.steps) for s in load_stages(staged)] == [("stage1", 1e-3, 7), ("stage2", 1e-3, 96000),
+                                                                      ("stage3", 3e-4, 10000)]
+    with pytest.raises(ConfigError, match="no stage is named 'stage4'"):
+        load_stages(RunConfig(stage_overrides=["stage4:lr=1.0"]))
     cfg.write_text("mix: /m\nout: /o\nmodel: {preset: tiny, presett: small}\n")
     with pytest.raises(ConfigError, match="presett"):
         run_config(parser.parse_args(["--config", str(cfg)]))

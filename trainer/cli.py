@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after", type=int, help="stop each stage after this many steps (resume later)")
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP); 1 trains in this process")
     p.add_argument("--fsdp", action="store_true", default=None, help="with --workers: shard the model (FSDP2)")
-    p.add_argument("--set", dest="overrides", action="append", help="stage override key=value (every stage)")
+    p.add_argument("--set", dest="overrides", action="append", help="stage override: key=value (every stage) or NAME:key=value (stage NAME only)")
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

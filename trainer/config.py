@@ -150,7 +150,7 @@ class RunConfig:
     tokenizer: str | None = None  # a local tokenizer; a pretrained checkpoint with its own tokenizer needs none
     model: ModelConfig = field(default_factory=ModelConfig)
     schedules: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])  # names or YAML paths
-    stage_overrides: list[str] = field(default_factory=list)  # key=value applied to every stage's schedule
+    stage_overrides: list[str] = field(default_factory=list)  # key=value: every stage; NAME:key=value: stage NAME
     scale: float = 1.0  # multiplies every stage's steps, warm-ups and batch size
     max_seq_len: int | None = None  # cap on every stage's seq_len (compact runs)
     micro_batch_size: int | None = None  # rows per forward; batch_size / micro = gradient accumulation steps
@@ -196,5 +196,23 @@ def load_stage(path: str | Path, overrides: list[str] | None = None) -> StageCon
     return load_config(StageConfig, schedule_path(str(path)), overrides)
 
 
+def stage_overrides(overrides: list[str], name: str) -> list[str]:
+    """The overrides for stage `name`: every `key=value`, and `NAME:key=value` where NAME is `name`."""
+    out = []
+    for o in overrides:
+        target, sep, rest = o.partition(":")
+        if not sep or "=" in target:
+            out.append(o)
+        elif target == name:
+            out.append(rest)
+    return out
+
+
 def load_stages(run: RunConfig) -> list[StageConfig]:
-    return [load_stage(p, run.stage_overrides).scaled(run.scale, run.max_seq_len) for p in run.schedules]
+    names = {p: load_stage(p).name for p in run.schedules}
+    for o in run.stage_overrides:
+        target, sep, _ = o.partition(":")
+        if sep and "=" not in target and target not in names.values():
+            raise ConfigError(f"stage override {o!r}: no stage is named {target!r} (the stages: {', '.join(names.values())})")
+    return [load_stage(p, stage_overrides(run.stage_overrides, names[p])).scaled(run.scale, run.max_seq_len)
+            for p in run.schedules]
