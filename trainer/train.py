@@ -16,6 +16,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import transformers
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -453,6 +455,8 @@ def finish_stage(st: StageRun, batcher: StepBatcher, tally: Tally, metrics: Metr
 def run_stages(run: RunConfig, stages: list[StageConfig]) -> list[dict]:
     """Stages in order, each from the previous one's final bundle; finished stages are skipped."""
     run.check_paths()
+    if not sys.stderr.isatty():  # transformers' own bars (loading, saving weights) would be carriage-return frames
+        transformers.utils.logging.disable_progress_bar()
     init_from = run.model.pretrained
     summaries = []
     for stage in stages:
