@@ -8,6 +8,8 @@ import json
 import pytest
 
 from vlcorpus.cli import main as cli
+from vlcorpus.inspect import drop_report
+from vlcorpus.ledger import Entry
 
 
 def conversation(*turns: tuple[str, str]) -> dict:
@@ -38,3 +40,10 @@ def test_inspect_of_sft_builds(tmp_path, capsys):
     assert "\n1 shard(s)\n  sft_text                1 samples" in shown  # the staged copy is not counted as output
     assert "not counted (staging and eval folders): _sft_staging/ 1 shard(s)" in shown
     assert "ledger sft (train): " not in shown and "ledger sft: ok 1" in shown
+
+
+def test_counts_of_what_was_made_are_not_drops():
+    entry = Entry(doc="d", origin="d", status="ok", samples=3, counts={
+        "derived_chart_to_code": 2, "text_from_latex": 1, "pages_from_text_layer": 1, "page_low_confidence": 1,
+        "answer_length_out_of_bounds": 4})
+    assert drop_report([entry]).reasons == {"page_low_confidence": 1, "answer_length_out_of_bounds": 4}

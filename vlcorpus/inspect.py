@@ -25,6 +25,11 @@ NOT_DROPS = frozenset({
     "text_from_pdf", "pages_from_text_layer", "pdf_compiled", "bbl_present", "bbl_bibtex", "biblatex",
     "labels_unresolved", "citations_unresolved", "citations_as_text", "math_unparsed", "latexml_errors",
 })
+NOT_DROP_PREFIXES = ("derived_",)  # the SFT build's count of conversations derived per taxonomy task
+
+
+def is_drop(key: str) -> bool:
+    return key not in NOT_DROPS and not key.startswith(NOT_DROP_PREFIXES)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,7 +80,7 @@ def drop_report(entries: Iterable[Entry]) -> DropReport:
         per_record |= "imported" in e.counts
         rep.records += e.counts.get("records", 0)
         rep.imported += e.counts.get("imported", 0)
-        drops = {k: v for k, v in e.counts.items() if k not in NOT_DROPS and v}
+        drops = {k: v for k, v in e.counts.items() if is_drop(k) and v}
         rep.reasons.update(drops)
         if e.status == "failed":
             rep.reasons[f"failed: {e.error_class}"] += 1
