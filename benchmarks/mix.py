@@ -4,9 +4,9 @@
 
 Builds one category (doc_ocr: noise JPEGs, so images do not compress, plus ~60 words of text) of about --gb GB in
 64 MB shards, then per round: (a) the bare copy: every shard member by member with `tarfile` (read stream -> write
-stream, no parsing), with and without an fsync per output shard; (b) the sha256 pass alone over the input (what the
+stream, no parsing), with and without an fsync per output shard; (b) the checksum pass alone over the input (the sidecars' xxh3-128) (what the
 shard contract costs before any work); (c) `run_mix` of a mixture that takes every sample once (samples unit,
-scarcest budget, `streams` = --streams), which verifies every input sha256, parses and checks every sample,
+scarcest budget, `streams` = --streams), which verifies every input checksum, parses and checks every sample,
 dedups, plans, and writes shuffled, tagged, fsynced shards with sidecars: in this process (`--local`), and as Ray
 tasks on a `ray.cluster_utils.Cluster` of 1, 2 and 4 worker nodes of --cpus-per-node CPUs each (the head node has
 no CPU, so every task runs on a worker). The output of every mix run must be byte-identical (same seed, same N).
@@ -128,7 +128,7 @@ def main() -> None:
                                        "streams": args.streams, "max_shard_mb": 64, "categories": {CATEGORY: {"ratio": 1.0}}}))
     logging.basicConfig(level=logging.WARNING)
     cfg = load_mixture(mixture)
-    names = ["copy", "copy+fsync", "sha256", "mix local", *(f"mix {k} node{'s' * (k > 1)}" for k in args.nodes)]
+    names = ["copy", "copy+fsync", "checksum", "mix local", *(f"mix {k} node{'s' * (k > 1)}" for k in args.nodes)]
     times: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[float]] = {k: [] for k in names[:4]}
     digests = set()
@@ -136,8 +136,8 @@ def main() -> None:
         t, c = time.monotonic(), cpu_seconds()
         for shard in shard_paths(corpus):
             verify_shard(shard)
-        times["sha256"].append(time.monotonic() - t)
-        cpu["sha256"].append(cpu_seconds() - c)
+        times["checksum"].append(time.monotonic() - t)
+        cpu["checksum"].append(cpu_seconds() - c)
         for name, fsync in (("copy", False), ("copy+fsync", True)):
             shutil.rmtree(args.work / "copy", ignore_errors=True)
             t, c = time.monotonic(), cpu_seconds()
