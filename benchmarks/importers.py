@@ -42,6 +42,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from benchmarks.run_job import source_tree
+
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the of model vision language page table figure equation data train token image text corpus".split()
 
@@ -185,11 +187,7 @@ def main() -> None:
     try:
         trees = {"job": ROOT}
         if args.baseline_rev:
-            before = tmp / "before"
-            before.mkdir()
-            archive = subprocess.run(["git", "archive", args.baseline_rev], cwd=ROOT, check=True, capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-            trees[f"job@{args.baseline_rev}"] = before
+            trees[f"job@{args.baseline_rev}"] = source_tree(args.baseline_rev, tmp / "before")
         files = {}
         for kind in args.kinds:
             big, small = tmp / f"{kind}-big", tmp / f"{kind}-small"

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks.run_job import source_tree
 from renderers.notebook.pairs import NotebookConfig, render
 from vlcorpus.document import DocInput
 from vlcorpus.ledger import Ledger
@@ -128,11 +129,7 @@ def main() -> None:
         shutil.copy(paths[0], one)
         trees = {"job": ROOT}
         if args.baseline_rev:
-            before = work / "before"
-            before.mkdir()
-            archive = subprocess.run(["git", "archive", args.baseline_rev], cwd=ROOT, check=True, capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-            trees[f"job@{args.baseline_rev}"] = before
+            trees[f"job@{args.baseline_rev}"] = source_tree(args.baseline_rev, work / "before")
         mb = sum(p.stat().st_size for p in paths) / 1024**2
         print(f"{len(paths)} notebooks, {mb:.1f} MB ({args.copies} copies of {len(paths) // args.copies}); "
               f"jobs with --num-cpus {args.num_cpus}, batch {args.batch_size}")

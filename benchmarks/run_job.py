@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,15 @@ from pathlib import Path
 import psutil
 
 CGROUPS = [("/sys/fs/cgroup/cpuacct", "cpuacct.usage", 1e-9), ("/sys/fs/cgroup", "cpu.stat", 1e-6)]
+
+
+def source_tree(rev: str, dest: Path) -> Path:
+    """The repository's files at git revision `rev`, unpacked into `dest`: the code a `--baseline-rev` job runs."""
+    root = Path(__file__).resolve().parents[1]
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=root, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def own_cgroup() -> tuple[Path, str, float] | None:
