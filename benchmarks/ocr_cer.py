@@ -53,13 +53,13 @@ def read_back(image: bytes, languages: str) -> str:
 
 
 def page_pairs(corpus: str, category: str):
-    """(key, text, first image bytes) of every sample of the category that has an image, in shard order."""
+    """(key, text, first image bytes, sample json) of every sample of the category that has an image, in shard order."""
     tars = sorted(glob.glob(os.path.join(corpus, category, "*.tar")))
     for sample in wds.WebDataset(tars, shardshuffle=False).decode():  # images stay bytes
         segments = sample["json"]["segments"]
         names = [s["image"] for s in segments if "image" in s]
         if names:
-            yield sample["__key__"], "".join(s.get("text", "") for s in segments), sample[names[0]]
+            yield sample["__key__"], "".join(s.get("text", "") for s in segments), sample[names[0]], sample["json"]
 
 
 def main() -> int:
@@ -69,10 +69,10 @@ def main() -> int:
     ap.add_argument("bar", type=float, help="the most the Latin-script median CER may be")
     ap.add_argument("--limit", type=int, default=120, help="pages read back, at an even stride over all of them")
     args = ap.parse_args()
-    keys = [key for key, _, _ in page_pairs(args.corpus, args.category)]
+    keys = [key for key, *_ in page_pairs(args.corpus, args.category)]
     chosen = set(keys[:: max(1, len(keys) // args.limit)])
     rates: dict[str, list[float]] = {}
-    for key, text, image in page_pairs(args.corpus, args.category):
+    for key, text, image, _ in page_pairs(args.corpus, args.category):
         if key in chosen and len(text.strip()) >= 40:
             languages = tesseract_languages(text)
             rates.setdefault(languages, []).append(cer(normalise(text), normalise(read_back(image, languages))))

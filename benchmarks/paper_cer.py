@@ -8,18 +8,14 @@ reading and scoring of `benchmarks/ocr_cer.py`.
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import re
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-import webdataset as wds
-
 sys.path.insert(0, str(Path(__file__).parent))
-from ocr_cer import cer, normalise, read_back  # noqa: E402
+from ocr_cer import cer, normalise, page_pairs, read_back  # noqa: E402
 
 _MATH = re.compile(r"\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
 
@@ -34,16 +30,12 @@ def main() -> None:
     p.add_argument("--maths-heavy", type=float, default=0.1, help="share of the text's characters inside maths")
     args = p.parse_args()
     groups: dict[str, list[float]] = defaultdict(list)
-    tars = sorted(glob.glob(os.path.join(args.corpus, "doc_ocr", "*.tar")))
-    for sample in wds.WebDataset(tars, shardshuffle=False).decode():  # images stay bytes
-        segments = sample["json"]["segments"]
-        images = [s["image"] for s in segments if "image" in s]
-        text = "".join(s.get("text", "") for s in segments)
-        if not images or len(text.strip()) < 40:
+    for _, text, image, sample in page_pairs(str(args.corpus), "doc_ocr"):
+        if len(text.strip()) < 40:
             continue
-        rate = cer(normalise(text), normalise(read_back(sample[images[0]], "eng")))
+        rate = cer(normalise(text), normalise(read_back(image, "eng")))
         kind = "maths-heavy" if maths_share(text) > args.maths_heavy else "prose"
-        origin = sample["json"]["meta"]["text_from"]
+        origin = sample["meta"]["text_from"]
         for group in ("all", f"from {origin}", kind, f"from {origin}, {kind}"):
             groups[group].append(rate)
     print("| pages | count | median CER | p90 CER |")

@@ -196,23 +196,17 @@ def load_stage(path: str | Path, overrides: list[str] | None = None) -> StageCon
     return load_config(StageConfig, schedule_path(str(path)), overrides)
 
 
-def stage_overrides(overrides: list[str], name: str) -> list[str]:
-    """The overrides for stage `name`: every `key=value`, and `NAME:key=value` where NAME is `name`."""
-    out = []
-    for o in overrides:
-        target, sep, rest = o.partition(":")
-        if not sep or "=" in target:
-            out.append(o)
-        elif target == name:
-            out.append(rest)
-    return out
+def split_override(override: str) -> tuple[str | None, str]:
+    """`key=value` -> (None, it): every stage; `NAME:key=value` -> (NAME, `key=value`): stage NAME only."""
+    target, sep, rest = override.partition(":")
+    return (target, rest) if sep and "=" not in target else (None, override)
 
 
 def load_stages(run: RunConfig) -> list[StageConfig]:
     names = {p: load_stage(p).name for p in run.schedules}
-    for o in run.stage_overrides:
-        target, sep, _ = o.partition(":")
-        if sep and "=" not in target and target not in names.values():
-            raise ConfigError(f"stage override {o!r}: no stage is named {target!r} (the stages: {', '.join(names.values())})")
-    return [load_stage(p, stage_overrides(run.stage_overrides, names[p])).scaled(run.scale, run.max_seq_len)
+    parsed = [split_override(o) for o in run.stage_overrides]
+    for o, (stage, _) in zip(run.stage_overrides, parsed):
+        if stage is not None and stage not in names.values():
+            raise ConfigError(f"stage override {o!r}: no stage is named {stage!r} (the stages: {', '.join(names.values())})")
+    return [load_stage(p, [kv for stage, kv in parsed if stage in (None, names[p])]).scaled(run.scale, run.max_seq_len)
             for p in run.schedules]
