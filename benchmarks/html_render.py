@@ -17,8 +17,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from pipelines import html as html_job
-from pipelines.browser_runner import BrowserRunner
+from pipelines import render_html as html_job
+from renderers.browser.runner import BrowserRunner
 from renderers.browser import html
 from vlcorpus.document import Bounds, DocInput
 

@@ -92,7 +92,7 @@ def bare(kind: str, path: Path) -> int:
 
 
 def renderer(kind: str, path: Path, staging: Path) -> int:
-    from pipelines.records import record_inputs
+    from renderers.records.discovery import record_inputs
     from renderers.records import caption, text
 
     module, cfg = (caption, caption.CaptionConfig()) if kind == "caption" else (text, text.TextConfig(min_chars=10))
@@ -131,7 +131,7 @@ t = time.perf_counter()
 if sys.argv[1] == "bare":
     n = len(json.load(open(sys.argv[2], "rb"))["annotations"])
 else:
-    from pipelines.records import record_inputs
+    from renderers.records.discovery import record_inputs
     n = len(record_inputs(Path(sys.argv[2]), Path(sys.argv[3]), (".json",), 2000))
 use = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"n": n, "seconds": time.perf_counter() - t, "cpu": use.ru_utime + use.ru_stime, "peak_mb": use.ru_maxrss / 1024}))

@@ -19,19 +19,19 @@ from pathlib import Path
 
 from pipelines.job import (
     add_job_arguments,
-    input_root,
     job_options,
     job_stage,
     renderer_config,
     report_drops,
     run_stage,
 )
-from pipelines.records import add_record_arguments, record_inputs
+from renderers.records.discovery import add_record_arguments, record_inputs
 from renderers.records.reader import MAX_RECORD_BYTES
 from renderers.sft import classify, conversations, derived
 from renderers.sft import split as sft_split
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Stage, run_pipeline
+from vlcorpus.inputs import input_root
 from vlcorpus.ledger import summarize
 from vlcorpus.runtime import init_ray
 from vlcorpus.sample import SFT_CATEGORIES

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import replace
 
 from pipelines.job import add_job_arguments, renderer_config, run_job
-from pipelines.records import RECORD_SUFFIXES, add_record_arguments, record_inputs
+from renderers.records.discovery import RECORD_SUFFIXES, add_record_arguments, record_inputs
 from renderers.records import caption
 from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import replace
 
 from pipelines.job import add_job_arguments, renderer_config, run_job
-from pipelines.records import add_record_arguments, record_inputs
+from renderers.records.discovery import add_record_arguments, record_inputs
 from renderers.records import table_chart
 from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage

@@ -13,9 +13,9 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines import epub as epub_job
-from pipelines import html as html_job
-from pipelines.browser_runner import BrowserRunner
+from pipelines import render_epub as epub_job
+from pipelines import render_html as html_job
+from renderers.browser.runner import BrowserRunner
 from renderers.browser import epub, html
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Stage

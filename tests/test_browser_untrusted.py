@@ -22,7 +22,7 @@ from browser_fixtures import (
     page_text,
 )
 
-from pipelines.browser_runner import (
+from renderers.browser.runner import (
     FILES_PREFIX,
     BrowserCrashed,
     RenderMemoryExceeded,
@@ -151,8 +151,8 @@ def test_browser_sees_a_cleared_environment_and_its_files_go_with_the_runner(mon
 
 KEEP_A_RUNNER = """
 import time
-from pipelines import html as html_job
-from pipelines.browser_runner import BrowserRunner
+from pipelines import render_html as html_job
+from renderers.browser.runner import BrowserRunner
 runner = BrowserRunner(html_job.STAGE)
 print(runner.files.path, flush=True)
 time.sleep(600)
@@ -310,7 +310,7 @@ def test_pipeline_records_a_hanging_page_and_goes_on(tmp_path, ray_local):
     import argparse
     import json
 
-    from pipelines import html as html_pipeline
+    from pipelines import render_html as html_pipeline
 
     site = tmp_path / "site"
     site.mkdir()

@@ -18,7 +18,7 @@ from browser_fixtures import (
     text_lines,
 )
 
-from pipelines import epub as epub_pipeline
+from pipelines import render_epub as epub_pipeline
 
 PARAS = [f"Paragraph {i:03d} of the test book, long enough to wrap over a couple of lines on the page." for i in range(40)]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.browser_runner import FILES_PREFIX, owner_alive
+from renderers.browser.runner import FILES_PREFIX, owner_alive
 from tests.browser_fixtures import LoopbackListeners, chapter, make_epub
 from tests.helpers import image_bytes
 from tests.notebook_fixtures import bomb_png, code_cell, notebook, png_output, write

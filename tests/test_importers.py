@@ -16,8 +16,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipelines.json_stream import TOO_LARGE, JsonStream
-from pipelines.records import jsonl_pieces, record_inputs
+from renderers.records.json_stream import TOO_LARGE, JsonStream
+from renderers.records.discovery import jsonl_pieces, record_inputs
 from renderers.images import BadImage, ImageLimits, check_image, load_ref
 from renderers.records import scene_ocr
 from renderers.records.reader import read_records
@@ -216,7 +216,7 @@ def test_parquet_reading_is_streamed(tmp_path):
     size = path.stat().st_size
     code = (
         "import pyarrow as pa, sys\nfrom collections import Counter\n"
-        "from pipelines.records import record_inputs\nfrom renderers.records import caption\n"
+        "from renderers.records.discovery import record_inputs\nfrom renderers.records import caption\n"
         f"docs = record_inputs(__import__('pathlib').Path({str(path)!r}), None)\n"
         "n = sum(1 for d in docs for _ in caption.render(d, caption.CaptionConfig(), Counter()))\n"
         "print(n, len(docs), pa.default_memory_pool().max_memory())\n"

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DISCOVER = """
 import json, resource, sys
 from pathlib import Path
-from pipelines.records import record_inputs
+from renderers.records.discovery import record_inputs
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 docs = record_inputs(Path(sys.argv[1]), Path(sys.argv[2]), ('.json',), 2000)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -13,7 +13,7 @@ import pymupdf
 import pytest
 import webdataset as wds
 
-from pipelines.arxiv import discover_papers
+from pipelines.render_arxiv import discover_papers
 from renderers.paper.sandbox import bwrap_available
 from tests.test_arxiv import DATA, compile_paper, make_pdf
 from vlcorpus.cli import main

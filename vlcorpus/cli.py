@@ -35,16 +35,16 @@ GROUPS = {
 # The one registry of commands. The source commands (groups in SOURCE_GROUPS) are also what `vlcorpus run` runs, in
 # this order; a command that declares READS_CORPUS runs after the others, with the corpus they built.
 COMMANDS = [
-    "pipelines.arxiv",
-    "pipelines.pdf",
-    "pipelines.epub",
-    "pipelines.html",
-    "pipelines.notebooks",
+    "pipelines.render_arxiv",
+    "pipelines.render_pdf",
+    "pipelines.render_epub",
+    "pipelines.render_html",
+    "pipelines.extract_notebooks",
     "pipelines.import_caption",
     "pipelines.import_interleaved",
     "pipelines.import_table_chart",
     "pipelines.import_scene_ocr",
-    "pipelines.text",
+    "pipelines.import_text",
     "pipelines.build_sft",
     "vlcorpus.inspect",
     "mixer.mix",

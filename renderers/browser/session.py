@@ -1,7 +1,7 @@
 """What a browser renderer works with: locked-down pages that load only the document's own files.
 
 - `Session` (given to `render(doc, config, stats, session)` by the runner that owns the browser,
-  `pipelines/browser_runner.py`) opens one fresh browser context per document.
+  `renderers/browser/runner.py`) opens one fresh browser context per document.
 - The document's own files (a `Site`, from disk or from memory) are served to the browser by a small HTTP server
   (`SiteServer`) under the private origin `http://document.invalid`. A route handler aborts and counts every other
   request (`blocked_requests`). Beneath it, the browser's network is closed: that server is also the browser's only

@@ -1,6 +1,6 @@
 """Records of published datasets, read one input piece at a time so memory stays bounded.
 
-A big file is split into several `DocInput`s by `pipelines/records.py`: a JSONL file into runs of lines (byte
+A big file is split into several `DocInput`s by `renderers/records/discovery.py`: a JSONL file into runs of lines (byte
 ranges), a Parquet file into row groups; JSON files, compressed files and zip members arrive as JSONL pieces written
 at discovery. Each piece is read here as a stream of `(position, record)`: JSONL through the byte range, Parquet
 with `iter_batches` over its one row group and only the needed columns.

@@ -15,10 +15,11 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from pipelines.job import add_job_arguments, discover, renderer_config, run_job
+from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.notebook import pairs as notebook
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Stage, Unique
+from vlcorpus.inputs import discover
 from vlcorpus.sample import Sample
 
 COMMAND = ("extract", "notebooks")

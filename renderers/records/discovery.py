@@ -10,7 +10,7 @@ Files are recognised by their publishers' own names, folders and keys (README, "
 - CSV files and WebDataset tars (img2dataset's `files` output folders too): one piece each.
 - Sidecars that are not records (img2dataset's metadata Parquet and stats, COCO's detection annotations, ChartQA's
   `annotations/` and `tables/`, PlotQA's `annotations.json`, this project's shard sidecars) are skipped without a
-  ledger line. Inputs that must not be read (`pipelines.job.input_problem`, zip members whose names leave the
+  ledger line. Inputs that must not be read (`vlcorpus.inputs.input_problem`, zip members whose names leave the
   archive) come back refused and get a `failed` ledger line.
 
 Each piece says where its relative image paths are looked up (`image_roots`: where the dataset's own download tools
@@ -33,11 +33,11 @@ from contextlib import closing
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from pipelines.job import input_problem, refused, walk_inputs
-from pipelines.json_stream import TOO_LARGE, JsonStream
+from renderers.records.json_stream import TOO_LARGE, JsonStream
 from renderers.records import downloads
 from renderers.records.reader import DROP, MAX_RECORD_BYTES
 from vlcorpus.document import DocInput
+from vlcorpus.inputs import input_problem, refused, walk_inputs
 from vlcorpus.shards import atomic_write_json
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

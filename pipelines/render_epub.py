@@ -1,6 +1,6 @@
 """`vlcorpus render epub INPUT --out CORPUS`: EPUB 2/3 books -> `doc_ocr` page images with their text.
 
-Each Ray actor keeps one Chromium (pipelines.browser_runner.BrowserRunner); a book is read from its zip in memory.
+Each Ray actor keeps one Chromium (renderers.browser.runner.BrowserRunner); a book is read from its zip in memory.
 A long book becomes several inputs, one per part (`renderers.browser.epub.book_parts`), with ids `<book>#C<first
 chapter's spine index>`: each renders, is bounded and is ledgered on its own, so nothing past a page bound is lost.
 """
@@ -12,11 +12,12 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
-from pipelines.browser_runner import BrowserRunner
-from pipelines.job import add_job_arguments, discover, renderer_config, run_job
+from renderers.browser.runner import BrowserRunner
+from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.browser import epub
 from vlcorpus.document import Bounds, DocInput, part_id
 from vlcorpus.driver import Stage
+from vlcorpus.inputs import discover
 
 COMMAND = ("render", "epub")
 HELP = "EPUB books -> doc_ocr page images with exactly the text on each page (Chromium, templates)"

@@ -1,6 +1,6 @@
 """`vlcorpus render html INPUT --out CORPUS`: HTML pages -> `doc_ocr` page images + `web_code` screenshot/code pairs.
 
-Each Ray actor keeps one Chromium (pipelines.browser_runner.BrowserRunner); the CSS, images and fonts a page loads are
+Each Ray actor keeps one Chromium (renderers.browser.runner.BrowserRunner); the CSS, images and fonts a page loads are
 served from the input folder, nothing else.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from pipelines.browser_runner import BrowserRunner
-from pipelines.job import add_job_arguments, discover, renderer_config, run_job
+from renderers.browser.runner import BrowserRunner
+from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.browser import html
 from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
+from vlcorpus.inputs import discover
 
 COMMAND = ("render", "html")
 HELP = "HTML pages -> doc_ocr page images with their text, and web_code screenshot/code pairs (Chromium)"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from pipelines.job import add_job_arguments, discover, renderer_config, run_job
+from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.paper import arxiv
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Stage
+from vlcorpus.inputs import discover
 
 COMMAND = ("render", "pdf")
 HELP = "PDF files -> doc_ocr page image/markdown samples from their text layer"

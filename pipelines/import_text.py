@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from pipelines.job import add_job_arguments, discover, renderer_config, run_job
-from pipelines.records import add_record_arguments, record_inputs
+from pipelines.job import add_job_arguments, renderer_config, run_job
+from renderers.records.discovery import add_record_arguments, record_inputs
 from renderers.records import text
 from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
+from vlcorpus.inputs import discover
 
 COMMAND = ("import", "text")
 HELP = "plain text / markdown files, JSONL and Parquet text records -> text samples"
