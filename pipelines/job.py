@@ -18,7 +18,7 @@ from vlcorpus.config import load_config
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Options, Stage, run_pipeline
 from vlcorpus.inputs import gate, input_root, record_refusals
-from vlcorpus.inspect import DropReport, drop_report
+from vlcorpus.drops import DropReport, drop_report
 from vlcorpus.ledger import Entry, Ledger
 from vlcorpus.runtime import init_ray
 from vlcorpus.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES

@@ -289,7 +289,7 @@ def test_control_a_model_trained_on_noise_instead_of_images_scores_lower(tmp_pat
 
 
 def test_report_page_shows_every_score_with_its_interval_and_the_chart(tmp_path):
-    from chain.run import write_report_page
+    from reports.run_page import write_report_page
 
     def ev(stage, acc, bpb):
         cat = {"items": 100, "hard_negatives": 0, "option_acc": acc, "option_acc_ci": list(wilson(int(acc * 100), 100)),

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vlcorpus.cli import main as cli
-from vlcorpus.inspect import drop_report
+from vlcorpus.drops import drop_report
 from vlcorpus.ledger import Entry
 
 

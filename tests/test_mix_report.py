@@ -79,7 +79,7 @@ def test_mixture_report_shows_ratios_charts_and_thumbnails(mixed, browser, capsy
 
 def test_report_shows_a_share_outside_the_tolerance(tmp_path, browser):
     """Captions far short of their share: the row, the warning and the chart say so."""
-    from mixer.report import write_report
+    from reports.corpus import write_report
 
     corpus = build_corpus(tmp_path / "c", per_category=30, categories=("text",))
     build_corpus(tmp_path / "c", per_category=3, categories=("caption",))
@@ -98,7 +98,7 @@ def test_report_shows_a_share_outside_the_tolerance(tmp_path, browser):
 
 
 def test_report_of_a_mixture_folder_and_of_a_corpus(mixed, browser):
-    from mixer.report import write_report
+    from reports.corpus import write_report
 
     page = load(browser, write_report(mixed / "mix", mixed / "rep-all"))
     kinds = page.eval_on_selector_all("section.view", "els => els.map(e => e.dataset.kind + ':' + e.querySelector('h2').textContent)")

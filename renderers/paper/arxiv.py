@@ -105,7 +105,7 @@ class PaperConfig:
 
 def _latex_split(tree: Path, pdf_path: Path, texts: list[str], cfg: PaperConfig, stats: Counter,
                  info: dict) -> Split | None:
-    """The LaTeX route's pages, or None (the reason counted, one of `routes.ROUTE_LOST`; its message in `info`)."""
+    """The LaTeX route's pages, or None (the reason counted, one of `reports.paper_routes.ROUTE_LOST`; its message in `info`)."""
     try:
         main = pick_main_tex(tree, pdf_path.stem, texts[0])
         if main is None:

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reports.paper_routes import corpus_routes
 from vlcorpus.sample import CATEGORIES
 from vlcorpus.shards import read_index, read_samples
 
@@ -243,9 +244,7 @@ def render_view(view: View, chart_files: dict[str, str]) -> str:
 
 def paper_routes_section(corpus: Path) -> str:
     """Papers (`render arxiv|pdf`), per source: papers by route, pages paired from LaTeX and from the PDF's text
-    layer, and why papers or pages lost the LaTeX route (`renderers.paper.routes`); empty without paper ledgers."""
-    from renderers.paper.routes import corpus_routes
-
+    layer, and why papers or pages lost the LaTeX route (`reports.paper_routes`); empty without paper ledgers."""
     e = html.escape
     parts = []
     for source, s in corpus_routes(corpus).items():
