@@ -4,11 +4,7 @@ download_images.py puts them) and OBELICS Parquet (with an img2dataset download 
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import replace
-
-from pipelines.job import add_job_arguments, renderer_config, run_job
-from renderers.records.discovery import add_record_arguments, record_inputs
+from pipelines.job import Importer
 from renderers.records import interleaved
 from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
@@ -16,17 +12,7 @@ from vlcorpus.driver import Stage
 COMMAND = ("import", "interleaved")
 HELP = "MMC4 shards (JSONL, .jsonl.zip) and OBELICS Parquet (+ img2dataset download of its images) -> interleaved samples"
 CATEGORIES = ("interleaved",)  # what it can write: `vlcorpus run` checks mixtures against it
-STAGE = Stage(source="interleaved", render=interleaved.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, STAGE)
-    add_record_arguments(p)
-
-
-def main(args: argparse.Namespace) -> int:
-    cfg = renderer_config(interleaved.InterleavedConfig, args)
-    stage = replace(STAGE, config=cfg)
-    inputs = record_inputs(args.input, args.out / "_staging" / "interleaved", (".jsonl", ".json", ".parquet"), args.lines_per_doc,
-                           int(args.max_record_mb * 1024**2), downloads_index=True)
-    return run_job(stage, inputs, args, unit="document")
+IMPORTER = Importer(
+    Stage(source="interleaved", render=interleaved.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3)),
+    config=interleaved.InterleavedConfig, suffixes=(".jsonl", ".json", ".parquet"), unit="document", downloads_index=True)
+add_arguments, main = IMPORTER.add_arguments, IMPORTER.main

@@ -7,11 +7,7 @@ its images. The images are found in `train_images/`, where TextOCR's zip unpacks
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import replace
-
-from pipelines.job import add_job_arguments, renderer_config, run_job
-from renderers.records.discovery import add_record_arguments, record_inputs
+from pipelines.job import Importer
 from renderers.records import scene_ocr
 from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
@@ -19,17 +15,7 @@ from vlcorpus.driver import Stage
 COMMAND = ("import", "scene_ocr")
 HELP = "scene-text images with word/line boxes (TextOCR-style JSON, or JSONL per image) -> scene_ocr samples"
 CATEGORIES = ("scene_ocr",)  # what it can write: `vlcorpus run` checks mixtures against it
-STAGE = Stage(source="scene_ocr", render=scene_ocr.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_arguments(p, STAGE)
-    add_record_arguments(p)
-
-
-def main(args: argparse.Namespace) -> int:
-    cfg = renderer_config(scene_ocr.SceneOcrConfig, args)
-    stage = replace(STAGE, config=cfg)
-    inputs = record_inputs(args.input, args.out / "_staging" / "scene_ocr", (".jsonl", ".json"), args.lines_per_doc,
-                           int(args.max_record_mb * 1024**2))
-    return run_job(stage, inputs, args, unit="image")
+IMPORTER = Importer(
+    Stage(source="scene_ocr", render=scene_ocr.render, batch_size=4, bounds=Bounds(timeout_s=600, memory_gb=3)),
+    config=scene_ocr.SceneOcrConfig, suffixes=(".jsonl", ".json"), unit="image")
+add_arguments, main = IMPORTER.add_arguments, IMPORTER.main

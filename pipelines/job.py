@@ -8,17 +8,18 @@ defaults are read from it, and `job_stage` applies what the user overrode. `run_
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from renderers.records.discovery import add_record_arguments, record_inputs
 from vlcorpus.config import load_config
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Options, Stage, run_pipeline
-from vlcorpus.inputs import gate, input_root, record_refusals
-from vlcorpus.drops import DropReport, drop_report
+from vlcorpus.drops import MAX_DROP_SHARE, DropReport, drop_report
+from vlcorpus.inputs import discover, gate, input_root, record_refusals
 from vlcorpus.ledger import Entry, Ledger
 from vlcorpus.runtime import init_ray
 from vlcorpus.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES
@@ -51,6 +52,10 @@ def add_job_arguments(p: argparse.ArgumentParser, stage: Stage) -> None:
     p.add_argument("--limit", type=int, help="render only the first N pending documents")
     p.add_argument("--config", type=Path, help="YAML file of renderer settings")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one renderer setting")
+    p.add_argument("--max-drop-share", type=float, default=MAX_DROP_SHARE,
+                   help="warn (and fail under --strict) when more than this share is dropped (default %(default)s)")
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit with status {STRICT_EXIT} when the job takes nothing in or drops more than --max-drop-share")
 
 
 def renderer_config(cls: type, args: argparse.Namespace) -> Any:
@@ -59,8 +64,8 @@ def renderer_config(cls: type, args: argparse.Namespace) -> Any:
 
 def job_stage(stage: Stage, args: argparse.Namespace, **changes: Any) -> Stage:
     """`stage` with the batch size and per-document bounds the arguments give (and any other `changes`)."""
-    return dataclasses.replace(stage, batch_size=args.batch_size,
-                               bounds=Bounds(timeout_s=args.doc_timeout, memory_gb=args.doc_memory_gb), **changes)
+    return replace(stage, batch_size=args.batch_size,
+                   bounds=Bounds(timeout_s=args.doc_timeout, memory_gb=args.doc_memory_gb), **changes)
 
 
 def job_options(args: argparse.Namespace, out: Path) -> Options:
@@ -112,13 +117,13 @@ def report_drops(source: str, entries: list[Entry], args: argparse.Namespace, un
     rep = drop_report(entries)
     print(f"{source}: {rep.status['ok']} ok, {rep.status['filtered']} filtered, {rep.status['failed']} failed, "
           f"{rep.samples} samples -> {args.out}")
-    share = getattr(args, "max_drop_share", 1.0)
+    share = args.max_drop_share
     if not rep.too_many_dropped(share):
         if rep.records:
             print(f"{source}: {rep.imported} of {rep.records} {unit}s imported")
         return 0
     print(f"WARNING {source}: {warning(rep, unit, share, args.out)}")
-    return STRICT_EXIT if getattr(args, "strict", False) else 0
+    return STRICT_EXIT if args.strict else 0
 
 
 def warning(rep: DropReport, unit: str, share: float, out: Path) -> str:
@@ -132,3 +137,27 @@ def warning(rep: DropReport, unit: str, share: float, out: Path) -> str:
     hint = HINTS.get(top[0][0], "") if top else ""
     listed = ", ".join(f"{reason} {n}" for reason, n in top) or "none recorded"
     return f"{head}; top reasons: {listed} (`vlcorpus inspect {out}` lists them all){hint and '. ' + hint}"
+
+
+@dataclass(frozen=True)
+class Importer:
+    """An `import` command: the record files under the input, read in bounded pieces by one record renderer. A
+    command module declares one (`IMPORTER`) and hands on its `add_arguments` and `main`."""
+
+    stage: Stage
+    config: type  # the renderer's settings dataclass (`--config`, `--set`)
+    suffixes: tuple[str, ...]  # record files read
+    unit: str  # what one record is, in the counts and the drop warning
+    files: tuple[str, ...] = ()  # files read whole, one input each (text: .txt, .md)
+    downloads_index: bool = False  # index img2dataset downloads inside the input (OBELICS image URLs)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        add_job_arguments(p, self.stage)
+        add_record_arguments(p)
+
+    def main(self, args: argparse.Namespace) -> int:
+        stage = replace(self.stage, config=renderer_config(self.config, args))
+        files = discover(args.input, self.files) if self.files and args.input.is_dir() else []
+        records = record_inputs(args.input, args.out / "_staging" / stage.source, self.suffixes, args.lines_per_doc,
+                                int(args.max_record_mb * 1024**2), downloads_index=self.downloads_index)
+        return run_job(stage, files + records, args, unit=self.unit)

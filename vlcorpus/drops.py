@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from vlcorpus.ledger import STATUSES, Entry
 
+MAX_DROP_SHARE = 0.2  # a job that drops more than this share of its records (or inputs) warns; fails under --strict
+
 # Ledger counters that say what a renderer did, not what it dropped (README, "Drop reasons").
 NOT_DROPS = frozenset({
     "records", "imported", "pages", "pairs", "images", "classified", "classified_others", "blocked_requests",

@@ -54,10 +54,6 @@ def add_record_arguments(p) -> None:
                    help="JSONL lines per input piece (one ledger line, one bounded task each; default %(default)s)")
     p.add_argument("--max-record-mb", type=float, default=MAX_RECORD_BYTES / 1024**2,
                    help="larger records are dropped unparsed and counted as record_too_large (default %(default)g)")
-    p.add_argument("--max-drop-share", type=float, default=0.2,
-                   help="warn (and fail under --strict) when more than this share of the records is dropped (default %(default)s)")
-    p.add_argument("--strict", action="store_true",
-                   help="exit with status 3 when the import takes nothing in or drops more than --max-drop-share")
 
 
 def jsonl_pieces(path: Path, lines_per_doc: int) -> list[tuple[int, int, int]]:
