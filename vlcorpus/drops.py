@@ -8,21 +8,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vlcorpus.ledger import STATUSES, Entry
+from vlcorpus.reasons import NOT_DROP_PREFIXES, NOT_DROPS
 
 MAX_DROP_SHARE = 0.2  # a job that drops more than this share of its records (or inputs) warns; fails under --strict
 
-# Ledger counters that say what a renderer did, not what it dropped (README, "Drop reasons").
-NOT_DROPS = frozenset({
-    "records", "imported", "pages", "pairs", "images", "classified", "classified_others", "blocked_requests",
-    "navigations_blocked", "served_requests", "browser_crashes", "text_from_latex", "upsampled_copies",
-    "chapters_parsed_as_html", "code_elements_dropped", "code_css_rules_dropped", "code_inline_data_dropped",
-    "text_from_pdf", "pages_from_text_layer", "pdf_compiled", "bbl_present", "bbl_bibtex", "biblatex",
-    "labels_unresolved", "citations_unresolved", "citations_as_text", "math_unparsed", "latexml_errors",
-})
-NOT_DROP_PREFIXES = ("derived_",)  # the SFT build's count of conversations derived per taxonomy task
-
 
 def is_drop(key: str) -> bool:
+    """Whether a ledger count says something was dropped: every name not declared a non-drop in `vlcorpus.reasons`."""
     return key not in NOT_DROPS and not key.startswith(NOT_DROP_PREFIXES)
 
 

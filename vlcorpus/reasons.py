@@ -1,0 +1,183 @@
+"""Every name a ledger line's `counts` may hold, with its one-line meaning: what a renderer dropped (a drop reason)
+and what it only did (a counter that is not a drop). `vlcorpus inspect`, the jobs' drop warnings and `--strict`
+count as dropped whatever is not declared here as a non-drop; `tests/test_reasons.py` checks that every name the
+code writes is declared, and `docs/reasons.md` is generated from this table (`python -m vlcorpus.reasons`).
+
+A new reason: add one `Reason` to `REASONS`, in its family, then regenerate docs/reasons.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Reason:
+    name: str
+    family: str  # the section of docs/reasons.md it is listed under
+    meaning: str
+    drop: bool = True  # False: a count of what was done, not of something lost
+
+
+def _family(family: str, *rows: tuple[str, str], drop: bool = True) -> tuple[Reason, ...]:
+    return tuple(Reason(name, family, meaning, drop) for name, meaning in rows)
+
+
+REASONS: tuple[Reason, ...] = (
+    *_family(
+        "images",
+        ("image_missing", "an image reference that names no file (or no usable reference at all)"),
+        ("image_outside_root", "an image path whose real path leaves the input folder (and any image_root granted)"),
+        ("image_remote", "an image URL (never fetched) that no img2dataset download inside the input provides"),
+        ("image_unreadable", "an image path that is a symlink loop, FIFO, socket or device (never opened)"),
+        ("image_too_large", "an image over the encoded-size bound"),
+        ("image_too_many_pixels", "an image over the pixel bound, checked from its header (decompression bombs too)"),
+        ("image_too_small", "an image with a side under the minimum"),
+        ("image_undecodable", "an image that does not decode (bad base64, unparsable SVG included)"),
+        ("image_uniform", "an image whose channels are all within the tolerance (an empty plot)"),
+        ("image_unsupported", "a notebook output of an image type that is not read"),
+    ),
+    *_family(
+        "records",
+        ("bad_record", "a record that is not an object, or not a shape its importer reads"),
+        ("bad_json_line", "a JSONL line that does not parse"),
+        ("bad_json_member", "a JSON member of a tar that does not parse"),
+        ("record_too_large", "a record over --max-record-mb (dropped unparsed)"),
+        ("unknown_image_id", "a COCO caption whose image_id is in no `images` entry"),
+        ("image_unplaced", "an interleaved document whose images' matched_text_index lies outside its text"),
+        ("images_skipped", "images left out of an interleaved document that is kept"),
+        ("images_over_max", "images of an interleaved document past max_images"),
+        ("qa_truncated", "questions of a chart past max_qa_per_image"),
+        ("no_caption", "a caption record without a caption"),
+        ("no_text_field", "a text record without a `text` field"),
+        ("no_qa", "a chart record without a question-answer pair"),
+        ("no_legible_words", "a scene-text image without a legible word"),
+        ("no_images", "an interleaved document without an image"),
+        ("text_too_short", "a text record under min_chars"),
+    ),
+    *_family(
+        "notebooks",
+        ("code_too_short", "a plot cell under min_cell_lines of code"),
+        ("code_over_budget", "a plot cell whose code is over the line or character budget"),
+        ("not_one_image", "not exactly one image where one is required (a plot cell; a derived SFT task)"),
+        ("malformed_cell", "a notebook cell that is not an object"),
+        ("non_python_cell", "a code cell that is not Python (or does not parse)"),
+        ("unknown_output", "a cell output of a type nbformat does not define"),
+        ("duplicate_image", "a sample whose image another sample of the same job already owns (Stage.unique)"),
+    ),
+    *_family(
+        "pages (papers, HTML, EPUB)",
+        ("page_too_little_text", "a page with less text than min_page_chars"),
+        ("page_too_large", "a PDF page larger than max_page_pt on a side"),
+        ("pages_over_limit", "pages past the document's page bound"),
+        ("chapters_over_page_limit", "EPUB chapters past the book part's page bound"),
+        ("blank_pages", "pages with nothing drawn"),
+        ("missing_spine_items", "EPUB spine entries that name no manifest item or no file"),
+        ("spine_items_not_documents", "EPUB spine entries that are not XHTML/HTML documents"),
+        ("missing_files", "files a page asked for that the input folder does not hold"),
+        ("web_code_too_long", "an HTML page whose cleaned code is over max_code_chars (no web_code pair)"),
+    ),
+    *_family(
+        "papers: the LaTeX route",
+        ("page_low_confidence", "a LaTeX page under min_page_score (the page takes its PDF's text layer)"),
+        ("page_unverified", "a LaTeX page its PDF page does not print enough of (text layer instead)"),
+        ("page_beyond_split", "a PDF page past the LaTeX split (text layer instead)"),
+        ("no_main_tex", "no main .tex file (every page from the text layer)"),
+        ("main_tex_ambiguous", "several candidate main .tex files (every page from the text layer)"),
+        ("unsafe_source", "a source archive refused as unsafe (every page from the text layer)"),
+        ("latexml_timeout", "LaTeXML ran out of time (every page from the text layer)"),
+        ("latexml_failed", "LaTeXML failed (every page from the text layer)"),
+        ("split_failed", "Nougat's split of the markdown over the pages failed (every page from the text layer)"),
+        ("compile_timeout", "a source without its PDF whose compilation ran out of time"),
+        ("compile_failed", "a source without its PDF whose compilation gave no PDF"),
+        ("bib_missing", "a .bib file the paper names is missing"),
+        ("bib_too_large", "a .bib file over the size bound"),
+        ("bst_missing", "the bibliography style the paper names is missing"),
+        ("bibtex_errors", "BibTeX reported errors (the .bbl it wrote is used)"),
+        ("bibtex_timeout", "BibTeX ran out of time"),
+        ("bibtex_failed", "BibTeX failed"),
+        ("pictures_outside_folder", "pictures the paper includes from outside its folder (never read)"),
+    ),
+    *_family(
+        "SFT conversations",
+        ("image_placeholder_mismatch", "image placeholders in the text that do not match the images given"),
+        ("not_a_conversation", "a record that is no conversation format read"),
+        ("bad_turn", "a turn that is not an object with text"),
+        ("unknown_role", "a turn whose role is not user, assistant or system"),
+        ("no_exchange", "a conversation without both a user and an assistant turn"),
+        ("empty_answer", "a conversation whose assistant turns hold no text"),
+        ("ends_with_user_turn", "a conversation that ends on a user turn"),
+        ("unknown_taxonomy_label", "a taxonomy label that is no leaf of the taxonomy"),
+        ("images_in_text_category", "a conversation with images filed under a text-only category"),
+        ("not_derivable", "a corpus sample no SFT task can be derived from"),
+        ("answer_length_out_of_bounds", "a derived answer outside derived_min_chars..derived_max_chars"),
+        ("not_selected", "a conversation left out by the plan (a duplicate, or over its leaf's cap)"),
+    ),
+    *_family(
+        "trainer",
+        ("over_seq_budget", "(in the trainer's metrics and summary.json) a sample with no target left within the "
+                            "sequence budget"),
+    ),
+    *_family(
+        "counters that are not drops",
+        ("records", "records read, in the importer's unit (captions, documents, questions, images)"),
+        ("imported", "records imported, in the importer's unit"),
+        ("pages", "pages written"),
+        ("pairs", "plot/code pairs written"),
+        ("images", "images found in a notebook's outputs"),
+        ("classified", "SFT conversations labelled by the taxonomy classifier"),
+        ("classified_others", "classified conversations that landed in the `Others` leaf"),
+        ("upsampled_copies", "extra copies written to balance a small taxonomy leaf"),
+        ("blocked_requests", "network requests the browser was refused"),
+        ("navigations_blocked", "navigations away from the document the browser was refused"),
+        ("served_requests", "requests served from the input folder"),
+        ("browser_crashes", "browser crashes recovered from (the document rendered again)"),
+        ("chapters_parsed_as_html", "EPUB chapters that are not well-formed XML, parsed as HTML instead"),
+        ("code_elements_dropped", "elements removed from a page's code for its web_code pair"),
+        ("code_css_rules_dropped", "CSS rules removed from a page's code"),
+        ("code_inline_data_dropped", "inline data (data: URLs, base64) removed from a page's code"),
+        ("text_from_latex", "papers whose pages come from their LaTeX"),
+        ("text_from_pdf", "papers whose pages come from the PDF's text layer"),
+        ("pages_from_text_layer", "pages of a LaTeX-route paper that took the text layer"),
+        ("pdf_compiled", "papers whose PDF was compiled from the source"),
+        ("bbl_present", "papers shipped with their .bbl"),
+        ("bbl_bibtex", "papers whose .bbl BibTeX wrote"),
+        ("biblatex", "papers using biblatex (bibliography from LaTeXML's own processing)"),
+        ("labels_unresolved", "references to labels LaTeXML could not resolve (rewritten as ??)"),
+        ("citations_unresolved", "citations LaTeXML could not resolve (rewritten as [?])"),
+        ("citations_as_text", "citations kept as their text"),
+        ("math_unparsed", "formulas LaTeXML's grammar could not parse (their LaTeX kept)"),
+        ("latexml_errors", "errors LaTeXML reported on a paper it still converted"),
+        drop=False,
+    ),
+)
+NOT_DROP_PREFIXES = ("derived_",)  # the SFT build's count of conversations derived per taxonomy task (`derived_<leaf>`)
+
+BY_NAME = {r.name: r for r in REASONS}
+NOT_DROPS = frozenset(r.name for r in REASONS if not r.drop)
+DOC = Path(__file__).resolve().parent.parent / "docs" / "reasons.md"
+
+
+def is_declared(name: str) -> bool:
+    return name in BY_NAME or name.startswith(NOT_DROP_PREFIXES)
+
+
+def markdown() -> str:
+    """docs/reasons.md: one table per family."""
+    lines = ["# Drop reasons and counters", "",
+             "Generated from `vlcorpus/reasons.py` by `python -m vlcorpus.reasons`; do not edit by hand.", "",
+             "Every ledger line's `counts` uses this one vocabulary. A record importer counts each dropped record "
+             "once, in its unit, under the reason that dropped it; an interleaved document dropped for its images "
+             "takes the most common reason they failed. An input that must not be read at all (its real path leaves "
+             "the input folder, a broken or looping link, a FIFO) gets a `failed` line with the error class "
+             "`UnsafeInput`. Counts named `derived_<task>` (the SFT build's conversations derived per taxonomy task) "
+             "are not drops either."]
+    for family in dict.fromkeys(r.family for r in REASONS):
+        lines += ["", f"## {family[0].upper()}{family[1:]}", "", "| name | meaning |", "|---|---|"]
+        lines += [f"| `{r.name}` | {r.meaning} |" for r in REASONS if r.family == family]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    DOC.write_text(markdown(), "utf-8")
