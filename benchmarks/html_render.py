@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipelines import render_html as html_job
-from renderers.browser.runner import BrowserRunner
 from renderers.browser import html
+from renderers.browser.runner import BrowserRunner
 from vlcorpus.document import Bounds, DocInput
 
 

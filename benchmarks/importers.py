@@ -92,8 +92,8 @@ def bare(kind: str, path: Path) -> int:
 
 
 def renderer(kind: str, path: Path, staging: Path) -> int:
-    from renderers.records.discovery import record_inputs
     from renderers.records import caption, text
+    from renderers.records.discovery import record_inputs
 
     module, cfg = (caption, caption.CaptionConfig()) if kind == "caption" else (text, text.TextConfig(min_chars=10))
     stats: Counter = Counter()

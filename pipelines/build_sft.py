@@ -30,12 +30,13 @@ from renderers.records.reader import MAX_RECORD_BYTES
 from renderers.sft import classify, conversations, derived
 from renderers.sft import split as sft_split
 from vlcorpus.document import Bounds, DocInput
-from vlcorpus.driver import Stage, run_pipeline
+from vlcorpus.driver import run_pipeline
 from vlcorpus.inputs import input_root
 from vlcorpus.ledger import summarize
 from vlcorpus.runtime import init_ray
 from vlcorpus.sample import SFT_CATEGORIES
 from vlcorpus.shards import atomic_write_json, shard_paths
+from vlcorpus.stage import Stage
 
 COMMAND = ("build", "sft")
 HELP = "conversation sets + derived tasks -> balanced sft_* shards, taxonomy eval split and coverage table"

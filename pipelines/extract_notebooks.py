@@ -18,9 +18,9 @@ from pathlib import Path
 from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.notebook import pairs as notebook
 from vlcorpus.document import Bounds, DocInput
-from vlcorpus.driver import Stage, Unique
 from vlcorpus.inputs import discover
 from vlcorpus.sample import Sample
+from vlcorpus.stage import Stage, Unique
 
 COMMAND = ("extract", "notebooks")
 HELP = "Jupyter notebooks -> plot/code pairs (web_code samples)"

@@ -7,7 +7,7 @@ from pipelines.job import Importer
 from renderers.records import caption
 from renderers.records.discovery import RECORD_SUFFIXES
 from vlcorpus.document import Bounds
-from vlcorpus.driver import Stage
+from vlcorpus.stage import Stage
 
 COMMAND = ("import", "caption")
 HELP = "caption sets (COCO, img2dataset output, HF Parquet, image folder + JSONL/CSV/JSON, WebDataset tars) -> caption samples"

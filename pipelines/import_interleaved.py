@@ -7,7 +7,7 @@ from __future__ import annotations
 from pipelines.job import Importer
 from renderers.records import interleaved
 from vlcorpus.document import Bounds
-from vlcorpus.driver import Stage
+from vlcorpus.stage import Stage
 
 COMMAND = ("import", "interleaved")
 HELP = "MMC4 shards (JSONL, .jsonl.zip) and OBELICS Parquet (+ img2dataset download of its images) -> interleaved samples"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pipelines.job import Importer
 from renderers.records import scene_ocr
 from vlcorpus.document import Bounds
-from vlcorpus.driver import Stage
+from vlcorpus.stage import Stage
 
 COMMAND = ("import", "scene_ocr")
 HELP = "scene-text images with word/line boxes (TextOCR-style JSON, or JSONL per image) -> scene_ocr samples"

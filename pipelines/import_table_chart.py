@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipelines.job import Importer
 from renderers.records import table_chart
 from vlcorpus.document import Bounds
-from vlcorpus.driver import Stage
+from vlcorpus.stage import Stage
 
 COMMAND = ("import", "table_chart")
 HELP = "chart/table QA sets (ChartQA, PlotQA split folders; QA JSON(L)/Parquet with image paths) -> table_chart samples"

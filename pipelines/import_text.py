@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipelines.job import Importer
 from renderers.records import text
 from vlcorpus.document import Bounds
-from vlcorpus.driver import Stage
+from vlcorpus.stage import Stage
 
 COMMAND = ("import", "text")
 HELP = "plain text / markdown files, JSONL and Parquet text records -> text samples"

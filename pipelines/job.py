@@ -17,12 +17,13 @@ from typing import Any
 from renderers.records.discovery import add_record_arguments, record_inputs
 from vlcorpus.config import load_config
 from vlcorpus.document import Bounds, DocInput
-from vlcorpus.driver import Options, Stage, run_pipeline
+from vlcorpus.driver import Options, run_pipeline
 from vlcorpus.drops import MAX_DROP_SHARE, DropReport, drop_report
 from vlcorpus.inputs import discover, gate, input_root, record_refusals
 from vlcorpus.ledger import Entry, Ledger
 from vlcorpus.runtime import init_ray
 from vlcorpus.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES
+from vlcorpus.stage import Stage
 
 log = logging.getLogger("vlcorpus.pipelines")
 

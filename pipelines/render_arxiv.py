@@ -17,7 +17,7 @@ from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.paper import arxiv
 from renderers.paper.sources import ARCHIVE_SUFFIXES
 from vlcorpus.document import Bounds, DocInput
-from vlcorpus.driver import Stage
+from vlcorpus.stage import Stage
 
 COMMAND = ("render", "arxiv")
 HELP = "arXiv papers (LaTeX source + PDF) -> doc_ocr page image/markdown samples"

@@ -12,12 +12,12 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
-from renderers.browser.runner import BrowserRunner
 from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.browser import epub
+from renderers.browser.runner import BrowserRunner
 from vlcorpus.document import Bounds, DocInput, part_id
-from vlcorpus.driver import Stage
 from vlcorpus.inputs import discover
+from vlcorpus.stage import Stage
 
 COMMAND = ("render", "epub")
 HELP = "EPUB books -> doc_ocr page images with exactly the text on each page (Chromium, templates)"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from renderers.browser.runner import BrowserRunner
 from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.browser import html
+from renderers.browser.runner import BrowserRunner
 from vlcorpus.document import Bounds
-from vlcorpus.driver import Stage
 from vlcorpus.inputs import discover
+from vlcorpus.stage import Stage
 
 COMMAND = ("render", "html")
 HELP = "HTML pages -> doc_ocr page images with their text, and web_code screenshot/code pairs (Chromium)"

@@ -9,8 +9,8 @@ from dataclasses import replace
 from pipelines.job import add_job_arguments, renderer_config, run_job
 from renderers.paper import arxiv
 from vlcorpus.document import Bounds, DocInput
-from vlcorpus.driver import Stage
 from vlcorpus.inputs import discover
+from vlcorpus.stage import Stage
 
 COMMAND = ("render", "pdf")
 HELP = "PDF files -> doc_ocr page image/markdown samples from their text layer"

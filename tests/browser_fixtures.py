@@ -15,11 +15,11 @@ from PIL import Image
 
 from pipelines import render_epub as epub_job
 from pipelines import render_html as html_job
-from renderers.browser.runner import BrowserRunner
 from renderers.browser import epub, html
+from renderers.browser.runner import BrowserRunner
 from vlcorpus.document import Bounds, DocInput
-from vlcorpus.driver import Stage
 from vlcorpus.sample import Sample
+from vlcorpus.stage import Stage
 
 
 class LoopbackListeners:

@@ -22,6 +22,7 @@ from browser_fixtures import (
     page_text,
 )
 
+from renderers.browser import html
 from renderers.browser.runner import (
     FILES_PREFIX,
     BrowserCrashed,
@@ -30,9 +31,8 @@ from renderers.browser.runner import (
     owner_alive,
     remove_leftovers,
 )
-from renderers.browser import html
 from renderers.browser.session import DirSite, Session
-from vlcorpus.driver import Stage
+from vlcorpus.stage import Stage
 
 GOOD = "<!DOCTYPE html><html><body><p>a perfectly ordinary page</p></body></html>"
 

@@ -11,9 +11,10 @@ import pytest
 
 from tests import stub_renderers
 from vlcorpus.document import Bounds, DocInput
-from vlcorpus.driver import Options, Stage, run_pipeline
+from vlcorpus.driver import Options, run_pipeline
 from vlcorpus.ledger import Ledger
 from vlcorpus.shards import read_samples, shard_paths, verify_shard
+from vlcorpus.stage import Stage
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -124,7 +125,8 @@ CRASH_SCRIPT = """
 import sys
 from tests import stub_renderers
 from vlcorpus.document import DocInput
-from vlcorpus.driver import Options, Stage, run_pipeline
+from vlcorpus.driver import Options, run_pipeline
+from vlcorpus.stage import Stage
 from vlcorpus.runtime import init_ray
 init_ray(num_cpus=1)
 docs = [DocInput(doc=f"d{i:02d}", origin=f"d{i:02d}", path="-") for i in range(int(sys.argv[2]))]

@@ -16,10 +16,10 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from renderers.records.json_stream import TOO_LARGE, JsonStream
-from renderers.records.discovery import jsonl_pieces, record_inputs
 from renderers.images import BadImage, ImageLimits, check_image, load_ref
 from renderers.records import scene_ocr
+from renderers.records.discovery import jsonl_pieces, record_inputs
+from renderers.records.json_stream import TOO_LARGE, JsonStream
 from renderers.records.reader import read_records
 from vlcorpus.cli import main as cli
 from vlcorpus.ledger import Ledger

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from vlcorpus.document import Bounds, DocInput, Render
+from vlcorpus.document import DocInput
 from vlcorpus.ledger import DONE, Entry, Ledger, summarize
 from vlcorpus.progress import progress
 from vlcorpus.sample import Sample
@@ -45,6 +45,7 @@ from vlcorpus.shards import (
     sidecar_path,
     write_index,
 )
+from vlcorpus.stage import Runner, Stage, Unique
 from vlcorpus.worker import BoundedWorker, InProcess
 
 log = logging.getLogger("vlcorpus.driver")
@@ -57,32 +58,6 @@ class OutputFull(RuntimeError):
 class BatchError(RuntimeError):
     """A batch failed outside any one document; carries the original class name and message, so that it always
     pickles across the Ray task boundary whatever library raised it."""
-
-
-@dataclass(frozen=True)
-class Unique:
-    """Job-wide exact deduplication: `value(sample)` (e.g. an image's sha256) is claimed by the first sample key;
-    other samples with that value are dropped and counted as `reason`; `mark(sample)`, if given, notes on each kept
-    sample that it passed. Functions must be module-level (they travel to the bounded child)."""
-
-    value: Callable[[Sample], str]
-    reason: str
-    mark: Callable[[Sample], None] | None = None
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A renderer and what it needs to run, declared as plain data (NeMo Curator style)."""
-
-    source: str
-    render: Render
-    config: Any = None
-    cpus: float = 1.0
-    batch_size: int = 8
-    bounds: Bounds = Bounds()
-    make_runner: Callable[[Stage], Runner] | None = None  # kept by one Ray actor per CPU (a browser); None: the
-    # documents render in the Ray worker's bounded child process
-    unique: Unique | None = None
 
 
 @dataclass
@@ -102,14 +77,6 @@ class Options:
         if self.limit is not None and self.limit < 0:
             raise ValueError("--limit must be >= 0")
         self.run_id = self.run_id or time.strftime("%Y%m%d%H%M%S", time.gmtime()) + secrets.token_hex(2)
-
-
-class Runner(Protocol):
-    """Renders in the Ray worker's own process (a browser kept across documents); it enforces the bounds itself."""
-
-    def render(self, doc: DocInput) -> tuple[list[Sample], dict[str, int]]: ...
-
-    def close(self) -> None: ...
 
 
 _worker: tuple[bytes, BoundedWorker] | None = None  # this Ray worker process's bounded child, kept across tasks

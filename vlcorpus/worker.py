@@ -29,14 +29,12 @@ from collections import Counter
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter, remove_shards
-
-if TYPE_CHECKING:
-    from vlcorpus.driver import Runner, Stage
+from vlcorpus.stage import Runner, Stage
 
 RECYCLE_AFTER = 2000  # documents per child; bounds what slow leaks in a renderer or its libraries can accumulate
 Claim = Callable[[list[tuple[str, str]]], list[str]]  # (value, sample key) pairs -> the key owning each value

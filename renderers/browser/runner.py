@@ -36,8 +36,8 @@ import psutil
 
 from renderers.browser.session import Session, SiteServer
 from vlcorpus.document import Bounds, DocInput, Filtered
-from vlcorpus.driver import Stage
 from vlcorpus.sample import Sample
+from vlcorpus.stage import Stage
 
 log = logging.getLogger("vlcorpus.browser")
 

@@ -33,8 +33,8 @@ from contextlib import closing
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from renderers.records.json_stream import TOO_LARGE, JsonStream
 from renderers.records import downloads
+from renderers.records.json_stream import TOO_LARGE, JsonStream
 from renderers.records.reader import DROP, MAX_RECORD_BYTES
 from vlcorpus.document import DocInput
 from vlcorpus.inputs import input_problem, refused, walk_inputs
