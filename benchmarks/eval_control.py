@@ -62,11 +62,11 @@ def main() -> None:
         (control / ".mix.partial").rename(control / "mix")
     t = cfg.train
     argv = ["train", "--mix", str(control / "mix"), "--tokenizer", str(args.out / "tokenizer"), "--out",
-            str(control / "train"), "--preset", t.preset, "--device", t.device, "--scale", str(t.scale),
+            str(control / "train"), "--preset", t.model.preset, "--device", t.device, "--scale", str(t.scale),
             "--eval", str(args.out / "split" / "heldout"), "--eval-items", str(t.eval_items), "--num-workers",
             str(t.num_workers), "--ckpt-interval", str(t.ckpt_interval)]
     argv += [a for s in cfg.stages for a in ("--schedule", str(SCHEDULE_DIR / f"{s}.yaml"))]
-    argv += (["--max-seq-len", str(t.max_seq_len)] if t.max_seq_len else []) + [a for o in t.overrides for a in ("--set", o)]
+    argv += (["--max-seq-len", str(t.max_seq_len)] if t.max_seq_len else []) + [a for o in t.stage_overrides for a in ("--stage-set", o)]
     if cli_main(argv):
         raise SystemExit("control training failed")
     runs = {name: [json.loads(x) for x in (folder / "eval.jsonl").read_text().splitlines()]

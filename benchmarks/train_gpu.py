@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
-from trainer.config import ModelConfig, RunConfig, StageConfig, load_stage
+from trainer.config import ATTENTION, PRESETS, ModelConfig, RunConfig, StageConfig, load_stage
 from trainer.data import Encoder, StepBatcher, Tally, read_mixture
 from trainer.model import (
     attention,
@@ -159,7 +159,7 @@ def replace_attn(text_config, attn: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--preset", default="small")
+    p.add_argument("--preset", default="small", choices=PRESETS)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--rows", type=int, default=8, help="packed rows per optimizer step")
     p.add_argument("--micro", type=int, default=4, help="rows per forward pass")
@@ -169,7 +169,7 @@ def main() -> None:
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--samples", type=int, default=400, help="synthetic samples per category")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--attn", default="sdpa", help="sdpa | flex_attention | flash_attention_2 | eager")
+    p.add_argument("--attn", default="sdpa", choices=ATTENTION)
     p.add_argument("--threads", type=int, help="torch CPU threads (a shared CPU box: 1 avoids OpenMP contention)")
     p.add_argument("--skip-pytest", action="store_true")
     p.add_argument("--out", default=None, help="write the results JSON here")

@@ -22,7 +22,7 @@ import yaml
 from mixer.config import MixtureConfig, load_mixture
 from mixer.heldout import corpus_fingerprint, split_corpus
 from reports.run_page import write_report_page
-from trainer.config import RunConfig
+from trainer.config import DEVICES, PRESETS, VOCAB_SIZE, RunConfig
 from vlcorpus.cli import main as cli_main
 from vlcorpus.cli import source_commands
 from vlcorpus.config import ConfigError, load_config
@@ -48,7 +48,7 @@ class E2EConfig:
     stages: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])
     mixtures: dict[str, StageMixture] = field(default_factory=dict)  # stage -> its mixture, where not the shipped one
     strict_mix: bool = False  # a mixture warning (a share more than 2 points off, a category left out) stops the run
-    vocab_size: int = 8000  # the tokenizer trained on the corpus
+    vocab_size: int = VOCAB_SIZE  # the tokenizer trained on the corpus
     # the trainer's own settings (trainer.config.RunConfig); the chain fills in mix, out, tokenizer, eval_dir and
     # schedules (from `stages`)
     train: RunConfig = field(default_factory=RunConfig)
@@ -114,8 +114,8 @@ def check_mixtures(cfg: E2EConfig) -> dict[str, MixtureConfig]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="e2e YAML (see e2e.yaml in the repository)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. out=/data/run")
-    p.add_argument("--preset", help="model preset (tiny | small | deepseek-vl-1.3b); same as --set train.model.preset=")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="same as --set train.device=")
+    p.add_argument("--preset", choices=PRESETS, help="model size; same as --set train.model.preset=")
+    p.add_argument("--device", choices=DEVICES, help="same as --set train.device=")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
 

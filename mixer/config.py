@@ -15,13 +15,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mixer.schema import UNITS
 from vlcorpus.config import ConfigError, load_config
 from vlcorpus.sample import CATEGORIES
 
 log = logging.getLogger("vlcorpus.mixer")
 
 MIXTURES_DIR = Path(__file__).parent / "mixtures"
-UNITS = ("tokens", "samples")
 ON_SHORT = ("error", "warn")
 SCARCEST = "scarcest"  # the largest budget at which every required category (on_short: error) stays within max_upsample
 DOMINANT = "dominant"  # all of the category with the largest ratio, once; the others up-sampled within max_upsample

@@ -18,6 +18,7 @@ from typing import Any
 from vlcorpus.config import ConfigError, from_dict
 
 SCHEMA = "vlcorpus-mix/2"
+UNITS = ("tokens", "samples")  # what a mixture's ratios and budget count
 REPEATS = ("a repeated (up-sampled) sample is written again with the same key in a later copy pass; "
            "meta.mix.repeat is the copy index and every copy starts a new shard, so read all shards once")
 

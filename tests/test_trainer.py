@@ -743,10 +743,15 @@ def test_run_config_is_one_strict_definition(tmp_path, capsys):
     parser = __import__("argparse").ArgumentParser()
     __import__("trainer.cli", fromlist=["add_arguments"]).add_arguments(parser)
     run = run_config(parser.parse_args(["--config", str(cfg), "--out", "/elsewhere/123", "--attn", "eager",
-                                        "--eval-interval", "7", "--fsdp"]))
+                                        "--eval-interval", "7", "--fsdp", "--set", "model.shape.vision.image_size=128"]))
     assert (run.mix, run.out, run.model.preset, run.model.attn_implementation) == ("/m", "/elsewhere/123", "small", "eager")
-    assert run.model.shape == {"llm": {"num_hidden_layers": 2}} and run.eval_interval == 7 and run.fsdp
+    assert run.model.shape == {"llm": {"num_hidden_layers": 2}, "vision": {"image_size": 128}}
+    assert run.eval_interval == 7 and run.fsdp
     assert [s.steps for s in load_stages(run)] == [5]
+    run = run_config(parser.parse_args(["--config", str(cfg), "--stage-set", "steps=9"]))
+    assert [s.steps for s in load_stages(run)] == [9]
+    with pytest.raises(SystemExit):  # choices come from PRESETS
+        parser.parse_args(["--preset", "huge"])
     staged = RunConfig(stage_overrides=["lr=1.0e-3", "stage3:lr=3.0e-4", "stage1:steps=7"])
     assert [(s.name, s.lr, s.steps) for s in load_stages(staged)] == [("stage1", 1e-3, 7), ("stage2", 1e-3, 96000),
                                                                       ("stage3", 3e-4, 10000)]
@@ -756,7 +761,7 @@ def test_run_config_is_one_strict_definition(tmp_path, capsys):
     with pytest.raises(ConfigError, match="presett"):
         run_config(parser.parse_args(["--config", str(cfg)]))
     rc = cli.main(["train", "--schedule", "stage1", "--mix", "/m", "--tokenizer", "/t", "--out", str(tmp_path),
-                   "--set", "lr_shedule=cosine"])
+                   "--stage-set", "lr_shedule=cosine"])
     assert rc == 2 and "lr_shedule" in capsys.readouterr().err
     rc = cli.main(["train", "--mix", "/m", "--out", str(tmp_path)])
     assert rc == 2 and "tokenizer" in capsys.readouterr().err

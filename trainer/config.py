@@ -8,7 +8,8 @@ A preset only shrinks the sub-configs of `DeepseekVLHybridConfig` (SigLIP, SAM, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,17 @@ PRESETS: dict[str, Preset] = {
 
 
 ATTENTION = ("sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "eager")
+DEVICES = ("auto", "cpu", "cuda")
+VOCAB_SIZE = 32000  # a tokenizer trained on the corpus (`vlcorpus train-tokenizer`, `vlcorpus run`): LLaMA's size
 SHAPE_PARTS = ("vision", "high_res", "llm")
+
+
+def setting(default: Any = MISSING, *, help: str, factory: Callable[[], Any] | None = None, flag: str | None = None,
+            choices: Iterable[str] | None = None) -> Any:
+    """A run setting with what its `vlcorpus train` flag says (`trainer.cli` derives the flags from these): its help,
+    and where they differ from the field's name and type, its flag name and choices."""
+    meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
 
 @dataclass
@@ -73,12 +84,12 @@ class ModelConfig:
     2}}` for the real geometry at a reduced depth.
     """
 
-    preset: str = "tiny"
-    pretrained: str | None = None
-    vision_pretrained: str | None = None
-    high_res_pretrained: str | None = None
-    llm_pretrained: str | None = None
-    attn_implementation: str = "sdpa"
+    preset: str = setting("tiny", help="model size", choices=PRESETS)
+    pretrained: str | None = setting(None, help="local DeepseekVL(Hybrid) bundle to start the first stage from")
+    vision_pretrained: str | None = setting(None, help="local SigLIP vision model directory")
+    high_res_pretrained: str | None = setting(None, help="local SAM vision model directory")
+    llm_pretrained: str | None = setting(None, help="local LLaMA-layout language model directory")
+    attn_implementation: str = setting("sdpa", help="attention kernel", flag="--attn", choices=ATTENTION)
     shape: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,34 +156,41 @@ class RunConfig:
     """Settings for the whole run (every stage): `vlcorpus train --config run.yaml` (flags override it) and the
     `train:` section of `vlcorpus run`'s config, loaded with the project's strict loader (`vlcorpus.config`)."""
 
-    mix: str = ""  # mixture folder: <mix>/<stage>/mixture.json + <category>/*.tar
-    out: str = ""  # run folder: <out>/<stage>/ (checkpoints, metrics, final bundle)
-    tokenizer: str | None = None  # a local tokenizer; a pretrained checkpoint with its own tokenizer needs none
+    mix: str = setting("", help="mixture folder: <mix>/<stage>/mixture.json + <category>/*.tar")
+    out: str = setting("", help="run folder: <out>/<stage>/ (checkpoints, metrics, final bundle)")
+    tokenizer: str | None = setting(None, help="local tokenizer directory (a --pretrained bundle has its own)")
     model: ModelConfig = field(default_factory=ModelConfig)
-    schedules: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])  # names or YAML paths
-    stage_overrides: list[str] = field(default_factory=list)  # key=value: every stage; NAME:key=value: stage NAME
-    scale: float = 1.0  # multiplies every stage's steps, warm-ups and batch size
-    max_seq_len: int | None = None  # cap on every stage's seq_len (compact runs)
-    micro_batch_size: int | None = None  # rows per forward; batch_size / micro = gradient accumulation steps
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
-    activation_checkpointing: bool = False
-    num_workers: int = 2  # DataLoader workers per category stream
-    ckpt_interval: int = 100
-    keep_checkpoints: int = 2  # the last K checkpoints are kept, older ones removed
-    eval_dir: str | None = None  # held-out corpus/mixture folder: evaluation after each stage (and every eval_interval)
-    eval_items: int = 64
-    eval_interval: int = 0  # evaluate every N steps into the metrics and curves (0: only after each stage)
-    stop_after: int | None = None  # stop the stage after this many steps (a planned interruption)
-    workers: int = 1  # Ray Train workers (DDP); 1 trains in this process
-    fsdp: bool = False  # with several workers: shard parameters, gradients and optimizer state (FSDP2), not DDP
+    schedules: list[str] = setting(factory=lambda: ["stage1", "stage2", "stage3"], flag="--schedule",
+                                   help="stage name (stage1..3) or stage YAML; repeat for several")
+    stage_overrides: list[str] = setting(factory=list, flag="--stage-set",
+                                         help="override a stage setting: key=value (every stage) or NAME:key=value "
+                                              "(stage NAME only); repeat for several")
+    scale: float = setting(1.0, help="multiplies every stage's steps, warm-ups and batch size")
+    max_seq_len: int | None = setting(None, help="cap on every stage's seq_len, in text tokens (compact runs)")
+    micro_batch_size: int | None = setting(None, help="rows per forward pass; batch_size / micro_batch_size = "
+                                                      "gradient accumulation steps")
+    seed: int = setting(0, help="seed of the model's init and the data order")
+    device: str = setting("auto", help="where to train", choices=DEVICES)
+    compile: bool = setting(False, help="torch.compile the language model")
+    activation_checkpointing: bool = setting(False, help="recompute activations in the backward pass")
+    num_workers: int = setting(2, help="DataLoader workers per category stream")
+    ckpt_interval: int = setting(100, help="steps between checkpoints")
+    keep_checkpoints: int = setting(2, help="how many checkpoints to keep (the newest)")
+    eval_dir: str | None = setting(None, flag="--eval", help="held-out corpus/mixture folder: evaluate after each "
+                                                             "stage (and every eval_interval steps)")
+    eval_items: int = setting(64, help="evaluation items per category")
+    eval_interval: int = setting(0, help="also evaluate every N steps into the metrics and curves (0: only after "
+                                         "each stage)")
+    stop_after: int | None = setting(None, help="stop each stage after this many steps (resume later)")
+    workers: int = setting(1, help="Ray Train workers (DDP); 1 trains in this process")
+    fsdp: bool = setting(False, help="with several workers: shard parameters, gradients and optimizer state "
+                                     "(FSDP2), not DDP")
 
     def __post_init__(self) -> None:
         if self.scale <= 0:
             raise ConfigError("scale must be positive")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device: {self.device!r} must be auto, cpu or cuda")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.keep_checkpoints < 1 or self.ckpt_interval < 1 or self.workers < 1 or self.eval_interval < 0:
             raise ConfigError("keep_checkpoints, ckpt_interval and workers must be >= 1, eval_interval >= 0")
         if not self.schedules:

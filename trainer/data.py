@@ -31,13 +31,13 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from mixer.schema import UNITS
 from mixer.schema import read_mixture_json as read_mixture_file
 from trainer.tokenizer import ChatFormat, special_ids
 from vlcorpus.config import ConfigError
 from vlcorpus.sample import TEXT_ONLY_CATEGORIES, Sample
 
 IGNORE = -100
-UNITS = ("tokens", "samples")
 OVER_BUDGET = "over_seq_budget"  # drop reason: nothing to learn from is left within the sequence budget
 
 log = logging.getLogger("trainer")

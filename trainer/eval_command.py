@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.config import DEVICES
 from trainer.evaluate import ACCURACIES, EvalConfig, evaluate_set, load_eval_set
 from trainer.tokenizer import IMAGE, load_tokenizer, special_ids
 
@@ -100,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bpb-bytes", type=int, default=100_000, help="text bytes scored per category for bits per byte")
     p.add_argument("--seq-len", type=int, help="longest sequence scored (default: the model's maximum)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--out", type=Path, help="folder for eval.json and eval.png")
 
 

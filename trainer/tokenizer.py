@@ -19,6 +19,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from trainer.config import VOCAB_SIZE
 from vlcorpus.config import ConfigError
 from vlcorpus.shards import read_samples, shard_paths
 
@@ -157,7 +158,7 @@ def load_tokenizer(path: str | Path, scratch: bool = True) -> PreTrainedTokenize
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="corpus or mixture folder (every *.tar under it is read)")
     p.add_argument("--out", required=True, help="output tokenizer directory")
-    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help="vocabulary size (default %(default)s)")
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--max-samples", type=int, default=None, help="read at most this many samples")
 
