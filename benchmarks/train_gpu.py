@@ -15,7 +15,7 @@ transformers models doing the same work.
 4. MFU: 6·N + 12·L·d·T FLOPs per token (N: LLM parameters without embeddings, plus the LM head; nanoGPT's estimate,
    attention as if unpacked) against the bf16 peak (measured matmul, and the data-sheet figure where known).
 
-Targets (issue 21): language steps >= 90% of the bare LLaMA, MFU >= 40% of the bf16 peak, data wait < 5%.
+Targets: language steps >= 90% of the bare LLaMA, MFU >= 40% of the bf16 peak, data wait < 5%.
 """
 
 from __future__ import annotations
@@ -90,8 +90,12 @@ def run_trainer(run: RunConfig, stage: StageConfig, warmup: int) -> dict:
     train_stage(run, stage, None)
     metrics = [json.loads(x) for x in (Path(run.out) / stage.name / "metrics.jsonl").read_text().splitlines()]
     steady = metrics[warmup:]
-    by = lambda mod: [m for m in steady if m["modality"] == mod]  # noqa: E731
-    tps = lambda ms: sum(m["tokens"] for m in ms) / sum(m["step_s"] for m in ms) if ms else None  # noqa: E731
+    def by(mod: str) -> list[dict]:
+        return [m for m in steady if m["modality"] == mod]
+
+    def tps(ms: list[dict]) -> float | None:
+        return sum(m["tokens"] for m in ms) / sum(m["step_s"] for m in ms) if ms else None
+
     return {
         "steps_measured": len(steady),
         "tokens_per_s": tps(steady),
@@ -216,7 +220,9 @@ def main() -> None:
     measured = matmul_peak(device, 8192 if device.type == "cuda" else 1024, 50 if device.type == "cuda" else 10)
     nominal = next((v for k, v in BF16_PEAK.items() if k in result["device"]), None)
     fpt = 6 * n_llm + 12 * config.text_config.num_hidden_layers * config.text_config.hidden_size * args.seq_len
-    mfu = lambda tps, peak: tps * fpt / peak if tps and peak else None  # noqa: E731
+    def mfu(tps: float | None, peak: float | None) -> float | None:
+        return tps * fpt / peak if tps and peak else None
+
     result.update({
         "llm_params_non_embedding_plus_head": n_llm, "matmul_peak_tflops": measured / 1e12,
         "datasheet_bf16_peak_tflops": nominal / 1e12 if nominal else None,

@@ -3,7 +3,7 @@
 A mixture is a YAML file (`mixer/mixtures/stage{1,2,3}.yaml` are the paper's) loaded through `vlcorpus.config`,
 so an unknown key or a wrong type stops at once. Ratios that do not sum to 1 are normalised with a warning
 (a file written in percent, or one that drops a category, still means what it says relative to the others).
-A realised ratio more than `TOLERANCE` (2 points) from the request is never silent (DESIGN.md, "Mixer").
+A realised ratio more than `TOLERANCE` (2 points) from the request is never silent (docs/mixer.md).
 """
 
 from __future__ import annotations

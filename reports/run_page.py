@@ -69,7 +69,8 @@ def write_report_page(report: Path, train: Path, stages: list[str], mix: Path | 
         plot_results(evals, report / "eval.png", "held-out evaluation after each stage (95% intervals)")
         chart = '<img src="eval.png" alt="evaluation chart">'
         chance = evals[-1].get("chance")
-        note = (f"<p>Chance is {chance:.2f} (4 options). Highlighted: accuracies whose whole 95% Wilson interval lies "
+        options = f" ({round(1 / chance)} options)" if chance else ""  # chance is 1 / options; NaN without items
+        note = (f"<p>Chance is {chance:.2f}{options}. Highlighted: accuracies whose whole 95% Wilson interval lies "
                 "above chance. Bits per byte: held-out text-only samples (the <i>all</i> row) and each category's text "
                 "with its images in context; 95% bootstrap intervals over samples.</p>")
     else:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from benchmarks.cluster import LoopbackCluster
+from tests.cluster_fixtures import LoopbackCluster
 from vlcorpus.ledger import Ledger
 from vlcorpus.shards import read_samples, shard_paths, verify_shard
 

@@ -1,4 +1,4 @@
-"""Issue 18: each published dataset layout (tests/dataset_layouts.py) imported as its publisher ships it, with no
+"""Each published dataset layout (tests/dataset_layouts.py) imported as its publisher ships it, with no
 `--set`, through the real command on a local Ray and read back with webdataset: every record arrives with its
 images in the right places, sidecars leave no ledger line, drops are counted in the user's unit, hostile members
 are refused, and an import that takes nothing in says why and fails under --strict."""

@@ -1,4 +1,4 @@
-"""Issue 9's kill drill: SIGKILL `vlcorpus run` while it renders, while it mixes and while it trains; the re-run
+"""The kill drill: SIGKILL `vlcorpus run` while it renders, while it mixes and while it trains; the re-run
 resumes, and the final corpus and mixture hold every input exactly once, as a clean run does."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluation (issue 14): items from every multimodal category with same-category and same-document distractors,
+"""Evaluation: items from every multimodal category with same-category and same-document distractors,
 MC-PPL and option scoring, Wilson and bootstrap intervals, bits per byte over a byte budget, the `vlcorpus eval`
 command and its errors, and a control run showing that a model trained on the pixels beats one trained on noise."""
 

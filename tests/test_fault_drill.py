@@ -1,5 +1,5 @@
-"""Issue 9's fault drill over a folder of hostile inputs, through the real commands: every input gets a ledger line,
-nothing is written outside the output, the browser touches no network, and the job finishes. Issue 16 adds reads
+"""The fault drill over a folder of hostile inputs, through the real commands: every input gets a ledger line,
+nothing is written outside the output, the browser touches no network, and the job finishes. It also covers reads
 outside the input through symlinks, FIFOs and loops, and records too large to parse."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def hostile_inputs(root: Path, url: str) -> dict[str, Path]:
 
 
 def loopback_inputs(inputs: dict[str, Path], listeners: LoopbackListeners) -> None:
-    """A page and a book whose frames, objects, embeds and meta refresh aim at loopback services (issue 16)."""
+    """A page and a book whose frames, objects, embeds and meta refresh aim at loopback services."""
     a, b, c, d = listeners.ports
     body = (f'<p>{"Text beside the frames. " * 20}</p><iframe src="http://127.0.0.1:{a}/"></iframe>'
             f'<iframe src="https://127.0.0.1:{b}/"></iframe><object data="http://127.0.0.1:{c}/"></object>'
@@ -155,7 +155,7 @@ def test_hostile_inputs_are_all_recorded_and_contained(tmp_path, server):
 
 
 def hostile_records(root: Path) -> dict[str, Path]:
-    """Issue 16's reads outside the input and unbounded records, each beside a good document."""
+    """Reads outside the input and unbounded records, each beside a good document."""
     good = "A good paragraph of plain text that is long enough to keep as a sample of its own. " * 4
     text = root / "text"
     (text / "sub").mkdir(parents=True)
@@ -211,7 +211,7 @@ def test_reads_outside_the_input_are_refused_and_unbounded_records_counted(tmp_p
     assert piece.counts == {"records": 4, "imported": 1, "image_unreadable": 2, "image_outside_root": 1}
 
 
-# Issue 16, papers: a canary in the environment the workers inherit (set before the session's Ray starts), which a
+# Papers: a canary in the environment the workers inherit (set before the session's Ray starts), which a
 # paper reads through a macro-built name no source check sees; the test asserts it appears in no output.
 CANARY = "vlcorpus-drill-canary-91d2"
 os.environ["VLCORPUS_DRILL_CANARY"] = CANARY

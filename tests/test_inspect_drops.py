@@ -1,5 +1,5 @@
 """`vlcorpus inspect` shows what every source dropped, by reason, SFT staging included, and counts only output shards
-in its totals (issue 18)."""
+in its totals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 18's large JSON: a COCO captions file of ~200 MB is discovered streaming, with memory that does not grow with
+"""A large JSON file: a COCO captions file of ~200 MB is discovered streaming, with memory that does not grow with
 the file (measured in a fresh process), and every caption arrives joined with its image. The 2 GB figure is
 `benchmarks/importers.py --coco-json-gb 2` (benchmarks/RESULTS.md)."""
 

@@ -1,4 +1,4 @@
-"""Issue 16: a paper that reads the worker's environment or the host's files through a macro-built name (which no
+"""A paper that reads the worker's environment or the host's files through a macro-built name (which no
 source check sees) gets nothing of them into the corpus, through every TeX tool we run: bibtex, latexmk (a paper
 without its PDF is compiled) and LaTeXML."""
 

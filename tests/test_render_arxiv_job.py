@@ -15,7 +15,7 @@ import webdataset as wds
 
 from pipelines.render_arxiv import discover_papers
 from renderers.paper.sandbox import bwrap_available
-from tests.test_arxiv import DATA, compile_paper, make_pdf
+from tests.paper_fixtures import DATA, compile_paper, make_pdf
 from vlcorpus.cli import main
 from vlcorpus.ledger import Ledger
 

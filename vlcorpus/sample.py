@@ -1,4 +1,4 @@
-"""The sample contract (DESIGN.md, "The sample"): one WebDataset sample = `K.json` + the images it names.
+"""The sample contract (docs/samples.md): one WebDataset sample = `K.json` + the images it names.
 
 `Sample` is the unit every producer emits and every consumer reads. `Sample.validate()` is the one place the
 contract is enforced; writers call it, so an off-contract sample never reaches a tar.
