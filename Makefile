@@ -9,4 +9,5 @@ demo:
 
 test:
 	bash scripts/setup.sh classifier test
+	ruff check .
 	python -m pytest -q

@@ -148,7 +148,7 @@ def main() -> None:
         med = {name: (statistics.median(w for w, _, _ in v), statistics.median(c for _, c, _ in v), v[-1][2])
                for name, v in runs.items()}
         print(f"\nmedian of {args.rounds} rounds; per-core = notebooks per CPU-second")
-        for name, (wall, cpu, n) in med.items():
+        for name, (wall, cpu, _) in med.items():
             print(f"  {name:36s} {wall:8.2f} s {len(paths) / wall:7.2f} nb/s  CPU {cpu:7.2f} s {len(paths) / cpu:7.2f} nb/CPU-s")
         for name in trees:
             (w1, c1, _), (wn, cn, pairs) = med[f"{name} start-up (1 notebook)"], med[f"{name} ({len(paths)} notebooks)"]

@@ -2,7 +2,7 @@
 text layer) and by how much of it is maths (LaTeX maths counts against the CER: tesseract reads glyphs), with the
 reading and scoring of `benchmarks/ocr_cer.py`.
 
-    python benchmarks/paper_cer.py CORPUS [--maths-heavy 0.1]
+    PYTHONPATH=. python benchmarks/paper_cer.py CORPUS [--maths-heavy 0.1]
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ocr_cer import cer, normalise, page_pairs, read_back  # noqa: E402
+from benchmarks.ocr_cer import cer, normalise, page_pairs, read_back
 
 _MATH = re.compile(r"\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
 

@@ -26,16 +26,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from matplotlib.figure import Figure  # no pyplot: no backend to choose, nothing to close
+from PIL import Image, ImageDraw, ImageFont
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import webdataset as wds  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-
-from renderers.records.text import split_paragraphs  # noqa: E402
+from renderers.records.text import split_paragraphs
 
 SOURCE = """# {kind} demo data
 
@@ -139,7 +136,8 @@ def table_chart(root: Path) -> None:
         values = [rng.randint(5, 50) for _ in labels]
         kind = ("bar", "line")[i % 2] if i < 4 else rng.choice(["bar", "line", "barh", "pie"])
         title = f"Sales in region {i + 1}" if i < 4 else f"{rng.choice(MEASURES)} in {rng.choice(REGIONS)} {2000 + i % 25}"
-        fig, ax = plt.subplots(figsize=(3.2, 2.4), dpi=80 if i < 4 else 60)
+        fig = Figure(figsize=(3.2, 2.4), dpi=80 if i < 4 else 60)
+        ax = fig.subplots()
         if kind == "pie":
             ax.pie(values, labels=labels)
         else:
@@ -148,7 +146,6 @@ def table_chart(root: Path) -> None:
         ax.set_title(title)
         fig.tight_layout()
         fig.savefig(folder / "png" / f"chart{i}.png")
-        plt.close(fig)
         top = labels[values.index(max(values))]
         records.append({"imgname": f"png/chart{i}.png", "query": "Which category has the highest value?", "label": top})
         records.append({"imgname": f"png/chart{i}.png", "query": f"What is the value of {labels[1]}?", "label": str(values[1])})
@@ -190,12 +187,12 @@ def scene_ocr(root: Path) -> None:
             x = 20 + rng.randint(0, 20)
             y = (40 if i < 4 else 12) + row * (60 if i < 4 else 34)
             for word in line.split():
-                l, t, r, b = d.textbbox((x, y), word, font=f)
+                left, top, right, bottom = d.textbbox((x, y), word, font=f)
                 d.text((x, y), word, fill="white", font=f)
                 ann_id = f"{img_id}_{len(anns)}"
-                anns[ann_id] = {"image_id": img_id, "bbox": [l, t, r - l, b - t], "utf8_string": word}
+                anns[ann_id] = {"image_id": img_id, "bbox": [left, top, right - left, bottom - top], "utf8_string": word}
                 index[img_id].append(ann_id)
-                x = r + 14
+                x = right + 14
         name = f"images/{img_id}.jpg"
         img.save(folder / name, quality=90 if i < 4 else 75)
         imgs[img_id] = {"file_name": name, "width": w, "height": h}
@@ -241,7 +238,9 @@ def sft(root: Path) -> None:
     (folder / "sft_general").mkdir(exist_ok=True)
     for i, (shape, color) in enumerate(SHAPES):
         (folder / "images" / f"{i}.jpg").write_bytes(encode(shape_image(shape, color)))
-    conv = lambda q, a: [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": a}]  # noqa: E731
+    def conv(q: str, a: str) -> list[dict]:
+        return [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": a}]
+
     llava = [
         {"id": "count-0", "image": "images/0.jpg", "taxonomy": "Counting",
          "conversations": conv("How many shapes are in the picture?", "There is one shape: a red circle.")},

@@ -45,7 +45,7 @@ def server():
     hits: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):
             hits.append(self.path)
             self.send_response(200)
             self.end_headers()

@@ -31,16 +31,8 @@ from renderers.paper.sources import (
     pick_main_tex,
     pick_pdf,
 )
+from tests.paper_fixtures import DATA, compile_paper, make_pdf
 from vlcorpus.document import DocInput, Filtered
-
-DATA = Path(__file__).parent / "data" / "paper"
-
-
-def compile_paper(folder: Path, tex: str = "paper.tex") -> Path:
-    for _ in range(2):  # twice, for the references
-        subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex], cwd=folder, check=True,
-                       capture_output=True, timeout=120)
-    return folder / tex.replace(".tex", ".pdf")
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +174,9 @@ def test_reads_inside_the_folder_pass(tmp_path):
     (tmp_path / "sec").mkdir()
     (tmp_path / "main.tex").write_text(
         "\\documentclass{article}\\begin{document}\\input{sec/a}\\include{sec/../sec/a}\\input{\\macro}"
-        "% \\input{/etc/passwd} in a comment\n\\end{document}"
+        "\\includegraphics{sec/fig}% \\input{/etc/passwd} in a comment\n\\end{document}"
     )
-    check_sources(tmp_path, tmp_path)
+    assert check_sources(tmp_path, tmp_path) == []  # nothing refused, no picture outside
 
 
 def test_unsafe_source_falls_back_to_the_pdf_and_archives_are_refused(paper, tmp_path):
@@ -246,16 +238,6 @@ def test_paper_and_supplement_sharing_a_title(tmp_path):
     first_page = ("Sparse factorization by greedy selection\nAbstract. Dense kernel matrices arise naturally in "
                   "machine learning and statistics.")
     assert pick_main_tex(tmp_path, "cholesky", first_page) == tmp_path / "paper.tex"
-
-
-def make_pdf(path: Path, pages: int = 1, size: tuple[float, float] = (612, 792), text: str | None = "Hello") -> Path:
-    doc = pymupdf.open()
-    for _ in range(pages):
-        page = doc.new_page(width=size[0], height=size[1])
-        if text:
-            page.insert_text((72, 72), text)
-    doc.save(path)
-    return path
 
 
 def _text_pdf(path: Path, text: str, pages: int = 1) -> Path:
@@ -320,9 +302,9 @@ def test_a_file_named_pdf_that_is_not_one_is_refused(tmp_path):
             render_one(tmp_path / name)
 
 
-def render_one(pdf: Path, cfg: PaperConfig = PaperConfig()) -> tuple[list, Counter]:
+def render_one(pdf: Path, cfg: PaperConfig | None = None) -> tuple[list, Counter]:
     stats: Counter = Counter()
-    return list(render_pdf(DocInput(pdf.stem, pdf.name, str(pdf), {"pdf": str(pdf)}), cfg, stats)), stats
+    return list(render_pdf(DocInput(pdf.stem, pdf.name, str(pdf), {"pdf": str(pdf)}), cfg or PaperConfig(), stats)), stats
 
 
 def test_corrupt_pdf(tmp_path):

@@ -166,7 +166,9 @@ def write_conversations(root: Path) -> None:
     for name in ("cat", "sign", "dogs", "receipt", "menu"):
         (root / "images" / f"{name}.jpg").write_bytes(image(name, "JPEG"))
     (root / "images" / "broken.jpg").write_bytes(image("broken", "JPEG")[:100])
-    conv = lambda *turns: [{"from": f, "value": v} for f, v in turns]  # noqa: E731
+    def conv(*turns: tuple[str, str]) -> list[dict]:
+        return [{"from": f, "value": v} for f, v in turns]
+
     llava = [
         {"id": "ok-labelled", "image": "images/dogs.jpg", "taxonomy": "Counting",
          "conversations": conv(("human", "<image>\nHow many dogs are there?"), ("gpt", "There are three dogs."))},

@@ -142,7 +142,9 @@ class StageConfig:
 
     def scaled(self, scale: float, max_seq_len: int | None = None) -> StageConfig:
         """Steps, warm-ups and batch size times `scale` (at least 1), as one knob for compact runs."""
-        s = lambda n: max(1, math.ceil(n * scale)) if n else 0  # noqa: E731
+        def s(n: int) -> int:
+            return max(1, math.ceil(n * scale)) if n else 0
+
         out = StageConfig(**{**self.__dict__})
         out.steps, out.warmup_steps, out.batch_size = s(self.steps), s(self.warmup_steps), s(self.batch_size)
         out.modality_warmup_steps = s(self.modality_warmup_steps)

@@ -282,7 +282,9 @@ class Encoder:
         rendered = processor.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
         theirs = self.tok(rendered, add_special_tokens=False).input_ids
         ours = self.prompt_ids(probe)
-        strip = lambda t: t[1:] if t and t[0] == self.ids.bos else t  # noqa: E731 - a template may or may not write it
+        def strip(t: list[int]) -> list[int]:  # a template may or may not write the BOS
+            return t[1:] if t and t[0] == self.ids.bos else t
+
         if strip(theirs) != strip(ours):
             raise ConfigError(f"the chat template renders {rendered!r}, but training renders "
                               f"{self.tok.decode(ours)!r} ({self.chat.name} format): they must agree")

@@ -371,7 +371,7 @@ def multiple_choice(model, encoder: Encoder, items: list[Item]) -> dict:
 def _batches(encoded: list[Encoded], tokens: int) -> list[list[int]]:
     """Indices grouped so that a batch's padded size stays near `tokens` (bounded logits memory at any seq_len)."""
     out: list[list[int]] = [[]]
-    for i, row in enumerate(encoded):
+    for i in range(len(encoded)):
         if out[-1] and (len(out[-1]) + 1) * max(len(encoded[j]) for j in out[-1] + [i]) > tokens:
             out.append([])
         out[-1].append(i)

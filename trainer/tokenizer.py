@@ -66,7 +66,8 @@ class ChatFormat:
     def template(self, bos: str) -> str:
         """The Jinja chat template that renders a prompt exactly as the trainer does (saved in the bundle). Literal
         text goes through expressions: a newline right after a block tag would be trimmed."""
-        lit = lambda text: "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""  # noqa: E731
+        def lit(text: str) -> str:
+            return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
 
         def by_role(parts: dict[str, str]) -> str:
             return "".join(f"{{% {'if' if i == 0 else 'elif'} message['role'] == '{role}' %}}{lit(text)}"

@@ -227,7 +227,7 @@ def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages:
         by_page.setdefault(i, []).append(ln)
     limit = min(cfg.max_pages, max_pages if max_pages is not None else cfg.max_pages)
     out: list[RenderedPage] = []
-    for i, (x0, y0, x1, y1) in enumerate(regions):
+    for i, (x0, y0, _, y1) in enumerate(regions):
         if i not in by_page:
             stats["blank_pages"] += 1
             continue

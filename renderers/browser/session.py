@@ -73,7 +73,7 @@ class SiteServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 site, stats = server.site, server.stats
                 url = urlsplit(self.path)  # absolute through a proxy: http://document.invalid/path
                 if url.scheme not in ("", "http") or (url.netloc or self.headers.get("Host", "")) != DOCUMENT_HOST:
@@ -96,7 +96,7 @@ class SiteServer:
                 except OSError:  # the browser went away (killed, or the page was closed)
                     pass
 
-            def do_CONNECT(self) -> None:  # noqa: N802 - http.server's name
+            def do_CONNECT(self) -> None:
                 self.send_error(403)
 
             def log_message(self, *args: Any) -> None:

@@ -368,7 +368,10 @@ def _file_inputs(p: Path, rel: str, root: Path, staging: Path, suffixes: tuple[s
         return _zip_inputs(p, rel, root, staging, suffixes, per_piece, base)
     if kind and kind.startswith("gz:"):
         cap = max(MAX_COMPRESSION * p.stat().st_size, 64 * 1024**2)
-        opener = lambda: io.BufferedReader(_Capped(gzip.open(p), cap, rel), _SCAN_BLOCK)  # noqa: E731
+
+        def opener() -> IO[bytes]:
+            return io.BufferedReader(_Capped(gzip.open(p), cap, rel), _SCAN_BLOCK)
+
         return _staged(p, None, kind[3:], opener, rel, rel, staging, per_piece, base)
     if kind == "jsonl":
         return [DocInput(doc=f"{rel}#L{first}", origin=rel, path=str(p), related={

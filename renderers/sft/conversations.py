@@ -217,7 +217,7 @@ def render(doc: DocInput, cfg: SftConfig, stats: Counter) -> Iterator[Sample]:
         pending.append((pos, rec, segs, images, category))
     labels: dict[int, tuple[tuple[str, ...], float, str]] = {}
     unlabelled = []
-    for i, (pos, rec, segs, _, category) in enumerate(pending):
+    for i, (_, rec, _, _, category) in enumerate(pending):
         label = rec.get("taxonomy") or rec.get("label")
         if label:
             try:
