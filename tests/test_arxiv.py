@@ -7,7 +7,6 @@ LaTeXML keep its timeout short.
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -369,18 +368,18 @@ def test_float_goes_where_its_caption_is_printed():
     assert unknown.endswith("Figure 9: Nowhere.")  # Nougat's placement when the caption is not on the page
 
 
-EVAL = Path(os.environ.get("VLCORPUS_EVAL_ARXIV", "/work/shared/eval/arxiv"))  # real papers, not shipped
+DEMO_PAPER = Path(__file__).resolve().parents[1] / "demo" / "arxiv" / "rl-mapping"  # a real paper (demo/arxiv/SOURCE.md)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not EVAL.is_dir(), reason="the evaluation papers are not on this machine")
-@pytest.mark.parametrize("name", ["vuenet-aaai24", "softvqae-iclr"])
-def test_real_papers_take_the_latex_route_on_every_page(name):
-    """Two-column AAAI with a numeric bibliography made by bibtex, ICLR with natbib author-year citations: neither
-    ships a .bbl, and Nougat alone refuses both; every page pairs with its LaTeX markdown, verified."""
+def test_a_real_paper_without_its_bbl_takes_the_latex_route_on_every_page(tmp_path):
+    """A NeurIPS-style paper from GitHub, its .bbl removed: BibTeX makes it from the shipped .bib, LaTeXML's
+    unresolved citations are rewritten for Nougat's parser, and every page pairs with its LaTeX markdown, verified."""
+    folder = tmp_path / "rl-mapping"
+    shutil.copytree(DEMO_PAPER, folder, ignore=shutil.ignore_patterns("*.bbl"))
     stats: Counter = Counter()
-    doc = DocInput(name, name, str(EVAL / name), {"source": str(EVAL / name)})
+    doc = DocInput(folder.name, folder.name, str(folder), {"source": str(folder)})
     samples = list(render_arxiv(doc, PaperConfig(sandbox=bwrap_available()), stats))
-    assert stats["text_from_latex"] == 1 and stats["bbl_bibtex"] == 1
-    assert len(samples) == pymupdf.open(EVAL / name / f"{name}.pdf").page_count
+    assert stats["text_from_latex"] == 1 and stats["bbl_bibtex"] == 1 and not stats["bbl_present"]
+    assert len(samples) == pymupdf.open(folder / "rl-mapping.pdf").page_count
     assert all(s.meta["text_from"] == "latex" for s in samples), [s.meta.get("latex_page") for s in samples]
