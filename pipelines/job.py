@@ -29,10 +29,10 @@ log = logging.getLogger("vlcorpus.pipelines")
 
 STRICT_EXIT = 3  # exit status of an import that fails `--strict`
 HINTS = {  # what to do about the most common reason, printed with it
-    "image_missing": "The images are not where this dataset's layout puts them (README, Importers), nor under "
+    "image_missing": "The images are not where this dataset's layout puts them (docs/importers.md), nor under "
                      "--set image_root=DIR",
     "image_remote": "The images are URLs, never fetched: download them into the input folder with img2dataset "
-                    "(README, OBELICS images)",
+                    "(docs/importers.md, OBELICS images)",
     "image_outside_root": "The image paths lead outside the input folder: import a folder that holds the images "
                           "too, or grant their folder with --set image_root=DIR",
     "failed: UnsafeInput": "Inputs whose real path leaves the input folder are not read (symlinks)",

@@ -6,7 +6,7 @@ it is rasterised (scaled down to `svg_max_side`). A JPEG is decoded at 1/8 scale
 stream at a fraction of the cost. JPEG and opaque PNG are kept byte for byte; other formats become PNG, and an image
 with transparency is flattened onto white, so every consumer sees the same picture.
 
-A refused image raises `BadImage`, whose `reason` is the drop counter every ledger uses (README, "Drop reasons"):
+A refused image raises `BadImage`, whose `reason` is the drop counter every ledger uses (vlcorpus/reasons.py):
 `image_missing`, `image_outside_root`, `image_remote`, `image_unreadable` (a symlink loop, FIFO, socket or device:
 never opened), `image_too_large` (encoded bytes), `image_too_many_pixels`, `image_too_small`, `image_undecodable`,
 `image_uniform`.

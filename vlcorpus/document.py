@@ -2,7 +2,7 @@
 (`Filtered`), the bounds it runs under (`Bounds`), and its signature (`Render`).
 
 A renderer is `render(doc, config, stats) -> Iterable[Sample]`: a pure function of one document that counts what it
-drops in `stats` (the reason names are listed in the README). The executor (`vlcorpus.driver`) runs it.
+drops in `stats` (every reason name is declared in `vlcorpus.reasons`). The executor (`vlcorpus.driver`) runs it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Discovery for record files: one `DocInput` per piece of a file, so a multi-GB file is rendered in bounded parts.
 
-Files are recognised by their publishers' own names, folders and keys (README, "Importers"):
+Files are recognised by their publishers' own names, folders and keys (docs/importers.md):
 - JSONL: runs of `lines_per_doc` lines (found by one streaming scan for newlines; the byte range goes in `related`).
 - Parquet: one piece per row group (read from the footer only).
 - JSON (one big array or object, as COCO, TextOCR, ChartQA, PlotQA and LLaVA publish them), `.gz` files and the
