@@ -85,6 +85,14 @@ def test_every_count_name_the_code_writes_is_declared():
         assert name in seen, name
 
 
+def test_names_the_reports_and_warnings_group_by_are_declared():
+    from pipelines.job import HINTS
+    from reports.paper_routes import BIBLIOGRAPHY, PAGE_REFUSED, REFERENCES, ROUTE_LOST
+
+    named = [*ROUTE_LOST, *PAGE_REFUSED, *BIBLIOGRAPHY, *REFERENCES, *(k for k in HINTS if ":" not in k)]
+    assert [n for n in named if not is_declared(n)] == []
+
+
 def test_the_scan_catches_an_undeclared_name():
     source = 'stats["no_such_reason"] += 1\nraise BadImage("image_missing", "m")\nstats[f"text_from_{x}"] += 1\n'
     assert written_names(source) == [("no_such_reason", 1), ("image_missing", 2), ("text_from_*", 3)]
