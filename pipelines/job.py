@@ -27,7 +27,7 @@ from vlcorpus.stage import Stage
 
 log = logging.getLogger("vlcorpus.pipelines")
 
-STRICT_EXIT = 3  # exit status of an import that fails `--strict`
+STRICT_EXIT = 3  # exit status of a job that fails `--strict`
 HINTS = {  # what to do about the most common reason, printed with it
     "image_missing": "The images are not where this dataset's layout puts them (docs/importers.md), nor under "
                      "--set image_root=DIR",

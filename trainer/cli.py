@@ -17,6 +17,7 @@ from vlcorpus.config import load_config
 COMMAND = ("train",)
 HELP = "train the DeepSeek-VL-style model through the stage schedule(s) on a mixture"
 
+
 def run_settings(cls: type = RunConfig, prefix: str = "") -> Iterator[tuple[str, Field, Any]]:
     """(key, field, type) of every setting with a flag: RunConfig's, and ModelConfig's under `model.`."""
     types = get_type_hints(cls)
@@ -31,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="RunConfig YAML (keys of trainer.config.RunConfig); the flags below override it")
     for key, f, kind in run_settings():
         default = f.default_factory() if f.default is MISSING else f.default
-        more = {"help": f.metadata["help"] + (f" (default {default})" if default not in (None, "", [], False) else ""),
-                "dest": key}
+        shown = f" (default {default})" if default not in (None, "", [], False) else ""
+        more: dict[str, Any] = {"dest": key, "help": f.metadata["help"] + shown}
         if kind is bool:
             more.update(action="store_true", default=None)
         elif get_origin(kind) is list:
