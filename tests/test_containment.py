@@ -1,0 +1,108 @@
+"""Issue 30's second round of hostile inputs: links a paper's own code plants for host code to follow, scratch left
+by killed documents, one bad record losing its neighbours, amplification, and the smaller holes (popups, terminal
+escapes, duplicate ids, paths leaving their root, YAML tags, Ray's listeners). Each test failed before its fix."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from renderers.paper.arxiv import PaperConfig, render_arxiv
+from renderers.paper.sandbox import UnsafeTree, bwrap_available, run_tool
+from vlcorpus.document import DocInput
+
+PAPER_TEX = ("\\documentclass{article}\\title{A paper that ships no PDF}\\begin{document}\\maketitle\n"
+             + "Ordinary prose that the alignment can find on the printed page, sentence after sentence. " * 25
+             + "\n\n%s\\end{document}\n")
+SANDBOX_MODES = [pytest.param(True, marks=pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap")), False]
+
+
+def host_pdf(folder: Path) -> Path:
+    """A PDF outside every paper, holding a secret: it must never reach a sample."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "secret.tex").write_text("\\documentclass{article}\\begin{document}\n"
+                                       + "The host secret sentence is here and nowhere else at all. " * 30
+                                       + "\n\\end{document}\n")
+    subprocess.run(["pdflatex", "-interaction=nonstopmode", "secret.tex"], cwd=folder, capture_output=True, timeout=120)
+    return folder / "secret.pdf"
+
+
+def paper_without_pdf(folder: Path, files: dict[str, str], body: str = "") -> DocInput:
+    folder.mkdir(parents=True)
+    (folder / "paper.tex").write_text(PAPER_TEX % body)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return DocInput(folder.name, folder.name, str(folder), {"source": str(folder)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sandbox", SANDBOX_MODES)
+def test_a_papers_latexmkrc_never_runs(tmp_path, sandbox):
+    """Issue 30, High: a latexmkrc that links main.aux to a host file (written through by the bibliography step) and
+    main.pdf to a host PDF (read as the compiled paper). latexmk runs with -norc and HOME outside the paper."""
+    victim = tmp_path / "host" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("host file, untouched\n")
+    secret = host_pdf(tmp_path / "host")
+    ran = tmp_path / "host" / "rc-ran"
+    rc = (f"open(my $f, '>', '{ran}'); close($f); symlink('{victim}', 'paper.aux'); unlink 'paper.pdf'; "
+          f"symlink('{secret}', 'paper.pdf'); exit 0;\n")
+    doc = paper_without_pdf(tmp_path / "evil", {"latexmkrc": rc, ".latexmkrc": rc, "refs.bib": "@misc{k1, title={T}}\n"},
+                            "\\cite{k1}\\bibliographystyle{plain}\\bibliography{refs}")
+    stats: Counter = Counter()
+    samples = list(render_arxiv(doc, PaperConfig(sandbox=sandbox), stats))
+    assert not ran.exists(), "the paper's latexmkrc ran"
+    assert victim.read_text() == "host file, untouched\n"
+    assert stats["pdf_compiled"] == 1 and samples
+    assert not any("host secret" in s.segments[1]["text"] for s in samples)
+
+
+def test_a_link_left_by_a_tool_refuses_the_paper(tmp_path):
+    """Whatever a tool runs (TeX, a LaTeXML binding), a link, FIFO or outside hard link it leaves behind stops the
+    paper before host code reads the tree; the tree check runs even when the tool timed out."""
+    tree = tmp_path / "w" / "src"
+    tree.mkdir(parents=True)
+    (tree / "ok.tex").write_text("x")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("host")
+    for plant, what in ((f"ln -s {outside} main.aux", "symlink"), ("mkfifo pipe", "FIFO"),
+                        (f"ln {outside} hard.txt", "hard-linked")):
+        with pytest.raises(UnsafeTree, match=what):
+            run_tool(["sh", "-c", plant], tree=tree, cwd=tree, timeout_s=30, log=tmp_path / "log", sandbox=False)
+        for p in tree.iterdir():
+            if p.name != "ok.tex":
+                p.unlink()
+    assert run_tool(["sh", "-c", "echo fine > made.txt"], tree=tree, cwd=tree, timeout_s=30, log=tmp_path / "log",
+                    sandbox=False) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap")
+def test_a_latexml_binding_that_plants_a_link_refuses_the_paper(tmp_path):
+    """A paper's own LaTeXML binding (Perl, run in the sandbox) links the HTML LaTeXML writes to a host file: the
+    paper fails as UnsafeTree, and nothing of the host file is read."""
+    secret = tmp_path / "host" / "secret.html"
+    secret.parent.mkdir()
+    secret.write_text("<html><body><article>host secret</article></body></html>")
+    pdf = host_pdf(tmp_path / "pdfsrc")
+    binding = (f"package LaTeXML::Package::Pool; use LaTeXML::Package; mkdir '_latexml'; "
+               f"symlink('{secret}', '_latexml/paper.html'); 1;\n")
+    doc = paper_without_pdf(tmp_path / "evil", {"paper.latexml": binding})
+    (tmp_path / "evil" / "evil.pdf").write_bytes(pdf.read_bytes())
+    with pytest.raises(UnsafeTree, match="symlink"):
+        list(render_arxiv(doc, PaperConfig(), Counter()))
+
+
+def test_without_the_sandbox_a_papers_latexml_bindings_never_run(tmp_path):
+    """sandbox=false: a paper shipping LaTeXML bindings loses the LaTeX route (unsafe_source) before LaTeXML runs."""
+    ran = tmp_path / "ran"
+    pdf = host_pdf(tmp_path / "pdfsrc")
+    doc = paper_without_pdf(tmp_path / "evil", {"paper.latexml": f"open(my $f, '>', '{ran}'); 1;\n"})
+    (tmp_path / "evil" / "evil.pdf").write_bytes(pdf.read_bytes())
+    stats: Counter = Counter()
+    samples = list(render_arxiv(doc, PaperConfig(sandbox=False), stats))
+    assert not ran.exists() and stats["unsafe_source"] == 1 and stats["text_from_pdf"] == 1 and samples
+    assert "LaTeXML bindings" in samples[0].meta["latex_error"]
