@@ -5,6 +5,7 @@ escapes, duplicate ids, paths leaving their root, YAML tags, Ray's listeners). E
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -106,3 +107,42 @@ def test_without_the_sandbox_a_papers_latexml_bindings_never_run(tmp_path):
     samples = list(render_arxiv(doc, PaperConfig(sandbox=False), stats))
     assert not ran.exists() and stats["unsafe_source"] == 1 and stats["text_from_pdf"] == 1 and samples
     assert "LaTeXML bindings" in samples[0].meta["latex_error"]
+
+
+@pytest.mark.slow
+def test_a_killed_papers_private_copy_is_removed_by_the_parent(tmp_path, monkeypatch):
+    """Issue 30, Medium: a paper killed by the per-document time bound while latexmk runs left its private copy in
+    the temporary folder. The parent removes the child's scratch when it kills it, and the next worker removes
+    the scratch of a parent that died."""
+    from vlcorpus.document import Bounds
+    from vlcorpus.driver import Stage
+    from vlcorpus.worker import SCRATCH_PREFIX, BoundedWorker
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    orphan = tmp / f"{SCRATCH_PREFIX}999999999-1-x"  # a parent that is gone
+    (orphan / "vlcorpus-paper-y").mkdir(parents=True)
+    doc = paper_without_pdf(tmp_path / "spin", {}, "\\loop\\iftrue\\repeat")
+    stage = Stage(source="arxiv", render=render_arxiv, config=PaperConfig(), bounds=Bounds(timeout_s=8, memory_gb=4))
+    worker = BoundedWorker(stage)
+    worker.open(tmp_path / "out", "b0", 10**9, 1000)
+    try:
+        result = worker.render(doc)
+    finally:
+        worker.abort()
+    assert result["error_class"] == "Timeout"
+    assert list(tmp.iterdir()) == [], "scratch left in the temporary folder"
+
+
+@pytest.mark.slow
+def test_a_tex_write_loop_stops_at_the_private_copys_cap(tmp_path):
+    """Issue 30, Medium: a `\\write` loop filled the disk at hundreds of MB per 15 s, bounded only by the compile
+    timeout. The private copy has a cap while a tool runs; past it the tool is killed and the paper fails."""
+    from renderers.paper.sandbox import ToolDiskLimit
+
+    loop = "\\newwrite\\f\\immediate\\openout\\f=junk.txt\\loop\\immediate\\write\\f{%s}\\iftrue\\repeat" % ("x" * 200)
+    doc = paper_without_pdf(tmp_path / "flood", {}, loop)
+    with pytest.raises(ToolDiskLimit, match="past 20 MB"):
+        list(render_arxiv(doc, PaperConfig(max_tree_mb=20, compile_timeout_s=120), Counter()))
