@@ -4,6 +4,7 @@ escapes, duplicate ids, paths leaving their root, YAML tags, Ray's listeners). E
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from collections import Counter
@@ -146,3 +147,45 @@ def test_a_tex_write_loop_stops_at_the_private_copys_cap(tmp_path):
     doc = paper_without_pdf(tmp_path / "flood", {}, loop)
     with pytest.raises(ToolDiskLimit, match="past 20 MB"):
         list(render_arxiv(doc, PaperConfig(max_tree_mb=20, compile_timeout_s=120), Counter()))
+
+
+@pytest.mark.slow
+def test_one_bad_record_loses_none_of_its_neighbours(tmp_path, ray_local):
+    """Issue 30, Medium and Low: a lone surrogate (valid JSON, no text) or a NUL in an image path failed the whole
+    2,000-record piece; two COCO `images` entries with one id let the last win silently. Each is a counted drop."""
+    from tests.helpers import image_bytes
+    from vlcorpus.cli import main
+    from vlcorpus.ledger import Ledger
+
+    good = "A good paragraph of plain text that is long enough to keep as a sample of its own. " * 4
+    captions = tmp_path / "in" / "captions"
+    (captions / "img").mkdir(parents=True)
+    (captions / "img" / "a.jpg").write_bytes(image_bytes())
+    lines = ['{"image": "img/a.jpg", "caption": "a good caption"}', '{"image": "img/a.jpg", "caption": "bad \\ud800"}',
+             '{"image": "img/a\\u0000.jpg", "caption": "a NUL in the path"}', '{"image": "img/a.jpg", "caption": "good again"}']
+    (captions / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    (captions / "array.json").write_text("[" + ",".join(lines) + "]")  # staged into JSONL pieces at discovery
+    coco = tmp_path / "in" / "coco"
+    (coco / "train2017").mkdir(parents=True)
+    (coco / "annotations").mkdir()
+    for name in ("1.jpg", "2.jpg", "3.jpg"):
+        (coco / "train2017" / name).write_bytes(image_bytes())
+    (coco / "annotations" / "captions_train2017.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.jpg"}, {"id": 2, "file_name": "2.jpg"}, {"id": 2, "file_name": "3.jpg"}],
+        "annotations": [{"image_id": 1, "id": 10, "caption": "the first image"},
+                        {"image_id": 2, "id": 11, "caption": "which of the two images?"}]}))
+    text = tmp_path / "in" / "text"
+    text.mkdir()
+    (text / "t.jsonl").write_text(json.dumps({"text": good}) + "\n" + '{"text": "bad \\udc80 ' + good + '"}\n'
+                                  + json.dumps({"text": good + "again"}) + "\n")
+    out = tmp_path / "out"
+    for kind, folder in (("caption", captions), ("caption", coco), ("text", text)):
+        assert main(["import", kind, str(folder), "--out", str(out), "--num-cpus", "1"]) == 0
+    pieces = {e.doc.split("#")[0]: e for e in Ledger(out, "caption").latest().values()}
+    for name in ("captions.jsonl", "array.json"):
+        assert pieces[name].status == "ok" and pieces[name].samples == 2, pieces[name]
+        assert pieces[name].counts["bad_unicode"] == 1 and pieces[name].counts["image_path_invalid"] == 1
+    cocos = pieces["annotations/captions_train2017.json"]
+    assert (cocos.status, cocos.samples, cocos.counts["duplicate_image_id"]) == ("ok", 1, 1)
+    (piece,) = Ledger(out, "text").latest().values()
+    assert (piece.status, piece.samples, piece.counts["bad_unicode"], piece.counts["imported"]) == ("ok", 2, 1, 2)
