@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -189,3 +190,37 @@ def test_one_bad_record_loses_none_of_its_neighbours(tmp_path, ray_local):
     assert (cocos.status, cocos.samples, cocos.counts["duplicate_image_id"]) == ("ok", 1, 1)
     (piece,) = Ledger(out, "text").latest().values()
     assert (piece.status, piece.samples, piece.counts["bad_unicode"], piece.counts["imported"]) == ("ok", 2, 1, 2)
+
+
+def test_a_chapter_the_spine_repeats_is_planned_once(tmp_path):
+    """Issue 30, Medium: a 330 KB EPUB whose spine lists one chapter 4,000 times planned 4,000 renderings of it."""
+    from renderers.browser.epub import Book, EpubConfig, book_parts
+    from tests.browser_fixtures import chapter, make_epub
+
+    prose = "<p>" + "A sentence of an ordinary chapter, set as it would be in any book. " * 40 + "</p>"
+    path = make_epub(tmp_path / "loop.epub", {"c1.xhtml": chapter("One", prose * 90), "c2.xhtml": chapter("Two", prose)},
+                     spine=["c1.xhtml", "c2.xhtml"] * 2000)
+    stats: Counter = Counter()
+    book = Book(path, EpubConfig(), stats)
+    assert book.spine == ["OEBPS/c1.xhtml", "OEBPS/c2.xhtml"] and stats["duplicate_spine_items"] == 3998
+    book.close()
+    assert book_parts(path, EpubConfig()) == [(0, 2)]
+
+
+@pytest.mark.slow
+def test_a_small_book_that_paginates_into_many_pages_stops_at_its_size_budget(tmp_path, ray_local):
+    """Issue 30, Medium: pages are capped relative to the book's size (10 + one per `min_page_bytes` unpacked, 100 by
+    default), with a reason; a real chapter of the same size is far inside the budget."""
+    from tests.browser_fixtures import chapter, make_epub
+    from vlcorpus.cli import main
+    from vlcorpus.ledger import Ledger
+
+    books = tmp_path / "books"
+    books.mkdir()
+    make_epub(books / "breaks.epub", {"c1.xhtml": chapter("One", '<p style="break-before: column">x</p>' * 150)})
+    out = tmp_path / "out"
+    assert main(["render", "epub", str(books), "--out", str(out), "--num-cpus", "1", "--set", "min_page_bytes=1000"]) == 0
+    (entry,) = Ledger(out, "epub").latest().values()
+    size = sum(i.file_size for i in zipfile.ZipFile(books / "breaks.epub").infolist())
+    assert entry.status == "ok" and entry.samples == 10 + size // 1000, entry
+    assert entry.counts["pages_over_size_budget"] > 0
