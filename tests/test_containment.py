@@ -224,3 +224,21 @@ def test_a_small_book_that_paginates_into_many_pages_stops_at_its_size_budget(tm
     size = sum(i.file_size for i in zipfile.ZipFile(books / "breaks.epub").infolist())
     assert entry.status == "ok" and entry.samples == 10 + size // 1000, entry
     assert entry.counts["pages_over_size_budget"] > 0
+
+
+def test_popups_are_blocked_and_the_page_kept(tmp_path):
+    """Issue 30, Low: with page.javascript=true any `window.open`, even same-origin, failed the document ("Frame for
+    this navigation request is not available" in the route handler)."""
+    from tests.browser_fixtures import doc_for, html_stage, new_runner, page_text
+
+    (tmp_path / "other.html").write_text("<p>OTHER PAGE</p>")
+    page = tmp_path / "popup.html"
+    page.write_text("<!DOCTYPE html><html><body><p>a page that opens windows</p><script>window.open('other.html');"
+                    "window.open('https://example.com/', '_blank');</script></body></html>")
+    runner = new_runner(html_stage(web_code=False, page_javascript=True))
+    try:
+        samples, counts = runner.render(doc_for(page))
+    finally:
+        runner.close()
+    assert "opens windows" in page_text(samples[0]) and "OTHER PAGE" not in page_text(samples[0])
+    assert counts["popups_blocked"] >= 1
