@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import zipfile
 from collections import Counter
@@ -242,3 +243,24 @@ def test_popups_are_blocked_and_the_page_kept(tmp_path):
         runner.close()
     assert "opens windows" in page_text(samples[0]) and "OTHER PAGE" not in page_text(samples[0])
     assert counts["popups_blocked"] >= 1
+
+
+def test_inspect_escapes_control_characters_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Issue 30, Low: `vlcorpus inspect` printed a sample's terminal escapes raw (window title, clear screen)."""
+    from vlcorpus.cli import main
+    from vlcorpus.sample import Sample
+    from vlcorpus.shards import ShardWriter
+
+    hostile = "Title\x1b]0;owned\x07 then \x1b[2J\x9b31m cleared\ttabbed\nsecond line"
+    sample = Sample(category="text", source="text", doc="d\x1b[1m", part=0, origin="o\x1b[5m",
+                    segments=[{"text": hostile}], meta={"note": "\x9b2J"})
+    writer = ShardWriter(tmp_path / "text", "s")
+    writer.write(sample, sample.to_wds())
+    writer.close()
+    assert main(["inspect", str(tmp_path / "text"), "--samples", "1"]) == 0
+    assert "\x1b]0;owned" in capsys.readouterr().out  # piped: exact
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["inspect", str(tmp_path / "text"), "--samples", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert not any(c in shown for c in "\x1b\x07\x9b") and "\\x1b]0;owned\\x07" in shown and "\\x9b31m" in shown
+    assert "cleared\ttabbed\n  second line" in shown

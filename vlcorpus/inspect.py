@@ -1,11 +1,14 @@
 """`vlcorpus inspect PATH`: what a shard, category folder or corpus holds, what each source dropped and why, and a
-look at a few samples."""
+look at a few samples. On a terminal, control characters from documents are printed escaped (`\\x1b`): sample text
+could otherwise set the window title or clear the screen."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import re
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,8 +27,10 @@ NOT_DROPS = frozenset({
     "chapters_parsed_as_html", "code_elements_dropped", "code_css_rules_dropped", "code_inline_data_dropped",
     "text_from_pdf", "pages_from_text_layer", "pdf_compiled", "bbl_present", "bbl_bibtex", "biblatex",
     "labels_unresolved", "citations_unresolved", "citations_as_text", "math_unparsed", "latexml_errors",
+    "popups_blocked",
 })
 NOT_DROP_PREFIXES = ("derived_",)  # the SFT build's count of conversations derived per taxonomy task
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (but tab and line feed), DEL, C1
 
 
 def is_drop(key: str) -> bool:
@@ -134,7 +139,12 @@ def print_paper_routes(corpus: Path) -> None:
     from renderers.paper.routes import corpus_routes, describe
 
     for source, summary in corpus_routes(corpus).items():
-        print("\n".join(describe(source, summary)))
+        print(safe("\n".join(describe(source, summary))))
+
+
+def safe(text: str) -> str:
+    """`text` with its control characters escaped when standard output is a terminal (piped output stays exact)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if sys.stdout.isatty() else text
 
 
 def main(args: argparse.Namespace) -> int:
@@ -157,7 +167,7 @@ def main(args: argparse.Namespace) -> int:
         images[sample.category] += len(sample.images)
         if shown < args.samples:
             shown += 1
-            print(f"\n--- {sample.key}  [{sample.category}]  {sample.origin} part {sample.part}")
+            print(safe(f"\n--- {sample.key}  [{sample.category}]  {sample.origin} part {sample.part}"))
             for seg in sample.segments:
                 role = f"{seg['role']}: " if "role" in seg else ""
                 if "image" in seg:
@@ -165,10 +175,10 @@ def main(args: argparse.Namespace) -> int:
                 else:
                     text = seg["text"]
                     more = f" … (+{len(text) - args.chars} chars)" if len(text) > args.chars else ""
-                    print("  " + role + text[: args.chars].replace("\n", "\n  ") + more)
+                    print(safe("  " + role + text[: args.chars].replace("\n", "\n  ") + more))
             if sample.taxonomy:
-                print(f"  taxonomy: {' / '.join(sample.taxonomy)}")
-            print(f"  meta: {json.dumps(sample.meta, ensure_ascii=False)[: args.chars]}")
+                print(safe(f"  taxonomy: {' / '.join(sample.taxonomy)}"))
+            print(safe(f"  meta: {json.dumps(sample.meta, ensure_ascii=False)[: args.chars]}"))
     print(f"\n{len(shards)} shard(s)")
     for cat in sorted(per_category):
         print(f"  {cat:16s} {per_category[cat]:8d} samples {tokens[cat]:10d} text tokens {images[cat]:7d} images")
