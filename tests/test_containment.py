@@ -264,3 +264,33 @@ def test_inspect_escapes_control_characters_on_a_terminal(tmp_path, capsys, monk
     shown = capsys.readouterr().out
     assert not any(c in shown for c in "\x1b\x07\x9b") and "\\x1b]0;owned\\x07" in shown and "\\x9b31m" in shown
     assert "cleared\ttabbed\n  second line" in shown
+
+
+def test_shard_paths_that_leave_their_root_are_refused(tmp_path):
+    """Issue 30, Low: the mixer read an `index.json` entry `../../outside/stolen.tar` outside the corpus, and the
+    trainer joined `mixture.json` shard paths without a check. Both now refuse a path that leaves its root."""
+    from mixer.config import load_mixture
+    from mixer.mix import run_mix
+    from mixer.resolve import MixError, category_shards
+    from tests.mix_corpus import build_corpus
+    from trainer.data import read_mixture_json
+
+    corpus = build_corpus(tmp_path / "corpus", per_category=8, categories=("caption", "doc_ocr"))
+    run_mix([corpus], load_mixture("stage1"), tmp_path / "mix", local=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shard = sorted((corpus / "caption").glob("*.tar"))[0]
+    for f in (shard, shard.with_suffix(".json")):
+        (outside / f.name.replace(shard.stem, "stolen")).write_bytes(f.read_bytes())
+    index = json.loads((corpus / "caption" / "index.json").read_text())
+    index["shards"].append({**index["shards"][0], "shard": "../../outside/stolen.tar"})
+    (corpus / "caption" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(MixError, match="stolen.tar' it lists leaves"):
+        category_shards([corpus], "caption")
+    stage = tmp_path / "mix" / "stage1"
+    assert read_mixture_json(stage)[1]["caption"]["shards"]
+    mixture = json.loads((stage / "mixture.json").read_text())
+    mixture["categories"]["caption"]["shards"][0]["shard"] = "../../../outside/stolen.tar"
+    (stage / "mixture.json").write_text(json.dumps(mixture))
+    with pytest.raises(ValueError, match="stolen.tar' it lists leaves"):
+        read_mixture_json(stage)
