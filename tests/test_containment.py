@@ -294,3 +294,18 @@ def test_shard_paths_that_leave_their_root_are_refused(tmp_path):
     (stage / "mixture.json").write_text(json.dumps(mixture))
     with pytest.raises(ValueError, match="stolen.tar' it lists leaves"):
         read_mixture_json(stage)
+
+
+def test_a_yaml_python_tag_is_refused_with_a_message(tmp_path, capsys):
+    """Issue 30, Low: a mixture YAML with a Python tag was refused, but with a raw traceback."""
+    from vlcorpus.cli import main
+
+    ran = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f'stage: s\ncategories: !!python/object/apply:os.system ["touch {ran}"]\n')
+    assert main(["mix", str(tmp_path), "--mixture", str(evil), "--out", str(tmp_path / "mix")]) == 2
+    err = capsys.readouterr().err
+    assert f"{evil} (line 2, column 13): a YAML tag that builds a Python object" in err and "Traceback" not in err
+    assert main(["mix", str(tmp_path), "--mixture", "stage1", "--out", str(tmp_path / "mix"),
+                 "--set", "seed=!!python/name:os.system"]) == 2
+    assert "override 'seed=!!python/name:os.system' (line 1, column 1): a YAML tag" in capsys.readouterr().err and not ran.exists()
