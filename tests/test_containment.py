@@ -309,3 +309,39 @@ def test_a_yaml_python_tag_is_refused_with_a_message(tmp_path, capsys):
     assert main(["mix", str(tmp_path), "--mixture", "stage1", "--out", str(tmp_path / "mix"),
                  "--set", "seed=!!python/name:os.system"]) == 2
     assert "override 'seed=!!python/name:os.system' (line 1, column 1): a YAML tag" in capsys.readouterr().err and not ran.exists()
+
+
+LISTENERS = """
+import json
+import psutil
+from vlcorpus.runtime import init_ray
+init_ray(num_cpus=1)
+import ray
+ray.get(ray.remote(lambda: 1).remote())
+me = psutil.Process()
+
+def ours(pid):
+    try:
+        return pid == me.pid or me.pid in [p.pid for p in psutil.Process(pid).parents()]
+    except psutil.Error:
+        return False
+
+print(json.dumps(sorted({c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and ours(c.pid)})))
+"""
+
+
+@pytest.mark.slow
+def test_the_embedded_local_ray_listens_on_loopback_only():
+    """Issue 30, Low: the embedded local Ray (GCS, raylet, workers, agents, metrics) listened on every interface."""
+    out = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=300)
+    addresses = json.loads(out.stdout.strip().splitlines()[-1])
+    assert addresses and set(addresses) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, out.stdout + out.stderr
+
+
+def test_the_cluster_dashboard_is_not_started_on_every_interface():
+    """Issue 30, Low: ray_cluster.yaml started the head's dashboard (a job API that runs code) on 0.0.0.0."""
+    import yaml
+
+    cluster = yaml.safe_load((Path(__file__).parent.parent / "ray_cluster.yaml").read_text())
+    (start,) = [c for c in cluster["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
