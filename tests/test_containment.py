@@ -345,3 +345,16 @@ def test_the_cluster_dashboard_is_not_started_on_every_interface():
     cluster = yaml.safe_load((Path(__file__).parent.parent / "ray_cluster.yaml").read_text())
     (start,) = [c for c in cluster["head_start_ray_commands"] if "ray start" in c]
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+
+
+@pytest.mark.slow
+def test_latexmls_own_timeout_is_counted_as_a_timeout(tmp_path):
+    """Issue 30, Low: LaTeXML's own `--timeout` (and its loop limits) fired before ours, and was counted
+    `latexml_failed`; `latexml_timeout` never was."""
+    pdf = host_pdf(tmp_path / "pdfsrc")
+    doc = paper_without_pdf(tmp_path / "spin", {}, "\\loop\\iftrue\\repeat")
+    (tmp_path / "spin" / "spin.pdf").write_bytes(pdf.read_bytes())
+    stats: Counter = Counter()
+    samples = list(render_arxiv(doc, PaperConfig(latexml_timeout_s=5), stats))
+    assert stats["latexml_timeout"] == 1 and stats["latexml_failed"] == 0 and samples
+    assert "latexmlc stopped the conversion" in samples[0].meta["latex_error"]
