@@ -39,7 +39,8 @@ def latexml_to_html(main: Path, tree: Path, settings: LatexmlSettings, preload: 
 
     A paper's own bindings (`*.ltxml`, `<name>.latexml`) are Perl that LaTeXML runs: in the sandbox they are
     contained with it; without it they would run on the host as the worker, so they refuse the LaTeX route."""
-    if not settings.sandbox and (bindings := sorted(p.name for p in tree.rglob("*") if p.name.endswith((".ltxml", ".latexml")))):
+    bindings = sorted(p.name for p in tree.rglob("*") if p.name.endswith((".ltxml", ".latexml")))
+    if bindings and not settings.sandbox:
         raise UnsafeSource(f"the paper ships LaTeXML bindings ({', '.join(bindings[:5])}): Perl code, run only in the "
                            "sandbox (sandbox=true)")
     html = main.parent / "_latexml" / (main.stem + ".html")

@@ -246,8 +246,9 @@ def run_bounded(cmd: Sequence[str], *, cwd: Path, timeout_s: float, log: Path, e
                     if time.monotonic() >= deadline:
                         raise ToolTimeout(f"{Path(cmd[0]).name} ran longer than {timeout_s:g} s and was killed") from None
                     if disk is not None and (size := tree_bytes(disk.tree)) > disk.max_bytes:
-                        raise ToolDiskLimit(f"{Path(cmd[0]).name} wrote the paper's folder past {disk.max_bytes / 1024**2:g} MB "
-                                            f"({size / 1024**2:.0f} MB) and was killed") from None
+                        raise ToolDiskLimit(f"{Path(cmd[0]).name} wrote the paper's folder past "
+                                            f"{disk.max_bytes / 1024**2:g} MB ({size / 1024**2:.0f} MB) and was killed"
+                                            ) from None
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -151,9 +151,11 @@ def _in(db: sqlite3.Connection, sql: str, keys: list) -> list[tuple]:
 def _coco_images(db: sqlite3.Connection, batch: list[tuple[int, dict]], stats: Counter) -> Iterator[tuple[int, dict]]:
     """COCO `annotations` -> records with the `file_name` their `image_id` has in the `images` table."""
     ids = list({r.get("image_id") for _, r in batch if isinstance(r.get("image_id"), (int, str))})
-    found = {i: (name, copies) for i, name, copies in _in(db, "SELECT id, file_name, copies FROM images WHERE id IN ({})", ids)}
+    rows = _in(db, "SELECT id, file_name, copies FROM images WHERE id IN ({})", ids)
+    found = {i: (name, copies) for i, name, copies in rows}
     for pos, rec in batch:
-        name, copies = found.get(rec.get("image_id"), (None, 0)) if isinstance(rec.get("image_id"), (int, str)) else (None, 0)
+        image_id = rec.get("image_id")
+        name, copies = found.get(image_id, (None, 0)) if isinstance(image_id, (int, str)) else (None, 0)
         if name is None:
             stats["unknown_image_id"] += 1
             continue
