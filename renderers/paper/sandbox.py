@@ -232,7 +232,8 @@ def run_bounded(cmd: Sequence[str], *, cwd: Path, timeout_s: float, log: Path, e
     group is killed and we return only once none of it is alive: nothing it spawned outlives it. It gets SIGKILL if
     our process dies first.
     """
-    deadline = time.monotonic() + timeout_s
+    deadline, poll = time.monotonic() + timeout_s, DISK_POLL_S
+    name = Path(cmd[cmd.index("--") + 1] if cmd[0] == "bwrap" else cmd[0]).name  # the tool, not its sandbox
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             list(cmd), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -241,12 +242,17 @@ def run_bounded(cmd: Sequence[str], *, cwd: Path, timeout_s: float, log: Path, e
         try:
             while True:
                 try:
-                    return proc.wait(timeout=max(0.0, min(DISK_POLL_S, deadline - time.monotonic())))
+                    return proc.wait(timeout=max(0.0, min(poll, deadline - time.monotonic())))
                 except subprocess.TimeoutExpired:
                     if time.monotonic() >= deadline:
-                        raise ToolTimeout(f"{Path(cmd[0]).name} ran longer than {timeout_s:g} s and was killed") from None
-                    if disk is not None and (size := tree_bytes(disk.tree)) > disk.max_bytes:
-                        raise ToolDiskLimit(f"{Path(cmd[0]).name} wrote the paper's folder past "
+                        raise ToolTimeout(f"{name} ran longer than {timeout_s:g} s and was killed") from None
+                    if disk is None:
+                        continue
+                    start = time.monotonic()
+                    size = tree_bytes(disk.tree)
+                    poll = max(DISK_POLL_S, 4 * (time.monotonic() - start))  # scanning a big tree: at most 1/5 of a core
+                    if size > disk.max_bytes:
+                        raise ToolDiskLimit(f"{name} wrote the paper's folder past "
                                             f"{disk.max_bytes / 1024**2:g} MB ({size / 1024**2:.0f} MB) and was killed"
                                             ) from None
         finally:
