@@ -56,7 +56,7 @@ class ToolDiskLimit(RuntimeError):
 
 
 class UnsafeSource(ValueError):
-    """A source tree refused before any tool ran; the message names the file and command."""
+    """A source tree refused before a tool reads what it refuses; the message names the file and why."""
 
 
 class UnsafeTree(UnsafeSource):
