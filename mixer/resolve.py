@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mixer.config import MixtureConfig
 from vlcorpus.sample import CATEGORIES
-from vlcorpus.shards import ShardInfo, read_index, sidecar_path
+from vlcorpus.shards import ShardInfo, read_index, shard_under, sidecar_path
 
 log = logging.getLogger("vlcorpus.mixer")
 
@@ -46,7 +46,11 @@ def category_shards(corpora: list[Path], category: str) -> list[InputShard]:
         except FileNotFoundError as e:
             raise MixError(f"{e}; run the pipeline again (it rewrites the index) or remove the folder") from None
         for entry in index.get("shards", []):
-            path = folder / entry["shard"]
+            try:
+                path = shard_under(folder, entry["shard"])
+            except ValueError as e:
+                problems.append(f"{folder / 'index.json'}: {e}")
+                continue
             if not path.exists():
                 problems.append(f"{path}: listed in index.json but missing")
             elif not sidecar_path(path).exists():

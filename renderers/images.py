@@ -229,6 +229,8 @@ def load_ref(ref: object, root: Path | ImageRoots | None, max_bytes: int = Image
             raise BadImage("image_undecodable", f"data: URL is not base64 ({e})") from None
     if ref.startswith(("http://", "https://")):
         raise BadImage("image_remote", f"remote image {ref[:80]} is not fetched; download the images first")
+    if "\x00" in ref:
+        raise BadImage("image_path_invalid", f"image path {ref[:200]!r} holds a NUL character: no file has that name")
     roots = ImageRoots.of(root)
     if roots is None:
         raise BadImage("image_missing", f"image path {ref!r} given but no image root")

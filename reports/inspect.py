@@ -1,11 +1,14 @@
 """`vlcorpus inspect PATH`: what a shard, category folder or corpus holds, what each source dropped and why, and a
-look at a few samples."""
+look at a few samples. On a terminal, control characters from documents are printed escaped (`\\x1b`): sample text
+could otherwise set the window title or clear the screen."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +19,9 @@ from vlcorpus.shards import read_samples, shard_paths, verify_shard
 
 COMMAND = ("inspect",)
 HELP = "print counts, drops by reason and samples of a shard, category folder or corpus folder"
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (but tab and line feed), DEL, C1
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, help="a .tar shard, a category folder or a corpus folder")
@@ -70,7 +76,12 @@ def split_output(path: Path, shards: list[Path]) -> tuple[list[Path], Counter]:
 def print_paper_routes(corpus: Path) -> None:
     """Papers (`render arxiv|pdf`): the route their pages took and why (`reports.paper_routes`)."""
     for source, summary in corpus_routes(corpus).items():
-        print("\n".join(describe(source, summary)))
+        print(safe("\n".join(describe(source, summary))))
+
+
+def safe(text: str) -> str:
+    """`text` with its control characters escaped when standard output is a terminal (piped output stays exact)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if sys.stdout.isatty() else text
 
 
 def main(args: argparse.Namespace) -> int:
@@ -93,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         images[sample.category] += len(sample.images)
         if shown < args.samples:
             shown += 1
-            print(f"\n--- {sample.key}  [{sample.category}]  {sample.origin} part {sample.part}")
+            print(safe(f"\n--- {sample.key}  [{sample.category}]  {sample.origin} part {sample.part}"))
             for seg in sample.segments:
                 role = f"{seg['role']}: " if "role" in seg else ""
                 if "image" in seg:
@@ -101,10 +112,10 @@ def main(args: argparse.Namespace) -> int:
                 else:
                     text = seg["text"]
                     more = f" … (+{len(text) - args.chars} chars)" if len(text) > args.chars else ""
-                    print("  " + role + text[: args.chars].replace("\n", "\n  ") + more)
+                    print(safe("  " + role + text[: args.chars].replace("\n", "\n  ") + more))
             if sample.taxonomy:
-                print(f"  taxonomy: {' / '.join(sample.taxonomy)}")
-            print(f"  meta: {json.dumps(sample.meta, ensure_ascii=False)[: args.chars]}")
+                print(safe(f"  taxonomy: {' / '.join(sample.taxonomy)}"))
+            print(safe(f"  meta: {json.dumps(sample.meta, ensure_ascii=False)[: args.chars]}"))
     print(f"\n{len(shards)} shard(s)")
     for cat in sorted(per_category):
         print(f"  {cat:16s} {per_category[cat]:8d} samples {tokens[cat]:10d} text tokens {images[cat]:7d} images")

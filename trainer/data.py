@@ -36,6 +36,7 @@ from mixer.schema import read_mixture_json as read_mixture_file
 from trainer.tokenizer import ChatFormat, special_ids
 from vlcorpus.config import ConfigError
 from vlcorpus.sample import TEXT_ONLY_CATEGORIES, Sample
+from vlcorpus.shards import shard_under
 
 IGNORE = -100
 OVER_BUDGET = "over_seq_budget"  # drop reason: nothing to learn from is left within the sequence budget
@@ -56,7 +57,7 @@ def read_mixture_json(stage_dir: Path) -> tuple[str, dict[str, dict]]:
     if meta.unit not in UNITS:
         raise ValueError(f"{path}: unit {meta.unit!r} is not one of {', '.join(UNITS)}")
     return meta.unit, {name: {"requested": c.requested_ratio, "ratio": c.realised_ratio,
-                              "shards": [(stage_dir / s.shard, s.samples) for s in c.shards]}
+                              "shards": [(shard_under(stage_dir, s.shard), s.samples) for s in c.shards]}
                        for name, c in meta.categories.items()}
 
 

@@ -88,8 +88,22 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = safe_yaml(raw, f"override {pair!r}")
     return out
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """Plain YAML values; a file that does not parse, or that asks for Python objects (`!!python/...`, which
+    `safe_load` never builds), stops with a ConfigError naming `where` and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        if isinstance(e, yaml.constructor.ConstructorError) and "python/" in str(e.problem):
+            raise ConfigError(f"{where}{at}: a YAML tag that builds a Python object ({e.problem.split()[-1]}) is "
+                              "refused; write plain values (strings, numbers, lists, mappings)") from None
+        raise ConfigError(f"{where}{at}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +120,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text("utf-8")) or {}
+        loaded = safe_yaml(path.read_text("utf-8"), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
         data = loaded

@@ -55,6 +55,9 @@ REASONS: tuple[Reason, ...] = (
         ("no_legible_words", "a scene-text image without a legible word"),
         ("no_images", "an interleaved document without an image"),
         ("text_too_short", "a text record under min_chars"),
+        ("bad_unicode", "a record holding a lone UTF-16 surrogate: valid JSON, but not text"),
+        ("image_path_invalid", "an image path holding a NUL character"),
+        ("duplicate_image_id", "a COCO caption whose image_id several `images` entries share"),
     ),
     *_family(
         "notebooks",
@@ -77,6 +80,9 @@ REASONS: tuple[Reason, ...] = (
         ("spine_items_not_documents", "EPUB spine entries that are not XHTML/HTML documents"),
         ("missing_files", "files a page asked for that the input folder does not hold"),
         ("web_code_too_long", "an HTML page whose cleaned code is over max_code_chars (no web_code pair)"),
+        ("duplicate_spine_items", "EPUB spine entries repeating a chapter already in the spine (rendered once)"),
+        ("pages_over_size_budget", "EPUB pages past the book's size-based page budget (10 + one per min_page_bytes unpacked)"),
+        ("chapters_over_size_budget", "EPUB chapters skipped once the book's size-based page budget is spent"),
     ),
     *_family(
         "papers: the LaTeX route",
@@ -131,6 +137,7 @@ REASONS: tuple[Reason, ...] = (
         ("upsampled_copies", "extra copies written to balance a small taxonomy leaf"),
         ("blocked_requests", "network requests the browser was refused"),
         ("navigations_blocked", "navigations away from the document the browser was refused"),
+        ("popups_blocked", "popup navigations (window.open) the browser aborted"),
         ("served_requests", "requests served from the input folder"),
         ("browser_crashes", "browser crashes recovered from (the document rendered again)"),
         ("chapters_parsed_as_html", "EPUB chapters that are not well-formed XML, parsed as HTML instead"),

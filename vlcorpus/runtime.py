@@ -12,12 +12,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or `RAY_ADDRESS`, which `ray job submit` sets); else start an embedded local Ray.
 
     Workers import the installed project (`ray_cluster.yaml` installs it on every node), so no runtime_env is shipped.
+    The embedded local Ray is bound to loopback: Ray's "no cluster" switch (read when `ray` is first imported, so
+    set here before the import) makes it take 127.0.0.1 as the node's address, and its GCS, raylet, workers, agents
+    and metrics listen there only, where they would listen on every interface.
     """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         if num_cpus is not None:
             raise ValueError("--num-cpus applies to a local Ray only; a cluster's size is set by the cluster")

@@ -375,6 +375,16 @@ def write_index(category_dir: Path) -> list[ShardInfo]:
     return infos
 
 
+def shard_under(root: str | Path, name: str) -> Path:
+    """`root / name` for a shard that an `index.json` or `mixture.json` names, refused (ValueError) when its real
+    path leaves `root` (`../../outside/stolen.tar`, an absolute path, a symlink out): those files are data, and a
+    corpus or mixture is read only where it lies."""
+    path = Path(root) / name
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
+        raise ValueError(f"{root}: the shard {name!r} it lists leaves {root}; refused")
+    return path
+
+
 def read_index(category_dir: str | Path) -> dict:
     path = Path(category_dir) / "index.json"
     if not path.exists():

@@ -8,6 +8,11 @@ replaced only when a bound trips, when it dies, or after `RECYCLE_AFTER` documen
 itself: samples never travel back through a pipe (pickling page images would cost more than writing them); only
 plain data crosses the process boundary, so no exception of a foreign library can fail to unpickle.
 
+The parent owns the child's scratch: the child's temporary folder (TMPDIR) is a folder the parent made, removed
+whenever the child goes (killed past a bound, dead, recycled), so a paper's private copy never outlives a killed
+document; a folder whose parent process is gone (a Ray worker killed with its child) is removed by the next worker
+that starts a child on the machine.
+
 The commit order is the driver's: the child finishes (fsync, rename, sidecar) a batch's shards when the parent
 closes the batch, and the driver appends the ledger lines after that. After each document the child reports where
 its shards stand (`BatchShards.checkpoint`); if it dies or is killed mid-batch, its replacement resumes the open
@@ -20,10 +25,12 @@ import ctypes
 import os
 import pickle
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,12 +38,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter, remove_shards
 from vlcorpus.stage import Runner, Stage
 
 RECYCLE_AFTER = 2000  # documents per child; bounds what slow leaks in a renderer or its libraries can accumulate
+SCRATCH_PREFIX = "vlcorpus-scratch-"  # + <parent pid>-<parent start time>-: a child's TMPDIR
 Claim = Callable[[list[tuple[str, str]]], list[str]]  # (value, sample key) pairs -> the key owning each value
 
 
@@ -173,14 +183,19 @@ class BoundedWorker:
         self.rendered = 0  # documents the current child has rendered
         self.batch: tuple | None = None  # (out, prefix, max_bytes, max_samples) of the open batch
         self.state: dict[str, dict] = {}  # the open batch's shards after the last finished document
+        self.scratch: Path | None = None  # the child's TMPDIR, removed with the child
 
     def _start(self) -> bool:
         """Start a child and wait until it has imported the renderer (not part of any document's time bound) and
         resumed the open batch; False if it died doing so."""
+        remove_dead_scratch()
+        me = psutil.Process()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{me.pid}-{int(me.create_time())}-"))
         mine, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from vlcorpus.worker import child_main; child_main()", str(theirs.fileno()),
-             str(os.getpid())], pass_fds=(theirs.fileno(),), start_new_session=True)
+             str(os.getpid())], pass_fds=(theirs.fileno(),), start_new_session=True,
+            env={**os.environ, "TMPDIR": str(self.scratch)})
         theirs.close()
         self.conn = Connection(mine.detach())
         self.rendered = 0
@@ -194,7 +209,7 @@ class BoundedWorker:
         return self._send(("open", *self.batch, self.state)) and self._receive(None) is not None
 
     def _stop(self) -> int | None:
-        """Kill the child and everything it started; return its exit status."""
+        """Kill the child and everything it started, and remove its scratch; return its exit status."""
         if self.proc is None:
             return None
         try:
@@ -204,6 +219,11 @@ class BoundedWorker:
         code = self.proc.wait()
         self.conn.close()
         self.proc = self.conn = None
+        for _ in range(50):  # the child's tools die with it (PR_SET_PDEATHSIG) a moment later, writing as they go
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            if not self.scratch.exists():
+                break
+            time.sleep(0.1)
         return code
 
     def _send(self, message: object) -> bool:
@@ -290,6 +310,21 @@ class BoundedWorker:
             except subprocess.TimeoutExpired:
                 pass
         self._stop()
+
+
+def remove_dead_scratch() -> None:
+    """Remove the children's scratch folders whose parent process is gone (its pid and start time in the name, so a
+    reused pid does not count)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid, started, _ = folder.name[len(SCRATCH_PREFIX):].split("-")
+            alive = int(psutil.Process(int(pid)).create_time()) == int(started)
+        except psutil.NoSuchProcess:
+            alive = False
+        except (ValueError, psutil.Error):
+            alive = True  # not a name we gave, or a process we may not inspect
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class ChildDied(RuntimeError):

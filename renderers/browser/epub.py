@@ -5,6 +5,10 @@ to the browser from memory by the session's route handler. `container.xml` names
 chapter order. A spine item that is missing is skipped and counted; a chapter that is not well-formed XHTML is parsed
 as HTML (Chromium's XML parser would stop at the first error) and counted.
 
+Amplification is bounded by the book's size: a chapter the spine lists again is counted (`duplicate_spine_items`)
+and rendered once, and the book's pages are at most `page_budget` (a few per KB of the unpacked book), shared by
+its parts by chapter bytes; pages past it are counted (`pages_over_size_budget`).
+
 A long book is rendered in parts, each its own document: `book_parts` decides them before anything is rendered, from
 the spine and the chapters' sizes in the zip directory (runs of whole chapters of at most `part_bytes`), and
 `render` renders the chapters `doc.related["chapters"]` names.
@@ -57,9 +61,11 @@ class EpubConfig:
     max_member_mb: float = 128.0
     max_ratio: float = 200.0  # uncompressed/compressed size of a member above 1 MB
     max_members: int = 20_000
+    min_page_bytes: int = 100  # a page takes at least this many bytes of the unpacked book (see `Book.page_budget`)
 
     def __post_init__(self) -> None:
-        if min(self.max_file_mb, self.max_unpacked_mb, self.max_member_mb, self.max_ratio) <= 0 or self.max_members <= 0:
+        if min(self.max_file_mb, self.max_unpacked_mb, self.max_member_mb, self.max_ratio) <= 0 or \
+                min(self.max_members, self.min_page_bytes) <= 0:
             raise ValueError("EPUB limits must be positive")
 
     @property
@@ -152,6 +158,9 @@ class Book:
                 missing.append(manifest[idref][0] if idref in manifest else f"#{idref}")
                 continue
             name, media = manifest[idref]
+            if name in types:  # 4,000 entries of one chapter would plan 4,000 renderings of it
+                stats["duplicate_spine_items"] += 1
+                continue
             if media not in CHAPTER_TYPES:
                 stats["spine_items_not_documents"] += 1
                 continue
@@ -166,6 +175,14 @@ class Book:
 
     def chapter_bytes(self, name: str) -> int:
         return self.members[name].file_size
+
+    def page_budget(self, start: int, end: int) -> int:
+        """Pages the chapters `spine[start:end]` may give: the book's budget (10, plus one per `min_page_bytes` of
+        all its members, unpacked: images count) shared by chapter bytes. A real book sets 1-3 KB of markup per
+        page; a small file that paginates into thousands of pages (CSS heights, empty blocks) stops here."""
+        book = 10 + sum(i.file_size for i in self.members.values()) // self.cfg.min_page_bytes
+        chapters = sum(self.chapter_bytes(n) for n in self.spine) or 1
+        return -(-book * sum(self.chapter_bytes(n) for n in self.spine[start:end]) // chapters)
 
     def close(self) -> None:
         self.zip.close()
@@ -232,16 +249,23 @@ def render(doc: DocInput, cfg: EpubConfig, stats: Counter, session: Session) -> 
     template = pick_template(book_id, pc.templates)  # one look for the whole book, whatever its parts
     site = BookSite(book, stats)
     part = 0
+    budget = book.page_budget(start, end)
+    limit, over = (pc.max_pages, "page_limit") if pc.max_pages <= budget else (budget, "size_budget")
     try:
         with session.page(site, pc.width, pc.height, pc.scale, pc.javascript, stats) as page:
             for number, name in enumerate(book.spine[start:end], start):
-                if part >= pc.max_pages:
-                    stats["chapters_over_page_limit"] += 1
+                if part >= limit:
+                    stats[f"chapters_over_{over}"] += 1
                     continue
                 site.check_chapter(name)
                 page.goto("/" + name)
                 apply_template(page, template, pc)
-                for p in paginate(page, pc, "template", stats, max_pages=pc.max_pages - part):
+                counts: Counter = Counter()
+                pages = paginate(page, pc, "template", counts, max_pages=limit - part)
+                if over == "size_budget" and counts["pages_over_limit"]:
+                    counts["pages_over_size_budget"] += counts.pop("pages_over_limit")
+                stats.update(counts)
+                for p in pages:
                     yield Sample(
                         category="doc_ocr", source="epub", doc=doc.doc, part=part, origin=doc.origin,
                         segments=[{"image": image_name(pc)}, {"text": p.text}], images={image_name(pc): p.image},

@@ -143,7 +143,8 @@ class Session:
 class Page:
     """A Playwright page that loads only the document's own files and navigates only where the renderer sends it
     (`goto`): any other request is aborted and counted (`blocked_requests`), a meta refresh or a link the page follows
-    by itself is answered "204 No Content" and counted (`navigations_blocked`)."""
+    by itself is answered "204 No Content" and counted (`navigations_blocked`), and a popup's navigation (JavaScript's
+    `window.open`; its request has no frame yet) is aborted and counted (`popups_blocked`)."""
 
     def __init__(self, page: Any, base: str, stats: Counter):
         self.page, self.base, self.stats = page, base, stats
@@ -165,7 +166,14 @@ class Page:
     def route(self, route: Any) -> None:
         request = route.request
         url = request.url
-        if request.is_navigation_request() and request.frame == self.page.main_frame:
+        if request.is_navigation_request():
+            try:
+                frame = request.frame
+            except Exception:  # noqa: BLE001 - Playwright's Error: "Frame for this navigation request is not available"
+                self.stats["popups_blocked"] += 1
+                route.abort("blockedbyclient")
+                return
+        if request.is_navigation_request() and frame == self.page.main_frame:
             if url != self._target:
                 self.stats["navigations_blocked"] += 1
                 route.fulfill(status=204)  # the browser stays on the page (an abort would show an error page)

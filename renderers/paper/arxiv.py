@@ -36,7 +36,7 @@ from renderers.paper.pdf_pages import (
     rasterise,
     text_layer_markdown,
 )
-from renderers.paper.sandbox import ArchiveLimits, ToolTimeout
+from renderers.paper.sandbox import ArchiveLimits, ToolTimeout, UnsafeTree
 from renderers.paper.sources import (
     MainTexError,
     UnsafeSource,
@@ -65,6 +65,7 @@ class PaperConfig:
     bibtex_timeout_s: float = 60.0
     max_bib_mb: float = 32.0  # .bib files of one paper, together
     compile_timeout_s: float = 300.0  # latexmk, for a source without its PDF
+    max_tree_mb: float = 1024.0  # the paper's private copy while a tool runs on it (a TeX \write loop stops here)
     sandbox: bool = True  # run LaTeXML in bubblewrap (no network, no files outside the paper)
     max_archive_members: int = 5000
     max_archive_mb: float = 512.0
@@ -77,7 +78,7 @@ class PaperConfig:
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be between 1 and 100")
         if min(self.max_pdf_mb, self.max_pages, self.max_page_pt, self.latexml_timeout_s, self.max_archive_members,
-               self.max_archive_mb, self.bibtex_timeout_s, self.max_bib_mb, self.compile_timeout_s) <= 0:
+               self.max_archive_mb, self.bibtex_timeout_s, self.max_bib_mb, self.compile_timeout_s, self.max_tree_mb) <= 0:
             raise ValueError("size, page, time and archive caps must be positive")
         if not 0 <= self.min_page_score <= 1 or not 0 <= self.min_words_on_page <= 1:
             raise ValueError("min_page_score and min_words_on_page are shares between 0 and 1")
@@ -92,15 +93,21 @@ class PaperConfig:
             timeout_s=self.latexml_timeout_s,
             sandbox=self.sandbox,
             archive=ArchiveLimits(max_members=self.max_archive_members, max_bytes=int(self.max_archive_mb * 1024**2)),
+            max_tree_bytes=self.max_tree_bytes,
         )
 
     @property
+    def max_tree_bytes(self) -> int:
+        return int(self.max_tree_mb * 1024**2)
+
+    @property
     def bib(self) -> BibSettings:
-        return BibSettings(timeout_s=self.bibtex_timeout_s, max_bib_mb=self.max_bib_mb, sandbox=self.sandbox)
+        return BibSettings(timeout_s=self.bibtex_timeout_s, max_bib_mb=self.max_bib_mb, sandbox=self.sandbox,
+                           max_tree_bytes=self.max_tree_bytes)
 
     @property
     def compile(self) -> CompileSettings:
-        return CompileSettings(timeout_s=self.compile_timeout_s, sandbox=self.sandbox)
+        return CompileSettings(timeout_s=self.compile_timeout_s, sandbox=self.sandbox, max_tree_bytes=self.max_tree_bytes)
 
 
 def _latex_split(tree: Path, pdf_path: Path, texts: list[str], cfg: PaperConfig, stats: Counter,
@@ -129,6 +136,8 @@ def _latex_split(tree: Path, pdf_path: Path, texts: list[str], cfg: PaperConfig,
         reason, message = "no_main_tex", str(e)
     except MainTexError as e:
         reason, message = "main_tex_ambiguous", str(e)
+    except UnsafeTree:  # a tool planted a link: the paper is refused, not only its LaTeX route
+        raise
     except UnsafeSource as e:
         reason, message = "unsafe_source", str(e)
     except ToolTimeout as e:
@@ -155,7 +164,7 @@ def render(doc: DocInput, cfg: PaperConfig, stats: Counter, source: str) -> Iter
         src = doc.related.get("source")
         tree = prepare_source(Path(src), Path(tmp), cfg.latexml.archive) if src else None
         pdf_path = _find_pdf(doc, tree, cfg, stats)
-        pdf = open_pdf(pdf_path, cfg.pdf_limits)
+        pdf = open_pdf(pdf_path, cfg.pdf_limits, in_tree=tree is not None and pdf_path.is_relative_to(tree))
         try:
             yield from _render_pdf(doc, pdf, pdf_path, tree, cfg, stats, source)
         finally:

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from renderers.paper.sandbox import ToolTimeout, run_tool
+from renderers.paper.sandbox import MAX_TREE_BYTES, ToolTimeout, read_in_tree, run_tool, write_in_tree
 from renderers.paper.sources import expand_inputs, read_tex
 
 _CITE = re.compile(r"\\(?:no|auto|paren|text|foot|super|smart|full)?[Cc]ite[a-zA-Z]*\*?\s*(?:\[[^\]]*\]\s*){0,2}\{([^}]*)\}")
@@ -38,6 +38,7 @@ class BibSettings:
     timeout_s: float
     max_bib_mb: float
     sandbox: bool
+    max_tree_bytes: int = MAX_TREE_BYTES
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _make_bbl(main: Path, tree: Path, settings: BibSettings, stats: Counter, tex
               biblatex_sources: list[str] | None) -> Bibliography:
     keys = tuple(cited_keys(text))
     bbl = main.with_suffix(".bbl")
-    if bbl.is_file() and "\\bibitem" in bbl.read_text("utf-8", errors="replace"):  # not biber's own format
+    if bbl.is_file() and "\\bibitem" in read_in_tree(bbl):  # not biber's own format
         stats["bbl_present"] += 1
         return Bibliography("present", keys)
     if biblatex_sources is not None:
@@ -125,7 +126,7 @@ def _make_bbl(main: Path, tree: Path, settings: BibSettings, stats: Counter, tex
         stats["bibtex_timeout"] += 1
         bbl.unlink(missing_ok=True)
         return Bibliography("none", keys, str(e))
-    if not bbl.is_file() or "\\bibitem" not in bbl.read_text("utf-8", errors="replace"):
+    if not bbl.is_file() or "\\bibitem" not in read_in_tree(bbl):
         stats["bibtex_failed"] += 1
         bbl.unlink(missing_ok=True)
         return Bibliography("none", keys, f"bibtex made no bibliography: {(error or '')[-300:]}")
@@ -152,10 +153,10 @@ def _resources(folder: Path, texts: list[str]) -> list[str]:
 def _bibtex(main: Path, tree: Path, keys: tuple[str, ...], data: str, style: str, settings: BibSettings) -> str | None:
     """Write `<jobname>.aux` and run bibtex on it; None, or bibtex's complaints (it still writes what it could)."""
     lines = [f"\\citation{{{k}}}" for k in keys] + [f"\\bibdata{{{data}}}", f"\\bibstyle{{{style}}}"]
-    main.with_suffix(".aux").write_text("\\relax\n" + "\n".join(lines) + "\n", "utf-8")
+    write_in_tree(main.with_suffix(".aux"), "\\relax\n" + "\n".join(lines) + "\n")
     log = tree.parent / "bibtex.log"
     code = run_tool(["bibtex", main.stem], tree=tree, cwd=main.parent, timeout_s=settings.timeout_s, log=log,
-                    sandbox=settings.sandbox)
+                    sandbox=settings.sandbox, max_bytes=settings.max_tree_bytes)
     if code <= 1:  # 1: warnings only (an empty field)
         return None
     out = log.read_text("utf-8", errors="replace")

@@ -1,5 +1,6 @@
 """A paper whose source comes without its PDF: compile it, in the sandbox, time-bounded (`latexmk -pdf`, which runs
-pdflatex and bibtex or biber as often as the paper needs)."""
+pdflatex and bibtex or biber as often as the paper needs). latexmk runs with `-norc`: a paper's `latexmkrc` is
+Perl, and never runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from renderers.paper.sandbox import ToolTimeout, run_tool
+from renderers.paper.sandbox import MAX_TREE_BYTES, ToolTimeout, read_in_tree, run_tool
 from renderers.paper.sources import check_sources, main_tex_candidates
 from vlcorpus.document import Filtered
 
@@ -20,6 +21,7 @@ _NOT_THE_PAPER = re.compile(r"supp|appendix|response|rebuttal|reply|review|cover
 class CompileSettings:
     timeout_s: float
     sandbox: bool
+    max_tree_bytes: int = MAX_TREE_BYTES
 
 
 def main_to_compile(tree: Path) -> Path:
@@ -38,9 +40,10 @@ def compile_pdf(tree: Path, settings: CompileSettings, stats: Counter) -> Path:
     main = main_to_compile(tree)
     check_sources(tree, main.parent)
     log = tree.parent / "compile.log"
-    cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-f", "-silent", main.name]
+    cmd = ["latexmk", "-norc", "-pdf", "-interaction=nonstopmode", "-f", "-silent", main.name]
     try:
-        code = run_tool(cmd, tree=tree, cwd=main.parent, timeout_s=settings.timeout_s, log=log, sandbox=settings.sandbox)
+        code = run_tool(cmd, tree=tree, cwd=main.parent, timeout_s=settings.timeout_s, log=log, sandbox=settings.sandbox,
+                        max_bytes=settings.max_tree_bytes)
     except ToolTimeout as e:
         stats["compile_timeout"] += 1
         raise Filtered(f"no PDF of the paper in the source, and compiling {main.name} timed out: {e}") from None
@@ -48,7 +51,8 @@ def compile_pdf(tree: Path, settings: CompileSettings, stats: Counter) -> Path:
     if not pdf.is_file():
         stats["compile_failed"] += 1
         tex_log = main.with_suffix(".log")
-        errors = [e for e in re.findall(r"^!.*$", (tex_log if tex_log.is_file() else log).read_text("utf-8", errors="replace"), re.M)
+        text = read_in_tree(tex_log) if tex_log.is_file() else log.read_text("utf-8", errors="replace")
+        errors = [e for e in re.findall(r"^!.*$", text, re.M)
                   if not re.match(r"^!\s*(Emergency stop|==> Fatal error)", e)]  # the error that stopped it, not the stop
         raise Filtered(f"no PDF of the paper in the source, and compiling {main.name} made none "
                        f"(latexmk exited with {code}: {errors[-1] if errors else 'no TeX error shown'})")

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from renderers.paper.sandbox import ArchiveLimits, run_tool
+from renderers.paper.sandbox import MAX_TREE_BYTES, ArchiveLimits, ToolTimeout, UnsafeSource, read_in_tree, run_tool
 
 # Our LaTeXML bindings (a stand-in for expl3, see latexml_bindings/expl3.pool.ltxml), searched before LaTeXML's own.
 BINDINGS = Path(__file__).resolve().parent / "latexml_bindings"
@@ -30,20 +30,30 @@ class LatexmlSettings:
     timeout_s: float
     sandbox: bool
     archive: ArchiveLimits
+    max_tree_bytes: int = MAX_TREE_BYTES
 
 
 def latexml_to_html(main: Path, tree: Path, settings: LatexmlSettings, preload: tuple[str, ...] = ()) -> Path:
     """Run latexmlc on `main` inside `tree` (with our bindings `preload`ed too); return the HTML file. Raises
-    LatexmlError or ToolTimeout."""
+    LatexmlError, or ToolTimeout past the time bound (ours, or LaTeXML's own `--timeout` and loop limits).
+
+    A paper's own bindings (`*.ltxml`, `<name>.latexml`) are Perl that LaTeXML runs: in the sandbox they are
+    contained with it; without it they would run on the host as the worker, so they refuse the LaTeX route."""
+    bindings = sorted(p.name for p in tree.rglob("*") if p.name.endswith((".ltxml", ".latexml")))
+    if bindings and not settings.sandbox:
+        raise UnsafeSource(f"the paper ships LaTeXML bindings ({', '.join(bindings[:5])}): Perl code, run only in the "
+                           "sandbox (sandbox=true)")
     html = main.parent / "_latexml" / (main.stem + ".html")
     cmd = ["latexmlc", "--nocomments", "--nodefaultresources", "--nographicimages", "--nopictureimages",
            "--preload=[nobibtex]latexml.sty", "--preload=vlcorpus.sty", *(f"--preload={p}" for p in preload),
            f"--path={BINDINGS}", f"--timeout={int(settings.timeout_s)}", f"--dest=_latexml/{html.name}", main.name]
     log = tree.parent / "latexml.log"
     code = run_tool(cmd, tree=tree, cwd=main.parent, timeout_s=settings.timeout_s + 10, log=log,
-                    sandbox=settings.sandbox, read_only=(str(BINDINGS),))
+                    sandbox=settings.sandbox, max_bytes=settings.max_tree_bytes, read_only=(str(BINDINGS),))
     if code != 0 or not html.exists():
         text = log.read_text("utf-8", errors="replace")
+        if limit := re.search(r"^Fatal:timeout:(\S+).*$", text, re.M):  # its own --timeout, or a loop's token limit
+            raise ToolTimeout(f"latexmlc stopped the conversion ({limit.group(1)}): {limit.group(0)[:200]}")
         fatal = re.findall(r"^Fatal:.*$", text, re.M)
         raise LatexmlError(f"latexmlc exited with {code}: {fatal[0] if fatal else text[-400:].strip()}")
     return html
@@ -57,7 +67,7 @@ def html_to_markdown(html: Path, stats: Counter, cite_keys: tuple[str, ...] = ()
 
     from renderers.paper.nougat_tools import format_document, parse_latexml
 
-    raw = html.read_text("utf-8", errors="replace").replace("\xa0", " ")
+    raw = read_in_tree(html).replace("\xa0", " ")
     soup = BeautifulSoup(htmlmin.minify(raw, remove_all_empty_space=1), features="html.parser")
     stats.update(resolve_for_nougat(soup, set(cite_keys)))
     try:

@@ -7,12 +7,14 @@ page is bounded whatever the page's size in points.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pymupdf
 
+from renderers.paper.sandbox import open_in_tree
 from vlcorpus.document import Filtered
 
 
@@ -27,15 +29,22 @@ class PdfLimits:
     max_page_pt: float  # either side, in PDF points (1/72 in); A0 is 2384 pt
 
 
-def open_pdf(path: Path, limits: PdfLimits) -> pymupdf.Document:
-    """Open and check a PDF. Raises PdfError (unreadable) or Filtered (encrypted, too large, too many pages)."""
-    size = path.stat().st_size
-    if size > limits.max_mb * 1024**2:
-        raise Filtered(f"PDF is {size / 1024**2:.0f} MB, more than max_pdf_mb={limits.max_mb:g}")
+def open_pdf(path: Path, limits: PdfLimits, in_tree: bool = False) -> pymupdf.Document:
+    """Open and check a PDF. Raises PdfError (unreadable) or Filtered (encrypted, too large, too many pages).
+
+    A PDF of a paper's private copy (`in_tree`: shipped or compiled) is opened through a descriptor that followed
+    no link (`sandbox.open_in_tree`)."""
+    fd = open_in_tree(path) if in_tree else None
     try:
-        pdf = pymupdf.open(path, filetype="pdf")
+        size = os.fstat(fd).st_size if fd is not None else path.stat().st_size
+        if size > limits.max_mb * 1024**2:
+            raise Filtered(f"PDF is {size / 1024**2:.0f} MB, more than max_pdf_mb={limits.max_mb:g}")
+        pdf = pymupdf.open(f"/proc/self/fd/{fd}" if fd is not None else path, filetype="pdf")
     except (pymupdf.FileDataError, RuntimeError, ValueError) as e:
         raise PdfError(f"corrupt or unreadable PDF: {e}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
     if not pdf.is_pdf:  # PyMuPDF also opens HTML, SVG, XPS, EPUB and images, whatever the name says
         pdf.close()
         raise PdfError("not a PDF (no PDF header): a file of another kind named .pdf")

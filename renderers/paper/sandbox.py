@@ -7,18 +7,23 @@
   is killed, and PR_SET_PDEATHSIG kills the command if the Python process that started it dies.
 - `isolated` wraps a command in bubblewrap: no network, no /proc, a cleared environment, of the host only the
   TeX tool chain (programs, their libraries, Perl, the TeX tree), and one writable folder.
+- `run_tool` runs a TeX tool on a paper's private copy and then checks the copy (`check_tree`): a tool runs the
+  paper's own code (TeX macros, LaTeXML bindings), which may leave a symlink for host code to follow, so anything
+  but regular files and folders refuses the paper. While the tool runs, the copy's size is capped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import glob
 import gzip
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -30,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 _PR_SET_PDEATHSIG = 1
+MAX_TREE_BYTES = 1024**3  # a paper's private copy while a tool runs on it (`PaperConfig.max_tree_mb`)
 _CHUNK = 1 << 20
 
 
@@ -43,6 +49,19 @@ class SandboxUnavailable(RuntimeError):
 
 class ToolTimeout(TimeoutError):
     """An external command ran past its own time bound and was killed with its process group."""
+
+
+class ToolDiskLimit(RuntimeError):
+    """An external command grew the paper's private copy past its size cap and was killed with its process group."""
+
+
+class UnsafeSource(ValueError):
+    """A source tree refused before a tool reads what it refuses; the message names the file and why."""
+
+
+class UnsafeTree(UnsafeSource):
+    """A paper's private copy holds something other than regular files and folders after a tool ran on it (a
+    symlink, a FIFO, a hard link to a file outside it): the paper's own code planted it, and the paper is refused."""
 
 
 @dataclass(frozen=True)
@@ -183,22 +202,59 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def run_bounded(cmd: Sequence[str], *, cwd: Path, timeout_s: float, log: Path, env: dict[str, str] | None = None) -> int:
-    """Run `cmd` with stdout+stderr to the file `log`; return its exit code, raise ToolTimeout past `timeout_s`.
+@dataclass(frozen=True)
+class DiskCap:
+    """At most `max_bytes` in the folder `tree` while a command runs (polled every `DISK_POLL_S`)."""
 
-    The command leads a new session (its own process group). When it ends, or runs out of time, the whole group
-    is killed and we return only once none of it is alive: nothing it spawned outlives it. It gets SIGKILL if our
-    process dies first.
+    tree: Path
+    max_bytes: int
+
+
+DISK_POLL_S = 0.2
+
+
+def tree_bytes(tree: Path) -> int:
+    """Bytes of the files under `tree`, links not followed (a sparse file counts at its full size)."""
+    total = 0
+    for folder, dirs, files in os.walk(tree):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def run_bounded(cmd: Sequence[str], *, cwd: Path, timeout_s: float, log: Path, env: dict[str, str] | None = None,
+                disk: DiskCap | None = None) -> int:
+    """Run `cmd` with stdout+stderr to the file `log`; return its exit code, raise ToolTimeout past `timeout_s` and
+    ToolDiskLimit once the folder of `disk` holds more than its cap.
+
+    The command leads a new session (its own process group). When it ends, or runs out of time or disk, the whole
+    group is killed and we return only once none of it is alive: nothing it spawned outlives it. It gets SIGKILL if
+    our process dies first.
     """
+    deadline, poll = time.monotonic() + timeout_s, DISK_POLL_S
+    name = Path(cmd[cmd.index("--") + 1] if cmd[0] == "bwrap" else cmd[0]).name  # the tool, not its sandbox
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             list(cmd), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
             start_new_session=True, preexec_fn=_die_with_parent,
         )
         try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise ToolTimeout(f"{Path(cmd[0]).name} ran longer than {timeout_s:g} s and was killed") from None
+            while True:
+                try:
+                    return proc.wait(timeout=max(0.0, min(poll, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise ToolTimeout(f"{name} ran longer than {timeout_s:g} s and was killed") from None
+                    if disk is None:
+                        continue
+                    start = time.monotonic()
+                    size = tree_bytes(disk.tree)
+                    poll = max(DISK_POLL_S, 4 * (time.monotonic() - start))  # scanning a big tree: at most 1/5 of a core
+                    if size > disk.max_bytes:
+                        raise ToolDiskLimit(f"{name} wrote the paper's folder past "
+                                            f"{disk.max_bytes / 1024**2:g} MB ({size / 1024**2:.0f} MB) and was killed"
+                                            ) from None
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -238,8 +294,11 @@ TOOLCHAIN = (
 
 def tool_env(home: str | Path) -> dict[str, str]:
     """The whole environment a TeX tool gets (none of ours: a worker's may hold credentials). `openin_any=p` and
-    `openout_any=p` make TeX itself refuse absolute and `..` file names, inside the sandbox or not."""
-    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "openin_any": "p", "openout_any": "p"}
+    `openout_any=p` make TeX itself refuse absolute and `..` file names, and `shell_escape=f` turns `\\write18` off,
+    even its restricted list, inside the sandbox or not. `home` lies outside the paper's folder: a tool that reads
+    its configuration from HOME (latexmk's `~/.latexmkrc`) finds none of the paper's."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "openin_any": "p", "openout_any": "p",
+            "shell_escape": "f"}
 
 
 @functools.cache
@@ -263,7 +322,7 @@ def isolated(cmd: Sequence[str], workdir: Path, cwd: str = ".", read_only: Seque
     # no --new-session: run_bounded's session has no terminal to inject into, and its process group must hold the
     # tool's processes so that killing the group kills them
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--clearenv"]
-    for key, value in tool_env("/job").items():
+    for key, value in tool_env("/tmp").items():
         args += ["--setenv", key, value]
     args += ["--dev", "/dev", "--tmpfs", "/tmp"]  # first: a path bound below may lie under /tmp (a checkout)
     for link in ("bin", "lib", "lib64", "sbin"):
@@ -276,10 +335,65 @@ def isolated(cmd: Sequence[str], workdir: Path, cwd: str = ".", read_only: Seque
     return args + list(cmd)
 
 
+def check_tree(tree: Path, after: str) -> None:
+    """Refuse (UnsafeTree) a paper's private copy that holds anything but regular files and folders, or a file
+    hard-linked to one outside it: host code reads and writes the copy's files by name after `after` ran."""
+    links: dict[tuple[int, int], list[int]] = {}
+    for folder, dirs, files in os.walk(tree):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                kind = "symlink" if stat.S_ISLNK(st.st_mode) else "FIFO, socket or device"
+                raise UnsafeTree(f"after {after}, {os.path.relpath(path, tree)} in the paper's folder is a {kind}, "
+                                 "not a regular file or folder; the paper is refused")
+            links.setdefault((st.st_dev, st.st_ino), [st.st_nlink, 0])[1] += 1
+    for (_, ino), (nlink, seen) in links.items():
+        if nlink > seen:
+            raise UnsafeTree(f"after {after}, a file in the paper's folder (inode {ino}) is hard-linked to a file "
+                             "outside it; the paper is refused")
+
+
+def open_in_tree(path: Path, flags: int = os.O_RDONLY) -> int:
+    """A descriptor for a file of a paper's private copy, opened without following a link at its name and checked
+    to be a regular file (UnsafeTree otherwise): host code never reads or writes through something a tool planted."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafeTree(f"{path.name} in the paper's folder is a symlink; the paper is refused") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeTree(f"{path.name} in the paper's folder is not a regular file; the paper is refused")
+    return fd
+
+
+def read_in_tree(path: Path) -> str:
+    """The text of a file of a paper's private copy (`open_in_tree`), undecodable bytes replaced."""
+    with os.fdopen(open_in_tree(path), "rb") as f:
+        return f.read().decode("utf-8", errors="replace")
+
+
+def write_in_tree(path: Path, text: str) -> None:
+    """Write a file of a paper's private copy (`open_in_tree`), replacing what it held."""
+    with os.fdopen(open_in_tree(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def run_tool(cmd: Sequence[str], *, tree: Path, cwd: Path, timeout_s: float, log: Path, sandbox: bool,
-             read_only: Sequence[str] = ()) -> int:
-    """Run a TeX tool on a paper's private copy `tree`, in its folder `cwd`: bounded (`run_bounded`), with only
-    `tool_env`, and in bubblewrap (the tool chain and `read_only` visible) unless `sandbox` is off."""
+             max_bytes: int = MAX_TREE_BYTES, read_only: Sequence[str] = ()) -> int:
+    """Run a TeX tool on a paper's private copy `tree`, in its folder `cwd`: bounded (`run_bounded`; the copy at
+    most `max_bytes`), with only `tool_env` and a HOME outside the copy, and in bubblewrap (the tool chain and
+    `read_only` visible) unless `sandbox` is off. However it ends, the copy is checked afterwards (`check_tree`)."""
+    tool, home = Path(cmd[0]).name, tree.parent / "home"
+    home.mkdir(exist_ok=True)
     if sandbox:
         cmd = isolated(cmd, tree, cwd=str(cwd.relative_to(tree)), read_only=(*TOOLCHAIN, *read_only))
-    return run_bounded(cmd, cwd=cwd, timeout_s=timeout_s, log=log, env=tool_env(tree))
+    try:
+        return run_bounded(cmd, cwd=cwd, timeout_s=timeout_s, log=log, env=tool_env(home),
+                           disk=DiskCap(tree, max_bytes))
+    finally:
+        check_tree(tree, tool)

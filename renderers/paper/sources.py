@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pymupdf
 
-from renderers.paper.sandbox import ArchiveLimits, safe_extract
+from renderers.paper.sandbox import ArchiveLimits, UnsafeArchive, UnsafeSource, check_tree, read_in_tree, safe_extract
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".gz")
 SOURCE_SUFFIXES = (".tex", ".sty", ".cls", ".bbl", ".clo", ".def", ".cfg", ".ltx")
@@ -34,10 +34,6 @@ _INPUT = re.compile(r"\\(?:input|include|subfile)\s*\{([^}]*)\}|\\input\s+([^\s{
 _EXPAND_MAX_CHARS = 8 * 1024**2
 _WORD = re.compile(r"[a-z]{4,}")
 _COMMAND = re.compile(r"\\[A-Za-z@]+")
-
-
-class UnsafeSource(ValueError):
-    """A source tree refused before any tool ran; the message names the file and command."""
 
 
 class MainTexError(ValueError):
@@ -67,7 +63,7 @@ def check_sources(root: Path, base: Path) -> list[str]:
     for path in sorted(root.rglob("*")):
         if not path.is_file() or not path.name.lower().endswith(SOURCE_SUFFIXES):
             continue
-        text = strip_comments(path.read_text("utf-8", errors="replace"))
+        text = read_tex(path)
         rel = path.relative_to(root)
         for m in _FILE_COMMAND.finditer(text):
             for target in m.group(2).strip("{}").split(","):
@@ -83,12 +79,16 @@ def check_sources(root: Path, base: Path) -> list[str]:
 
 
 def prepare_source(source: Path, workdir: Path, limits: ArchiveLimits) -> Path:
-    """A private, writable copy of the source tree under `workdir` (archives checked and unpacked); its root."""
+    """A private, writable copy of the source tree under `workdir` (archives checked and unpacked); its root.
+
+    The copy holds only regular files and folders (an archive's links to files become hard links), so a link
+    found there later was planted by a tool (`sandbox.check_tree`)."""
     tree = workdir / "src"
     if source.is_dir():
         _copy_tree(source, tree, limits)
     elif source.name.lower().endswith(ARCHIVE_SUFFIXES):
         files = safe_extract(source, tree, limits)
+        _links_to_hard_links(tree, source.name)
         if len(files) == 1 and files[0].suffix.lower() != ".tex":  # arXiv's single gzipped .tex has no suffix
             files[0].rename(files[0].with_name(files[0].name + ".tex"))
     elif source.suffix.lower() == ".tex":
@@ -96,7 +96,22 @@ def prepare_source(source: Path, workdir: Path, limits: ArchiveLimits) -> Path:
         (tree / source.name).write_bytes(source.read_bytes())
     else:
         raise UnsafeSource(f"{source.name}: not a folder, .tex or source archive")
+    check_tree(tree, "unpacking")
     return tree
+
+
+def _links_to_hard_links(tree: Path, label: str) -> None:
+    """Replace an unpacked archive's symlinks (checked by `safe_extract` to stay inside) by hard links to their
+    files; a link to a folder refuses the archive, a dangling one is dropped."""
+    links = [Path(folder, name) for folder, dirs, files in os.walk(tree) for name in dirs + files
+             if os.path.islink(os.path.join(folder, name))]
+    for link in links:
+        target = Path(os.path.realpath(link))
+        if target.is_dir():
+            raise UnsafeArchive(f"{label}: member {str(link.relative_to(tree))!r} refused: a symlink to a folder")
+        link.unlink()
+        if target.is_file() and target.is_relative_to(tree.resolve()):
+            os.link(target, link)
 
 
 def _copy_tree(src: Path, dest: Path, limits: ArchiveLimits) -> None:
@@ -117,7 +132,7 @@ def strip_comments(text: str) -> str:
 
 
 def read_tex(path: Path) -> str:
-    return strip_comments(path.read_text("utf-8", errors="replace"))
+    return strip_comments(read_in_tree(path))
 
 
 def expand_inputs(main: Path, root: Path) -> str:

@@ -42,7 +42,7 @@ from vlcorpus.shards import atomic_write_json
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 RECORD_KEYS = ("data", "annotations", "records", "conversations", "qa_pairs", "imgs")  # an object's list of records
-STAGING_VERSION = 2  # bump when what staging writes changes, so older pieces are rewritten
+STAGING_VERSION = 3  # bump when what staging writes changes, so older pieces are rewritten
 MAX_COMPRESSION = 100  # a .gz/.zip member decompressing to more than this many times its size is refused (a bomb)
 _SCAN_BLOCK = 8 * 1024**2
 _HF_METADATA = ("dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json")
@@ -167,7 +167,11 @@ class PieceWriter:
             text = json.dumps(value, ensure_ascii=False)
         else:
             text = text.replace("\n", " ").replace("\r", " ")
-        self.line((text + "\n").encode())
+        try:
+            raw = (text + "\n").encode()
+        except UnicodeEncodeError:  # a lone surrogate: written escaped, dropped when read (`bad_unicode`)
+            raw = (json.dumps(value) + "\n").encode()
+        self.line(raw)
 
     def _close_piece(self) -> None:
         if self._f is not None:
@@ -231,9 +235,10 @@ class _Lookup:
         self.tables: set[str] = set()
 
     def images(self, items: Iterator[object]) -> None:
-        """COCO `images`: id -> file_name."""
-        self.db.execute("CREATE TABLE IF NOT EXISTS images (id PRIMARY KEY, file_name TEXT)")
-        self.db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?)", (
+        """COCO `images`: id -> file_name, and how many entries have the id (two images under one id make its
+        captions ambiguous: they are dropped when read)."""
+        self.db.execute("CREATE TABLE IF NOT EXISTS images (id PRIMARY KEY, file_name TEXT, copies INTEGER)")
+        self.db.executemany("INSERT INTO images VALUES (?, ?, 1) ON CONFLICT (id) DO UPDATE SET copies = copies + 1", (
             (i["id"], i["file_name"]) for i in items
             if isinstance(i, dict) and isinstance(i.get("id"), (int, str)) and isinstance(i.get("file_name"), str)))
         self.tables.add("images")

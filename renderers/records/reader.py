@@ -8,10 +8,13 @@ with `iter_batches` over its one row group and only the needed columns.
 Every record read is counted (`records`, the importer's unit: a caption, a document, a question), so a ledger line
 says how many came in; what cannot be used is counted by reason, never fatal: a line that does not parse
 (`bad_json_line`), a record that is not an object (`bad_record`), a line over the size bound, checked before
-parsing (`record_too_large`). Discovery writes a record it could not stage as `{"__drop__": reason}`, counted here.
+parsing (`record_too_large`), a record holding a lone UTF-16 surrogate (`"\\ud800"` is valid JSON but no text:
+`bad_unicode`; written, it would fail the whole piece). Discovery writes a record it could not stage as
+`{"__drop__": reason}`, counted here.
 
 Table-shaped datasets are joined here, piece by piece, against the lookup tables discovery wrote (SQLite, beside
-the pieces): COCO captions get the `file_name` of their `image_id` (`unknown_image_id` when no image has it),
+the pieces): COCO captions get the `file_name` of their `image_id` (`unknown_image_id` when no image has it,
+`duplicate_image_id` when several `images` entries share it),
 TextOCR images get their words.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +35,7 @@ MAX_RECORD_BYTES = 64 * 1024**2  # the default of `--max-record-mb`
 DROP = "__drop__"  # a record discovery could not stage: {"__drop__": reason}
 _JOIN_BATCH = 500
 _READ_BLOCK = 1024**2
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # in the raw line: only then is a record walked for lone ones
 
 
 def read_records(doc: DocInput, stats: Counter, columns: list[str] | None = None) -> Iterator[tuple[int, dict]]:
@@ -87,11 +92,28 @@ def _jsonl(doc: DocInput, stats: Counter) -> Iterator[tuple[int, dict]]:
                     rec = None
                 if isinstance(rec, dict) and DROP in rec:
                     stats[str(rec[DROP])] += 1
+                elif isinstance(rec, dict) and _SURROGATE_ESCAPE.search(raw) and _lone_surrogate(rec):
+                    stats["bad_unicode"] += 1
                 elif isinstance(rec, dict):
                     yield line_no, rec
                 elif rec is not None:
                     stats["bad_record"] += 1
             line_no += 1
+
+
+def _lone_surrogate(value: object) -> bool:
+    """Whether a parsed JSON value holds a string (key or value) that is not valid Unicode text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
 
 
 def _parquet(doc: DocInput, columns: list[str] | None, stats: Counter) -> Iterator[tuple[int, dict]]:
@@ -129,11 +151,16 @@ def _in(db: sqlite3.Connection, sql: str, keys: list) -> list[tuple]:
 def _coco_images(db: sqlite3.Connection, batch: list[tuple[int, dict]], stats: Counter) -> Iterator[tuple[int, dict]]:
     """COCO `annotations` -> records with the `file_name` their `image_id` has in the `images` table."""
     ids = list({r.get("image_id") for _, r in batch if isinstance(r.get("image_id"), (int, str))})
-    names = dict(_in(db, "SELECT id, file_name FROM images WHERE id IN ({})", ids))
+    rows = _in(db, "SELECT id, file_name, copies FROM images WHERE id IN ({})", ids)
+    found = {i: (name, copies) for i, name, copies in rows}
     for pos, rec in batch:
-        name = names.get(rec.get("image_id")) if isinstance(rec.get("image_id"), (int, str)) else None
+        image_id = rec.get("image_id")
+        name, copies = found.get(image_id, (None, 0)) if isinstance(image_id, (int, str)) else (None, 0)
         if name is None:
             stats["unknown_image_id"] += 1
+            continue
+        if copies > 1:
+            stats["duplicate_image_id"] += 1
             continue
         yield pos, {**rec, "image": name}
 
