@@ -1,0 +1,105 @@
+"""Which images of a document are content: the shared image rules of every input kind.
+
+OBELICS's rules are the reference (huggingface/OBELICS, config_filter_web_documents.yaml): a side of at least 150
+px, at most 30 images per document (here per part: a long document is split instead of dropped). Its aspect-ratio
+cutoff of 2 drops the wide plots and diagrams of textbooks, so ours is 3 (`max_aspect`). Every image passes the
+project's one image gate first (`renderers.images.check_image`: bytes, pixels, decodability), and an SVG is
+rasterised there (cairosvg, no external files or URLs). Each dropped image is counted under one reason:
+
+- the reader's own: `image_remote` (a URL: never fetched), `image_missing`, `image_outside_root`, `image_unreadable`
+- `image_repeated`: shown in `max_repeats` or more documents of one input (pages of a site, chapters of a book, pages
+  of a WARC) or that many times in one document: logos, icons, bullets, ornaments
+- `image_pixel`: both sides at most 4 px (tracking pixels, spacers)
+- `image_icon`: both sides under `min_side` (icons, buttons, badges)
+- `image_small_side`: one side under `min_side` (rules, thin banners)
+- `image_aspect`: longer side over `max_aspect` times the shorter
+- `image_uniform`: one colour, nothing drawn
+- the gate's: `image_too_large`, `image_too_many_pixels`, `image_undecodable`
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from renderers.images import BadImage, ImageLimits, check_image, rasterise_svg
+from renderers.interleaved.blocks import Block, Picture, Text
+
+PIXEL_SIDE = 4
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    min_side: int = 150  # OBELICS: 150 px
+    max_aspect: float = 3.0  # OBELICS: 2 (see the module docstring)
+    max_repeats: int = 3
+    limits: ImageLimits = field(default_factory=lambda: ImageLimits(min_side=1, uniform_tolerance=0))
+
+    def __post_init__(self) -> None:
+        if self.min_side < 1 or self.max_aspect < 1 or self.max_repeats < 2:
+            raise ValueError("image rules: min_side >= 1, max_aspect >= 1 and max_repeats >= 2")
+
+
+@dataclass(slots=True)
+class Kept:
+    """An image that passed the rules: its bytes as the sample stores them."""
+
+    ext: str
+    data: bytes
+    width: int
+    height: int
+    ref: str
+    alt: str
+
+
+def repeated_refs(refs_per_document: Iterable[Iterable[str]], max_repeats: int) -> set[str]:
+    """The refs shown in `max_repeats` or more documents, or that many times within one."""
+    docs: Counter = Counter()
+    repeated: set[str] = set()
+    for refs in refs_per_document:
+        here = Counter(refs)
+        docs.update(here.keys())
+        repeated.update(r for r, n in here.items() if n >= max_repeats)
+    return repeated | {r for r, n in docs.items() if n >= max_repeats}
+
+
+def judge(pic: Picture, rules: ImageRules) -> Kept:
+    """The picture as kept, or BadImage with the reason it is not content."""
+    if pic.failure:
+        raise BadImage(pic.failure, pic.ref)
+    try:
+        data = pic.load()
+    except BadImage:
+        raise
+    except Exception as e:  # noqa: BLE001 - a reader's loader (zip, PDF, WARC) failing on this one image
+        raise BadImage("image_undecodable", f"{pic.ref[:200]}: {e}") from None
+    if pic.svg or data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"<svg", b"<?xml")) and b"<svg" in data[:4096]:
+        data = rasterise_svg(data, rules.limits)
+    image = check_image(data, rules.limits)
+    w, h = image.width, image.height
+    if max(w, h) <= PIXEL_SIDE:
+        raise BadImage("image_pixel", f"{w}x{h}")
+    if max(w, h) < rules.min_side:
+        raise BadImage("image_icon", f"{w}x{h}")
+    if min(w, h) < rules.min_side:
+        raise BadImage("image_small_side", f"{w}x{h}")
+    if max(w, h) > rules.max_aspect * min(w, h):
+        raise BadImage("image_aspect", f"{w}x{h}")
+    return Kept(image.ext, image.data, w, h, pic.ref, pic.alt)
+
+
+def content(blocks: Iterable[Block], rules: ImageRules, repeated: set[str], stats: Counter) -> Iterator[Text | Kept]:
+    """The blocks with every image judged: kept ones as `Kept`, the others counted and left out; empty text dropped."""
+    for block in blocks:
+        if isinstance(block, Text):
+            if block.text.strip():
+                yield block
+            continue
+        if block.ref in repeated:
+            stats["image_repeated"] += 1
+            continue
+        try:
+            yield judge(block, rules)
+        except BadImage as e:
+            stats[e.reason] += 1
