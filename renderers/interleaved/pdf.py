@@ -7,7 +7,8 @@ figure, rasterised at `FIGURE_DPI`. Text inside a figure's box (axis labels) bel
 
 Reading order: items sorted top to bottom; an item that crosses the page's middle (a title, a one-column paragraph,
 a wide figure) closes a band, and within a band the left column is read before the right one. One-line blocks in the
-top and bottom margins (running heads, page numbers) are left out and counted as `page_furniture`. Lines are joined
+top and bottom margins that repeat on `REPEATS` pages once numbers are taken out (running heads), or are only
+numbers (page numbers), are left out and counted as `page_furniture`. Lines are joined
 with spaces, a word hyphenated at a line end is joined again. A block that starts `Figure N` / `Fig. N` / `Table N`
 is a caption. An image placed on many pages (a logo in the header) is `image_repeated`.
 """
@@ -29,7 +30,10 @@ from vlcorpus.document import DocInput, Filtered
 FIGURE_DPI = 150
 FIGURE_MIN_PATHS = 12  # vector paths in a cluster for it to be a figure
 FIGURE_MIN_PT = 36  # both sides of a vector figure, in points
-MARGIN = 0.06  # share of the page height at the top and bottom where one-line blocks are page furniture
+LABEL_GAP = 8  # points between a vector figure and a label block that belongs to it
+LABEL_WORDS = 3  # words per line, at most, of a label block
+MARGIN = 0.1  # share of the page height at the top and bottom where running heads and page numbers stand
+REPEATS = 3  # pages a margin line must repeat on (numbers aside) to be a running head
 CAPTION = re.compile(r"^\s*(fig(ure)?\.?|table|tab\.|abbildung|图|表)\s*[\dIVX]", re.I)
 
 
@@ -37,6 +41,7 @@ CAPTION = re.compile(r"^\s*(fig(ure)?\.?|table|tab\.|abbildung|图|表)\s*[\dIVX
 class Placed:
     rect: pymupdf.Rect
     block: Block
+    margin_line: str | None = None  # a one-line block in the top or bottom margin: `furniture_key` of its text
 
 
 def block_text(block: dict) -> str:
@@ -69,6 +74,19 @@ def reading_order(items: list[Placed], width: float) -> list[Placed]:
             band.append(item)
     close()
     return ordered
+
+
+def grown(box: pymupdf.Rect, labels: list[pymupdf.Rect]) -> pymupdf.Rect:
+    """`box` grown over the label blocks (short lines: tick labels, axis titles, legends) touching it."""
+    box = pymupdf.Rect(box)
+    for _ in range(3):
+        near = box + (-LABEL_GAP, -LABEL_GAP, LABEL_GAP, LABEL_GAP)
+        touching = [r for r in labels if near.intersects(r) and not box.contains(r)]
+        if not touching:
+            break
+        for r in touching:
+            box |= r
+    return box
 
 
 def figures(page: pymupdf.Page) -> list[pymupdf.Rect]:
@@ -105,7 +123,7 @@ def clip_loader(pdf: pymupdf.Document, number: int, rect: pymupdf.Rect):
     return lambda: pdf[number].get_pixmap(clip=rect, dpi=FIGURE_DPI).tobytes("png")
 
 
-def page_blocks(pdf: pymupdf.Document, number: int, stats: Counter) -> list[Block]:
+def page_items(pdf: pymupdf.Document, number: int) -> list[Placed]:
     page = pdf[number]
     area = page.rect
     items: list[Placed] = []
@@ -118,13 +136,17 @@ def page_blocks(pdf: pymupdf.Document, number: int, stats: Counter) -> list[Bloc
         load = raster_loader(pdf, xref) if xref else clip_loader(pdf, number, rect)
         items.append(Placed(rect, Picture(ref=f"xref:{xref}" if xref else f"p{number}:{tuple(rect)}", load=load)))
         boxes.append(rect)
+    flags = pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES
+    blocks = [b for b in page.get_text("dict", flags=flags)["blocks"] if b.get("lines")]
+    labels = [pymupdf.Rect(b["bbox"]) for b in blocks
+              if all(len(block_text({"lines": [line]}).split()) <= LABEL_WORDS for line in b["lines"])]
     for k, rect in enumerate(figures(page)):
         if any(b.contains(rect) for b in boxes):
             continue
+        rect = grown(rect, labels) & area
         items.append(Placed(rect, Picture(ref=f"p{number}:figure{k}", load=clip_loader(pdf, number, rect))))
         boxes.append(rect)
-    flags = pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES
-    for block in page.get_text("dict", flags=flags)["blocks"]:
+    for block in blocks:
         rect = pymupdf.Rect(block["bbox"])
         if any(b.contains(rect) or (b & rect).get_area() > 0.8 * rect.get_area() for b in boxes):
             continue  # text drawn in a figure is part of it
@@ -132,11 +154,14 @@ def page_blocks(pdf: pymupdf.Document, number: int, stats: Counter) -> list[Bloc
         if not text:
             continue
         margin = rect.y1 < area.y0 + MARGIN * area.height or rect.y0 > area.y1 - MARGIN * area.height
-        if margin and len(block["lines"]) == 1:
-            stats["page_furniture"] += 1
-            continue
-        items.append(Placed(rect, Text(text, caption=bool(CAPTION.match(text)))))
-    return [p.block for p in reading_order(items, area.width)]
+        line = furniture_key(text) if margin and len(block["lines"]) == 1 else None
+        items.append(Placed(rect, Text(text, caption=bool(CAPTION.match(text))), line))
+    return [p for p in reading_order(items, area.width)]
+
+
+def furniture_key(text: str) -> str:
+    """A margin line with its numbers taken out: a running head reads the same on every page."""
+    return " ".join(re.sub(r"\d+", " ", text).split()).lower()
 
 
 def read(doc: DocInput, cfg: ExtractConfig, stats: Counter) -> Iterator[Unit]:
@@ -147,7 +172,13 @@ def read(doc: DocInput, cfg: ExtractConfig, stats: Counter) -> Iterator[Unit]:
     try:
         if pdf.needs_pass:
             raise Filtered("the PDF is encrypted")
-        pages = [page_blocks(pdf, n, stats) for n in range(pdf.page_count)]
+        placed = [page_items(pdf, n) for n in range(pdf.page_count)]
+        heads = Counter(k for items in placed for k in {p.margin_line for p in items if p.margin_line is not None})
+        pages = []
+        for items in placed:
+            furniture = [p for p in items if p.margin_line is not None and (not p.margin_line or heads[p.margin_line] >= REPEATS)]
+            stats["page_furniture"] += len(furniture)
+            pages.append([p.block for p in items if p not in furniture])
         refs = [[b.ref for b in blocks if isinstance(b, Picture)] for blocks in pages]
         if not any(isinstance(b, Text) for blocks in pages for b in blocks):
             raise Filtered("the PDF has no text layer (a scan)")
