@@ -13,6 +13,7 @@ from typing import Callable
 class Text:
     text: str
     caption: bool = False  # a visible figure caption: kept with the image it stands next to
+    cont: bool = False  # the rest of a paragraph an inline image cut: joined again when that image is dropped
 
 
 @dataclass(slots=True)

@@ -114,17 +114,21 @@ class Walker:
         self.blocks: list[Block] = []
         self.buf: list[str] = []
         self.caption = 0  # depth of caption elements around the walk
+        self.inline = False  # a picture stands inside the paragraph being gathered
 
     def flush(self, pre: bool = False) -> None:
         text = "".join(self.buf)
         self.buf = []
         text = text.strip("\n") if pre else " ".join(text.split())
         if text.strip():
-            self.blocks.append(Text(text, caption=self.caption > 0))
+            self.blocks.append(Text(text, caption=self.caption > 0, cont=self.inline))
+        self.inline = False
 
     def picture(self, pic: Picture) -> None:
+        cut = self.inline or bool("".join(self.buf).strip())  # text of this paragraph stands before the picture
         self.flush()
         self.blocks.append(pic)
+        self.inline = cut
 
     def walk(self, el: etree._Element) -> None:
         tag = local(el.tag)

@@ -2,8 +2,8 @@
 
 A markdown cell gives its paragraphs (split at blank lines) with its images where they stand (`![alt](src)` and
 `<img src>`: cell attachments, files inside the input root, `data:` URLs; URLs are `image_remote`); a code cell
-gives its source as one paragraph, then its outputs in order: streams and `text/plain` results as text, image
-outputs (`image/png`, `image/jpeg`, `image/svg+xml`) as pictures. Error tracebacks are left out (`cell_errors`).
+gives its source and its text outputs (streams, `text/plain` results) as one paragraph, so that the picture an
+image output (`image/png`, `image/jpeg`, `image/svg+xml`) becomes stays with the code that drew it. Error tracebacks are left out (`cell_errors`).
 The file is read by the plot/code extractor's reader (size limit, nbformat 3 upgraded).
 """
 
@@ -82,22 +82,23 @@ def read(doc: DocInput, cfg: ExtractConfig, stats: Counter) -> Iterator[Unit]:
             continue
         if cell.get("cell_type") != "code":
             continue
-        if source.strip():
-            blocks.append(Text(source.rstrip()))
+        lines = [source.rstrip()] if source.strip() else []  # the code and its text outputs: one paragraph
         for k, out in enumerate(cell.get("outputs") or []):
             if not isinstance(out, dict):
                 continue
             kind = out.get("output_type")
+            data = out.get("data") if isinstance(out.get("data"), dict) else {}
+            mime = next((m for m in IMAGE_MIMES if m in data), None)
             if kind == "error":
                 stats["cell_errors"] += 1
             elif kind == "stream":
-                blocks.append(Text((field_text(out.get("text")) or "").rstrip()))
-            elif kind in ("execute_result", "display_data"):
-                data = out.get("data") or {}
-                mime = next((m for m in IMAGE_MIMES if m in data), None)
-                if mime:
-                    blocks.append(output_picture(f"cell{n}:out{k}", mime, data[mime]))
-                elif "text/plain" in data:
-                    blocks.append(Text((field_text(data["text/plain"]) or "").rstrip()))
+                lines.append((field_text(out.get("text")) or "").rstrip())
+            elif kind in ("execute_result", "display_data") and mime:
+                blocks.append(Text("\n".join(lines)))
+                blocks.append(output_picture(f"cell{n}:out{k}", mime, data[mime]))
+                lines = []
+            elif kind in ("execute_result", "display_data") and "text/plain" in data:
+                lines.append((field_text(data["text/plain"]) or "").rstrip())
+        blocks.append(Text("\n".join(lines)))
     language = ((nb.get("metadata") or {}).get("kernelspec") or {}).get("language", "")
     yield Unit(blocks, {"title": "", "kernel_language": language})

@@ -19,9 +19,12 @@ rasterised there (cairosvg, no external files or URLs). Each dropped image is co
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+
+from PIL import Image
 
 from renderers.images import BadImage, ImageLimits, check_image, rasterise_svg
 from renderers.interleaved.blocks import Block, Picture, Text
@@ -64,6 +67,16 @@ def repeated_refs(refs_per_document: Iterable[Iterable[str]], max_repeats: int) 
     return repeated | {r for r, n in docs.items() if n >= max_repeats}
 
 
+def header_size(data: bytes) -> tuple[int, int]:
+    """The image's size from its header (nothing decoded); the gate reports an image without a readable one."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - PIL raises many types; check_image names the reason
+        check_image(data, ImageLimits(min_side=1))
+        raise BadImage("image_undecodable", "image header cannot be read") from None
+
+
 def judge(pic: Picture, rules: ImageRules) -> Kept:
     """The picture as kept, or BadImage with the reason it is not content."""
     if pic.failure:
@@ -76,8 +89,7 @@ def judge(pic: Picture, rules: ImageRules) -> Kept:
         raise BadImage("image_undecodable", f"{pic.ref[:200]}: {e}") from None
     if pic.svg or data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"<svg", b"<?xml")) and b"<svg" in data[:4096]:
         data = rasterise_svg(data, rules.limits)
-    image = check_image(data, rules.limits)
-    w, h = image.width, image.height
+    w, h = header_size(data)
     if max(w, h) <= PIXEL_SIDE:
         raise BadImage("image_pixel", f"{w}x{h}")
     if max(w, h) < rules.min_side:
@@ -86,20 +98,35 @@ def judge(pic: Picture, rules: ImageRules) -> Kept:
         raise BadImage("image_small_side", f"{w}x{h}")
     if max(w, h) > rules.max_aspect * min(w, h):
         raise BadImage("image_aspect", f"{w}x{h}")
-    return Kept(image.ext, image.data, w, h, pic.ref, pic.alt)
+    image = check_image(data, rules.limits)
+    return Kept(image.ext, image.data, image.width, image.height, pic.ref, pic.alt)
 
 
 def content(blocks: Iterable[Block], rules: ImageRules, repeated: set[str], stats: Counter) -> Iterator[Text | Kept]:
-    """The blocks with every image judged: kept ones as `Kept`, the others counted and left out; empty text dropped."""
+    """The blocks with every image judged: kept ones as `Kept`, the others counted and left out (a paragraph that
+    only they cut is whole again); empty text dropped."""
+    held: Text | None = None  # the last paragraph, until we know whether the next block continues it
     for block in blocks:
         if isinstance(block, Text):
-            if block.text.strip():
-                yield block
-            continue
-        if block.ref in repeated:
-            stats["image_repeated"] += 1
+            if not block.text.strip():
+                continue
+            if held is not None and block.cont:
+                held = Text(f"{held.text} {block.text}", held.caption)
+                continue
+            if held is not None:
+                yield held
+            held = block
             continue
         try:
-            yield judge(block, rules)
+            if block.ref in repeated:
+                raise BadImage("image_repeated", block.ref)
+            kept = judge(block, rules)
         except BadImage as e:
             stats[e.reason] += 1
+            continue
+        if held is not None:
+            yield held
+            held = None
+        yield kept
+    if held is not None:
+        yield held
