@@ -236,7 +236,7 @@ def test_image_rules_and_containment_each_counted(tmp_path):
     (tmp_path / "secret.png").write_bytes(png((400, 300)))
     (site / "img" / "link.png").symlink_to(tmp_path / "secret.png")
     body = """<html><body><nav><p>Home | About</p></nav><header><img src="img/logo.png"></header><main>
-      <h1>Title of the article</h1><p>The first paragraph introduces the figure.</p>
+      <h1>Title of the article<g:plusone></g:plusone></h1><p>The first paragraph introduces the figure.</p>
       <figure><img src="img/figure.png" alt="a blue square"><figcaption>Figure 1. A square.</figcaption></figure>
       <p>Tracking <img src="img/pixel.png"> and <img src="img/icon.png"> inline.</p><img src="img/banner.png">
       <img src="../secret.png"><img src="img/link.png"><img src="https://example.org/x.png"><img src="img/none.png">
@@ -305,3 +305,16 @@ def test_job_writes_interleaved_shards_and_resumes(ray_local, tmp_path):
         assert names and all(min(row[n].size) >= 150 for n in names)
     assert cli.main(args) == 0  # resumed: nothing rendered again
     assert len(list(wds.WebDataset([str(p) for p in shard_paths(out / "interleaved")], shardshuffle=False))) == len(rows)
+
+
+def test_run_knows_both_interleaved_kinds_and_the_demo_config(monkeypatch):
+    from chain.run import E2EConfig, check_mixtures
+    from vlcorpus.cli import source_commands
+    from vlcorpus.config import load_config
+
+    kinds = source_commands()
+    assert kinds["interleaved_docs"] is job and kinds["interleaved"].COMMAND == ("import", "interleaved")
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(E2EConfig, ROOT / "e2e.yaml", [])
+    assert cfg.sources["interleaved_docs"] == "demo" and "interleaved" not in cfg.sources
+    check_mixtures(cfg)  # stage 2 needs interleaved (on_short: error): the demo's documents write it

@@ -1,7 +1,8 @@
 """HTML and XHTML -> blocks in reading order, main content only (pages, EPUB chapters, WARC responses).
 
 Main content by DOM rules, without a learned model: the page's `<main>` / `role="main"` / `<article>` (the one with
-the most text), else `<body>`; inside it, what a reader does not read as the document is removed: scripts, styles,
+the most text); without one, the deepest element that holds 80% of the page's prose (an EPUB chapter: its `<body>`,
+all of it); inside it, what a reader does not read as the document is removed: scripts, styles,
 forms, `<nav>`, `<aside>`, `<footer>`, page `<header>`s without a heading, ARIA landmarks for navigation, banners,
 search and page footers, hidden elements, and elements whose class or id names navigation, menus, sidebars,
 breadcrumbs, cookie banners, sharing widgets, ads or comments. benchmarks/interleaved.py compares this with
@@ -62,7 +63,17 @@ SVG_CASE = {n.lower(): n for n in (
 Resolve = Callable[[str], Picture]  # an image reference as written (src) -> the picture it names
 
 
-def parse(markup: bytes, xml: bool = False) -> etree._Element:
+def encoding(markup: bytes, declared: str = "") -> str | None:
+    """UTF-8 when the bytes are UTF-8 (saved pages often keep a stale `<meta charset>`), else the charset the
+    server declared, else None: the parser reads the page's own `<meta charset>`."""
+    try:
+        markup.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        return declared or None
+
+
+def parse(markup: bytes, xml: bool = False, charset: str = "") -> etree._Element:
     """The document tree; XHTML is read as XML (SVG keeps its case) and as HTML when it is not well-formed."""
     if xml:
         try:
@@ -70,11 +81,12 @@ def parse(markup: bytes, xml: bool = False) -> etree._Element:
                                                             recover=False))
         except etree.XMLSyntaxError:
             pass
-    return lxml.html.document_fromstring(markup, parser=lxml.html.HTMLParser(no_network=True, remove_comments=True))
+    parser = lxml.html.HTMLParser(no_network=True, remove_comments=True, encoding=encoding(markup, charset))
+    return lxml.html.document_fromstring(markup, parser=parser)
 
 
 def local(tag: object) -> str:
-    return etree.QName(tag).localname.lower() if isinstance(tag, str) else ""
+    return tag.rsplit("}", 1)[-1].lower() if isinstance(tag, str) else ""  # HTML allows `g:plusone`, QName does not
 
 
 def _attrs(el: etree._Element) -> str:
@@ -85,12 +97,42 @@ def _text_len(el: etree._Element) -> int:
     return sum(len(t.strip()) for t in el.itertext())
 
 
-def main_content(tree: etree._Element) -> etree._Element:
-    """The element holding the document: the largest of `<main>`, role=main and `<article>`, else `<body>`."""
+def main_content(tree: etree._Element, narrow: bool = True) -> etree._Element:
+    """The element holding the document: the largest of `<main>`, role=main and `<article>`; without one, and when
+    `narrow`, the deepest element holding `PROSE_SHARE` of the body's prose (its paragraphs of 25 characters or
+    more: related links, menus and teasers are short), else `<body>`."""
     body = next((e for e in tree.iter() if local(e.tag) == "body"), tree)
     candidates = [e for e in body.iter() if local(e.tag) in ("main", "article") or e.get("role") == "main"]
     best = max(candidates, key=_text_len, default=None)
-    return best if best is not None and _text_len(best) >= 200 else body
+    if best is not None and _text_len(best) >= 200:
+        return best
+    return densest(body) if narrow else body
+
+
+PROSE_SHARE = 0.8
+
+
+def densest(root: etree._Element) -> etree._Element:
+    mass: Counter = Counter()
+    for p in root.iter("p", "pre"):
+        n = _text_len(p)
+        if n >= 25:
+            for a in p.iterancestors():
+                mass[a] += n
+                if a is root:
+                    break
+    total, node = mass[root], root
+    while total:
+        child = next((c for c in node if mass[c] >= PROSE_SHARE * total), None)
+        if child is None:
+            return node
+        node = child
+    return node
+
+
+def has_prose(el: etree._Element) -> bool:
+    """Three paragraphs of 80 characters or more: an article, whatever its class says (a share widget's wrapper)."""
+    return sum(1 for p in el.iter("p") if _text_len(p) >= 80) >= 3
 
 
 def is_boilerplate(el: etree._Element) -> bool:
@@ -103,7 +145,7 @@ def is_boilerplate(el: etree._Element) -> bool:
         return True
     if tag == "object" and "svg" not in el.get("type", "") + el.get("data", ""):
         return True
-    return bool(BOILERPLATE.search(_attrs(el)))
+    return tag not in ("html", "body") and bool(BOILERPLATE.search(_attrs(el))) and not has_prose(el)
 
 
 class Walker:
@@ -264,10 +306,10 @@ def local_path(src: str) -> str:
     return unquote(urlsplit(src).path)
 
 
-def page(markup: bytes, resolve: Resolve, xml: bool = False) -> Unit:
+def page(markup: bytes, resolve: Resolve, xml: bool = False, charset: str = "") -> Unit:
     """A page's main content as blocks, with its title and declared language."""
-    tree = parse(markup, xml)
-    blocks = Walker(resolve).content(main_content(tree))
+    tree = parse(markup, xml, charset)
+    blocks = Walker(resolve).content(main_content(tree, narrow=not xml))
     title = next((" ".join(e.itertext()).strip() for e in tree.iter() if local(e.tag) == "title"), "")
     lang = tree.get("lang") or tree.get("{http://www.w3.org/XML/1998/namespace}lang") or ""
     return Unit(blocks, {"title": title[:300], "language": lang})
@@ -307,8 +349,7 @@ def read_markup(path: str, max_bytes: int) -> bytes:
 
 
 def site_repeats(pages: list[str], root: str, max_repeats: int, max_bytes: int) -> dict[str, set[str]]:
-    """Per page, the refs of its images that the site shows in `max_repeats` or more pages (or that often in one):
-    logos and icons. Reads each page's `<img>` references without parsing it."""
+    """Per page, the refs of its images that the site shows in `max_repeats` or more pages: logos and icons. Reads each page's `<img>` references without parsing it."""
     refs: dict[str, list[str]] = {}
     for p in pages:
         try:

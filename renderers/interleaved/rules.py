@@ -8,7 +8,8 @@ rasterised there (cairosvg, no external files or URLs). Each dropped image is co
 
 - the reader's own: `image_remote` (a URL: never fetched), `image_missing`, `image_outside_root`, `image_unreadable`
 - `image_repeated`: shown in `max_repeats` or more documents of one input (pages of a site, chapters of a book, pages
-  of a WARC) or that many times in one document: logos, icons, bullets, ornaments
+  of a PDF or of a WARC): logos, icons, ornaments
+- `image_duplicate`: an image the document already showed (the first place it stands keeps it)
 - `image_pixel`: both sides at most 4 px (tracking pixels, spacers)
 - `image_icon`: both sides under `min_side` (icons, buttons, badges)
 - `image_small_side`: one side under `min_side` (rules, thin banners)
@@ -57,14 +58,11 @@ class Kept:
 
 
 def repeated_refs(refs_per_document: Iterable[Iterable[str]], max_repeats: int) -> set[str]:
-    """The refs shown in `max_repeats` or more documents, or that many times within one."""
+    """The refs shown in `max_repeats` or more documents."""
     docs: Counter = Counter()
-    repeated: set[str] = set()
     for refs in refs_per_document:
-        here = Counter(refs)
-        docs.update(here.keys())
-        repeated.update(r for r, n in here.items() if n >= max_repeats)
-    return repeated | {r for r, n in docs.items() if n >= max_repeats}
+        docs.update(set(refs))
+    return {r for r, n in docs.items() if n >= max_repeats}
 
 
 def header_size(data: bytes) -> tuple[int, int]:
@@ -106,6 +104,7 @@ def content(blocks: Iterable[Block], rules: ImageRules, repeated: set[str], stat
     """The blocks with every image judged: kept ones as `Kept`, the others counted and left out (a paragraph that
     only they cut is whole again); empty text dropped."""
     held: Text | None = None  # the last paragraph, until we know whether the next block continues it
+    shown: set[str] = set()
     for block in blocks:
         if isinstance(block, Text):
             if not block.text.strip():
@@ -120,6 +119,9 @@ def content(blocks: Iterable[Block], rules: ImageRules, repeated: set[str], stat
         try:
             if block.ref in repeated:
                 raise BadImage("image_repeated", block.ref)
+            if block.ref in shown:
+                raise BadImage("image_duplicate", block.ref)
+            shown.add(block.ref)
             kept = judge(block, rules)
         except BadImage as e:
             stats[e.reason] += 1

@@ -10,6 +10,7 @@ not parse as WARC stops the file with the reason. An image shown on `max_repeats
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import urldefrag, urljoin
@@ -27,10 +28,12 @@ from vlcorpus.document import DocInput, Filtered
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
-def content_type(record) -> str:
+def content_type(record) -> tuple[str, str]:
+    """The payload's media type and declared charset."""
     headers = record.http_headers if record.rec_type == "response" else None
-    value = headers.get_header("Content-Type") if headers else record.rec_headers.get_header("Content-Type")
-    return (value or "").split(";")[0].strip().lower()
+    value = (headers.get_header("Content-Type") if headers else record.rec_headers.get_header("Content-Type")) or ""
+    charset = re.search(r"charset=[\"']?([\w.:-]+)", value, re.I)
+    return value.split(";")[0].strip().lower(), charset.group(1) if charset else ""
 
 
 def payload(path: str, offset: int, limit: int, reason: str) -> bytes:
@@ -61,9 +64,9 @@ def archive_resolver(path: str, base: str, images: dict[str, int], limit: int) -
     return resolve
 
 
-def index(path: str, max_text: int, stats: Counter) -> tuple[list[tuple[str, int]], dict[str, int], list[list[str]]]:
-    """The HTML pages (URL, offset), the images by URL, and each page's image URLs."""
-    pages: list[tuple[str, int]] = []
+def index(path: str, max_text: int, stats: Counter) -> tuple[list[tuple[str, int, str]], dict[str, int], list[list[str]]]:
+    """The HTML pages (URL, offset, charset), the images by URL, and each page's image URLs."""
+    pages: list[tuple[str, int, str]] = []
     images: dict[str, int] = {}
     shown: list[list[str]] = []
     with open(path, "rb") as f:
@@ -73,7 +76,7 @@ def index(path: str, max_text: int, stats: Counter) -> tuple[list[tuple[str, int
                 if record.rec_type not in ("response", "resource"):
                     continue
                 url = record.rec_headers.get_header("WARC-Target-URI") or ""
-                kind = content_type(record)
+                kind, charset = content_type(record)
                 if kind.startswith("image/"):
                     images.setdefault(urldefrag(url)[0], it.get_record_offset())
                 elif kind in HTML_TYPES:
@@ -81,7 +84,7 @@ def index(path: str, max_text: int, stats: Counter) -> tuple[list[tuple[str, int
                     if len(markup) > max_text:
                         stats["record_too_large"] += 1
                         continue
-                    pages.append((url, it.get_record_offset()))
+                    pages.append((url, it.get_record_offset(), charset))
                     shown.append([absolute(s, url) for s in image_refs(markup) if not s.startswith("data:")])
         except ArchiveLoadFailed as e:
             raise Filtered(f"not a readable WARC file ({e})") from None
@@ -93,9 +96,9 @@ def read(doc: DocInput, cfg: ExtractConfig, stats: Counter) -> Iterator[Unit]:
     pages, images, shown = index(doc.path, max_text, stats)
     repeated = repeated_refs(shown, cfg.rules.max_repeats)
     stats["pages"] += len(pages)
-    for url, offset in pages:
+    for url, offset, charset in pages:
         markup = payload(doc.path, offset, max_text, "record_too_large")
-        unit = page(markup, archive_resolver(doc.path, url, images, cfg.rules.limits.max_bytes))
+        unit = page(markup, archive_resolver(doc.path, url, images, cfg.rules.limits.max_bytes), charset=charset)
         unit.meta["url"] = url
         unit.repeated = repeated
         yield unit
