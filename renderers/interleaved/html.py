@@ -5,7 +5,9 @@ the most text); without one, the deepest element that holds 80% of the page's pr
 all of it); inside it, what a reader does not read as the document is removed: scripts, styles,
 forms, `<nav>`, `<aside>`, `<footer>`, page `<header>`s without a heading, ARIA landmarks for navigation, banners,
 search and page footers, hidden elements, and elements whose class or id names navigation, menus, sidebars,
-breadcrumbs, cookie banners, sharing widgets, ads or comments. benchmarks/interleaved.py compares this with
+breadcrumbs, cookie banners, sharing widgets, ads or comments (unless it holds three paragraphs of prose). A book's
+XHTML chapter is read whole: only the tags, landmarks and hidden elements count there, and its `<aside>`s (sidebars,
+notes) are its text. benchmarks/interleaved.py compares this with
 trafilatura on the same pages (words and images kept, image placement).
 
 Walking the content in document order, block elements end a paragraph; `<img>` (also lazy `data-src`/`srcset`),
@@ -135,8 +137,12 @@ def has_prose(el: etree._Element) -> bool:
     return sum(1 for p in el.iter("p") if _text_len(p) >= 80) >= 3
 
 
-def is_boilerplate(el: etree._Element) -> bool:
+def is_boilerplate(el: etree._Element, book: bool = False) -> bool:
+    """What a reader does not read as the document. In a book's XHTML an `<aside>` (a sidebar, a note) is the
+    book's own text and classes name its design, so only the tags, roles and hidden elements count there."""
     tag = local(el.tag)
+    if book and tag == "aside":
+        return False
     if tag in DROP_TAGS or el.get("role") in DROP_ROLES or el.get("hidden") is not None:
         return True
     if el.get("aria-hidden") == "true" or HIDDEN_STYLE.search(el.get("style", "")):
@@ -145,14 +151,15 @@ def is_boilerplate(el: etree._Element) -> bool:
         return True
     if tag == "object" and "svg" not in el.get("type", "") + el.get("data", ""):
         return True
-    return tag not in ("html", "body") and bool(BOILERPLATE.search(_attrs(el))) and not has_prose(el)
+    return not book and tag not in ("html", "body") and bool(BOILERPLATE.search(_attrs(el))) and not has_prose(el)
 
 
 class Walker:
     """Document-order walk of the content element, gathering paragraphs and pictures."""
 
-    def __init__(self, resolve: Resolve):
+    def __init__(self, resolve: Resolve, book: bool = False):
         self.resolve = resolve
+        self.book = book
         self.blocks: list[Block] = []
         self.buf: list[str] = []
         self.caption = 0  # depth of caption elements around the walk
@@ -177,7 +184,7 @@ class Walker:
         if not tag:  # comments, processing instructions
             self.text(el.tail)
             return
-        if is_boilerplate(el):
+        if is_boilerplate(el, self.book):
             self.text(el.tail)
             return
         if tag == "img":
@@ -307,9 +314,10 @@ def local_path(src: str) -> str:
 
 
 def page(markup: bytes, resolve: Resolve, xml: bool = False, charset: str = "") -> Unit:
-    """A page's main content as blocks, with its title and declared language."""
+    """A page's main content as blocks, with its title and declared language. `xml`: a book's XHTML chapter (an
+    EPUB's, or an `.xhtml` file), read whole: no narrowing to the densest prose, asides and classes kept."""
     tree = parse(markup, xml, charset)
-    blocks = Walker(resolve).content(main_content(tree, narrow=not xml))
+    blocks = Walker(resolve, book=xml).content(main_content(tree, narrow=not xml))
     title = next((" ".join(e.itertext()).strip() for e in tree.iter() if local(e.tag) == "title"), "")
     lang = tree.get("lang") or tree.get("{http://www.w3.org/XML/1998/namespace}lang") or ""
     return Unit(blocks, {"title": title[:300], "language": lang})

@@ -181,7 +181,7 @@ def read(doc: DocInput, cfg: ExtractConfig, stats: Counter) -> Iterator[Unit]:
             pages.append([p.block for p in items if p not in furniture])
         refs = [[b.ref for b in blocks if isinstance(b, Picture)] for blocks in pages]
         if not any(isinstance(b, Text) for blocks in pages for b in blocks):
-            raise Filtered("the PDF has no text layer (a scan)")
+            raise Filtered("the PDF has no text layer (a scan, or a figure on its own)")
         yield Unit([b for blocks in pages for b in blocks],
                    {"title": (pdf.metadata or {}).get("title", "")[:300], "pages": pdf.page_count},
                    repeated_refs(refs, cfg.rules.max_repeats))
