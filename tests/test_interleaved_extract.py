@@ -228,6 +228,7 @@ def test_image_rules_and_containment_each_counted(tmp_path):
     site = tmp_path / "site"
     (site / "img").mkdir(parents=True)
     (site / "img" / "figure.png").write_bytes(png((400, 300)))
+    (site / "img" / "figure2.png").write_bytes(png((400, 300), (20, 160, 40)))
     (site / "img" / "pixel.png").write_bytes(png((1, 1)))
     (site / "img" / "icon.png").write_bytes(png((32, 32)))
     (site / "img" / "banner.png").write_bytes(png((1200, 150)))
@@ -238,7 +239,7 @@ def test_image_rules_and_containment_each_counted(tmp_path):
       <h1>Title of the article<g:plusone></g:plusone></h1><p>The first paragraph introduces the figure.</p>
       <figure><img src="img/figure.png" alt="a blue square"><figcaption>Figure 1. A square.</figcaption></figure>
       <p>Tracking <img src="img/pixel.png"> and <img src="img/icon.png"> inline.</p><img src="img/banner.png">
-      <img src="../secret.png"><img src="img/link.png"><img src="https://example.org/x.png"><img src="img/none.png">
+      <img src="../secret.png"><img src="img/link.png"><img src="https://example.org/x.png"><img src="img/none.png"><img src="img/figure2.png" width="60" height="45">
       <img src="img/logo.png"><p>The last paragraph of the article, after every image, long enough to be the
       main content of this page by the length of its text alone, as a page's article is, and then some more words
       so that the main element is chosen over the body.</p></main><footer>Copyright</footer></body></html>"""
@@ -257,7 +258,7 @@ def test_image_rules_and_containment_each_counted(tmp_path):
     assert samples[0].meta["images"][0]["alt"] == "a blue square"
     assert {k: v for k, v in stats.items() if k != "images"} == {
         "image_pixel": 1, "image_icon": 1, "image_aspect": 1, "image_outside_root": 2, "image_remote": 1,
-        "image_missing": 1, "image_repeated": 1}
+        "image_missing": 1, "image_repeated": 1, "image_shown_small": 1}
 
 
 def warc_record(writer: WARCWriter, url: str, body: bytes, ctype: str) -> None:

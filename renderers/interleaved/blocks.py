@@ -23,6 +23,7 @@ class Picture:
     svg: bool = False
     alt: str = ""
     failure: str = ""  # a drop reason decided while reading (image_remote, image_missing, ...)
+    shown: tuple[int, int] | None = None  # the size the page displays it at (`<img width height>`), when declared
 
 
 Block = Text | Picture

@@ -192,7 +192,9 @@ class Walker:
             if not src or src.startswith("data:image/gif") and el.get("data-src"):  # a lazy-load placeholder
                 src = el.get("data-src") or (el.get("srcset") or "").split(",")[0].strip().split(" ")[0]
             if src:
-                self.picture(self._with_alt(self.resolve(src.strip()), el.get("alt", "")))
+                pic = self._with_alt(self.resolve(src.strip()), el.get("alt", ""))
+                pic.shown = shown_size(el)
+                self.picture(pic)
             self.text(el.tail)
             return
         if tag in ("object", "embed"):
@@ -268,6 +270,12 @@ class Walker:
                 return self.resolve(href.strip())
         data = svg_bytes(el)
         return Picture(ref="svg:" + hashlib.sha1(data).hexdigest(), load=lambda: data, svg=True)
+
+
+def shown_size(el: etree._Element) -> tuple[int, int] | None:
+    """The `width` and `height` an `<img>` declares in pixels, when it declares both."""
+    sizes = [re.fullmatch(r"\s*(\d+)\s*(?:px)?\s*", el.get(k) or "") for k in ("width", "height")]
+    return (int(sizes[0].group(1)), int(sizes[1].group(1))) if all(sizes) else None
 
 
 def svg_bytes(el: etree._Element) -> bytes:

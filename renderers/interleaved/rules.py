@@ -14,6 +14,8 @@ rasterised there (cairosvg, no external files or URLs). Each dropped image is co
 - `image_icon`: both sides under `min_side` (icons, buttons, badges)
 - `image_small_side`: one side under `min_side` (rules, thin banners)
 - `image_aspect`: longer side over `max_aspect` times the shorter
+- `image_shown_small`: the page displays it with a side under `min_side` (`<img width height>`; OBELICS's rendered
+  size rule): an avatar or thumbnail, whatever its file's size
 - `image_uniform`: one colour, nothing drawn
 - the gate's: `image_too_large`, `image_too_many_pixels`, `image_undecodable`
 """
@@ -79,6 +81,8 @@ def judge(pic: Picture, rules: ImageRules) -> Kept:
     """The picture as kept, or BadImage with the reason it is not content."""
     if pic.failure:
         raise BadImage(pic.failure, pic.ref)
+    if pic.shown is not None and 0 < min(pic.shown) < rules.min_side:
+        raise BadImage("image_shown_small", f"shown at {pic.shown[0]}x{pic.shown[1]}")
     try:
         data = pic.load()
     except BadImage:
