@@ -21,7 +21,7 @@ from vlcorpus.driver import OutputFull
 
 GROUPS = {
     "render": "render documents into page images and text (Ray job)",
-    "extract": "extract image/code pairs (Ray job)",
+    "extract": "extract image/code pairs and interleaved documents (Ray job)",
     "import": "import a published dataset format into a corpus category (Ray job)",
     "build": "build derived datasets from a corpus",
     "mix": "build the mixture of a training stage",
@@ -40,6 +40,7 @@ COMMANDS = [
     "pipelines.render_epub",
     "pipelines.render_html",
     "pipelines.extract_notebooks",
+    "pipelines.extract_interleaved",
     "pipelines.import_caption",
     "pipelines.import_interleaved",
     "pipelines.import_table_chart",
@@ -72,11 +73,11 @@ def declaration(module: str) -> tuple[tuple[str, ...], str]:
 
 
 def source_commands() -> dict[str, ModuleType]:
-    """Source kind (the command's last word: `arxiv`, `notebooks`, `sft`, ...) -> its module, in the order `vlcorpus
-    run` runs them: the order of COMMANDS, those that read the corpus last."""
+    """Source kind (the module's `KIND`, else the command's last word: `arxiv`, `notebooks`, `sft`, ...) -> its
+    module, in the order `vlcorpus run` runs them: the order of COMMANDS, those that read the corpus last."""
     sources = [m for m in command_modules() if m.COMMAND[0] in SOURCE_GROUPS]
     sources.sort(key=lambda m: getattr(m, "READS_CORPUS", False))
-    return {m.COMMAND[-1]: m for m in sources}
+    return {getattr(m, "KIND", m.COMMAND[-1]): m for m in sources}
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

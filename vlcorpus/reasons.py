@@ -121,6 +121,19 @@ REASONS: tuple[Reason, ...] = (
         ("not_selected", "a conversation left out by the plan (a duplicate, or over its leaf's cap)"),
     ),
     *_family(
+        "interleaved extraction",
+        ("image_repeated", "an image shown in 3 or more documents of one input (logos, ornaments)"),
+        ("image_duplicate", "an image the document (or, in curation, the corpus) already showed; its first appearance keeps it"),
+        ("image_pixel", "an image with both sides at most 4 px (tracking pixels, spacers)"),
+        ("image_icon", "an image with both sides under 150 px (icons, buttons)"),
+        ("image_small_side", "an image with one side under 150 px (rules, thin banners)"),
+        ("image_aspect", "an image whose longer side is over 3x the shorter"),
+        ("image_shown_small", "an image the page displays with a side under 150 px (<img width height>), OBELICS's rendered-size rule"),
+        ("part_no_images", "an interleaved part without an image (not written)"),
+        ("page_furniture", "PDF running heads and page numbers left out of an interleaved document"),
+        ("cell_errors", "notebook error tracebacks left out of an interleaved document"),
+    ),
+    *_family(
         "trainer",
         ("over_seq_budget", "(in the trainer's metrics and summary.json) a sample with no target left within the "
                             "sequence budget"),

@@ -216,7 +216,7 @@ DISK_POLL_S = 0.2
 def tree_bytes(tree: Path) -> int:
     """Bytes of the files under `tree`, links not followed (a sparse file counts at its full size)."""
     total = 0
-    for folder, dirs, files in os.walk(tree):
+    for folder, _dirs, files in os.walk(tree):
         for name in files:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(folder, name)).st_size
