@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlcorpus.curate.annotate import annotate
 from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter, remove_shards
@@ -97,7 +98,8 @@ def outcome(status: str, counts: dict[str, int] | None = None, error_class: str 
 
 def render_document(stage: Stage, doc: DocInput, render: Callable[[DocInput], tuple[list[Sample], dict[str, int]]],
                     shards: BatchShards, claim: Claim | None) -> dict[str, Any]:
-    """Render one document, keep what the stage's job-wide `unique` rule admits, write it; return the outcome.
+    """Render one document, annotate its samples (language, provenance), keep what the stage's job-wide `unique`
+    rule admits, write it; return the outcome.
 
     Every sample is validated and encoded (`to_wds`) before the first is written, so an off-contract sample fails
     the document with nothing of it in the shards. A renderer's failure is the document's (a `failed` outcome
@@ -105,6 +107,7 @@ def render_document(stage: Stage, doc: DocInput, render: Callable[[DocInput], tu
     and fails the batch."""
     try:
         samples, counts = render(doc)
+        annotate(samples, doc, stage.input_root)
         if stage.unique is not None and samples:
             samples = admit(stage.unique, samples, counts, claim)
         members = [s.to_wds() for s in samples]
