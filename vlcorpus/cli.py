@@ -46,6 +46,7 @@ COMMANDS = [
     "pipelines.import_scene_ocr",
     "pipelines.text",
     "pipelines.build_sft",
+    "pipelines.curate",
     "vlcorpus.inspect",
     "mixer.mix",
     "mixer.report",
