@@ -154,3 +154,26 @@ def test_import_annotates_and_curate_judges_the_corpus(tmp_path):
     removed = {s.doc: s.meta["removed_by"] for s in read_samples(shard_paths(out / "_removed"))}
     assert removed["page-copy"] == "image_duplicate" and removed["cap-a-again"] == "image_near_duplicate"
     assert (out / "_ledger" / "text.jsonl").exists()  # the producers' ledgers travel with the curated corpus
+
+
+def test_a_mixture_selects_by_language_and_licence(tmp_path):
+    from mix_corpus import make_sample, write_category
+
+    from mixer.config import load_mixture
+    from mixer.mix import run_mix
+
+    samples = []
+    for i in range(12):
+        s = make_sample("text", "synth", i)
+        s.meta.update(language=["en", "zh", "ja"][i % 3], provenance={
+            "path": f"{i}.txt", "sha256": None, "license": ["MIT License", "All rights reserved", None][i // 4 % 3],
+            "license_spdx": ["MIT", None, None][i // 4 % 3]})
+        samples.append(s)
+    write_category(tmp_path / "corpus", "text", samples)
+    (tmp_path / "mix.yaml").write_text(
+        "stage: sel\nunit: samples\ncategories:\n  text: {ratio: 1.0, languages: [en, ja], exclude_licenses: [unknown]}\n")
+    mix = run_mix([tmp_path / "corpus"], load_mixture(tmp_path / "mix.yaml"), tmp_path / "mix", local=True)
+    got = [Sample.from_wds(m) for m in wds.WebDataset(str(next((tmp_path / "mix" / "sel" / "text").glob("*.tar"))),
+                                                      shardshuffle=False)]
+    assert sorted(s.meta["n"] for s in got) == [0, 2, 3, 5, 6]  # en/ja of the MIT and the "all rights reserved" ones
+    assert mix["categories"]["text"]["dropped"] == {"language_not_selected": 4, "license_not_selected": 3}
