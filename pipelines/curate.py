@@ -26,6 +26,7 @@ from pathlib import Path
 from vlcorpus.config import load_config
 from vlcorpus.curate.config import CurationConfig
 from vlcorpus.curate.decontam import Heldout, benchmark_ngrams, signature
+from vlcorpus.curate.funnel import SUMMARY
 from vlcorpus.curate.images import ImageIndex
 from vlcorpus.curate.judge import REDACTED, STEPS, Verdict, judge, redact_sample, step_of
 from vlcorpus.ledger import Entry, Ledger
@@ -35,7 +36,6 @@ from vlcorpus.shards import ShardWriter, iter_members, read_index, shard_paths, 
 
 COMMAND = ("curate",)
 HELP = "judge content (quality, personal data, NSFW, image duplicates, decontamination) -> a curated corpus"
-SUMMARY = "_curation/summary.json"
 
 log = logging.getLogger("vlcorpus.pipelines")
 

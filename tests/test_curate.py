@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+import yaml
 from PIL import Image
 
 from pipelines.curate import SUMMARY
@@ -94,6 +95,7 @@ def _pair(category: str, doc: str, image: bytes, text: str) -> Sample:
                   segments=[{"image": "0.jpg"}, {"text": text}], meta={"language": "en"})
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_import_annotates_and_curate_judges_the_corpus(tmp_path):
     src, corpus = tmp_path / "src", tmp_path / "corpus"
@@ -154,6 +156,16 @@ def test_import_annotates_and_curate_judges_the_corpus(tmp_path):
     removed = {s.doc: s.meta["removed_by"] for s in read_samples(shard_paths(out / "_removed"))}
     assert removed["page-copy"] == "image_duplicate" and removed["cap-a-again"] == "image_near_duplicate"
     assert (out / "_ledger" / "text.jsonl").exists()  # the producers' ledgers travel with the curated corpus
+
+    assert main(["report", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["language"] == ["en", "zh"] and header["size_categories"] == ["n<1K"]
+    assert header["license"] == ["mit", "unknown"] and "text-generation" in header["task_categories"]
+    assert "| text | 5 | 0 | 0 | 1 | 0 | 0 | 1 | 1 | 0 | 2 | aws_key 1, email 1 |" in card
+    page = (out / "report" / "index.html").read_text()
+    assert "curation funnel" in page and page.count("class='sample removed'") == 6
+    assert "data-reason='pii_in_image_pair'" in page and "data-reason='benchmark_ngram_overlap'" in page
 
 
 def test_a_mixture_selects_by_language_and_licence(tmp_path):
