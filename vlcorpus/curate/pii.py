@@ -37,9 +37,20 @@ def entropy(s: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
 
 
+_URL_WORD = re.compile(r"://|www\.|\.[a-z]{2,}/", re.I)
+
+
+def in_url(m: re.Match) -> bool:
+    """Whether the match is part of a URL (a path segment or an id in it is not a secret or a card)."""
+    before = m.string[max(0, m.start() - 300) : m.start()]
+    word = re.split(r"[\s(\[<\"']", before)[-1]
+    return bool(_URL_WORD.search(word))
+
+
 def _card(m: re.Match) -> bool:
     digits = re.sub(r"\D", "", m.group())
-    return 13 <= len(digits) <= 19 and luhn(digits)
+    # issuer prefixes: 2 and 5 Mastercard, 3 Amex/Diners/JCB, 4 Visa, 6 Discover/UnionPay
+    return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn(digits) and not in_url(m)
 
 
 def _ip(m: re.Match) -> bool:
@@ -53,7 +64,7 @@ def _ip(m: re.Match) -> bool:
 def _token(m: re.Match) -> bool:
     s = m.group()
     return (any(c.isdigit() for c in s) and any(c.isupper() for c in s) and any(c.islower() for c in s)
-            and entropy(s) >= TOKEN_MIN_ENTROPY)
+            and entropy(s) >= TOKEN_MIN_ENTROPY and not in_url(m))
 
 
 def _phone(m: re.Match) -> bool:
@@ -64,7 +75,7 @@ PATTERNS: list[tuple[str, re.Pattern, Callable[[re.Match], bool] | None]] = [
     ("private_key", re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----.*?-----END[A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----",
                                re.S), None),
     ("aws_key", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"), None),
-    ("secret_token", re.compile(r"(?<![\w/+=-])[A-Za-z0-9_+/=-]{32,}(?![\w/+=-])"), _token),
+    ("secret_token", re.compile(r"(?<![\w/+=.-])[A-Za-z0-9_+/=-]{32,}(?![\w/+=-])"), _token),
     ("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
     ("card_number", re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d.-])"), _card),
     ("ip_address", re.compile(r"(?<![\w.:])(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){3,7})(?![\w:]|\.\w)"),

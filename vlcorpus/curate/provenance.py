@@ -177,7 +177,7 @@ def folder_license(folder: str, root: str) -> tuple[str | None, str | None, str 
                 statement = metadata_license(p)
             elif low == "readme.md":
                 statement = card_license(p)
-            elif low.split(".")[0] in LICENSE_NAMES:
+            elif low.startswith(LICENSE_NAMES):  # LICENSE, LICENSE.md, LICENSE-MIT, COPYING.txt
                 text = _read(p)
                 statement = next((line.strip()[:200] for line in text.splitlines() if line.strip()), None)
             if statement:
