@@ -24,19 +24,19 @@ TASKS = {"caption": "image-to-text", "doc_ocr": "image-to-text", "scene_ocr": "i
 SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
          (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
 LIMITS = (
-    "Language is identified by py3langid from each sample's text; code, HTML sources and formula-heavy pages get the "
-    "language of their words, and texts with fewer than three letters are `und`.",
-    "Prose rules (Gopher, C4, FineWeb) judge only the free-prose categories and only the configured languages; "
-    "OCR pages, tables, charts and code are not judged as prose.",
-    "Personal data is found by pattern (e-mail, phone, IP, Luhn-valid card numbers, AWS keys, private-key blocks, "
-    "high-entropy tokens): names and postal addresses are not detected. Image-text pairs whose text holds personal "
-    "data are dropped, not redacted, and text drawn inside photographs is not read.",
-    "Perceptual duplicates are looked for among photos and figures only; rendered pages are deduplicated by exact "
-    "bytes.",
-    "The NSFW filter is nudenet's detector at the configured threshold; it judges exposed bodies, not violence or "
-    "other unsafe content.",
-    "Licences are what each source states (EPUB dc:rights, LICENSE files, dataset cards, metadata.json); a source "
-    "without a statement is `unknown`, which does not mean free to use.",
+    ("Language is identified by py3langid from each sample's text; code, HTML sources and formula-heavy pages get the "
+     "language of their words, and texts with fewer than three letters are `und`."),
+    ("Prose rules (Gopher, C4, FineWeb) judge only the free-prose categories and only the configured languages; "
+     "OCR pages, tables, charts and code are not judged as prose."),
+    ("Personal data is found by pattern (e-mail, phone, IP, Luhn-valid card numbers, AWS keys, private-key blocks, "
+     "high-entropy tokens): names and postal addresses are not detected. Image-text pairs whose text holds personal "
+     "data are dropped, not redacted, and text drawn inside photographs is not read."),
+    ("Perceptual duplicates are looked for among photos and figures only; rendered pages are deduplicated by exact "
+     "bytes."),
+    ("The NSFW filter is nudenet's detector at the configured threshold; it judges exposed bodies, not violence or "
+     "other unsafe content."),
+    ("Licences are what each source states (EPUB dc:rights, LICENSE files, dataset cards, metadata.json); a source "
+     "without a statement is `unknown`, which does not mean free to use."),
 )
 
 
@@ -91,8 +91,8 @@ def write_card(corpus: Path) -> Path:
     }
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(), "---", "",
              f"# {header['pretty_name']}", "",
-             "A vision-language pretraining corpus built by vlcorpus: WebDataset tars, one folder per category; each "
-             "sample's `meta` carries its language and its provenance (source path, sha256, licence).", "",
+             ("A vision-language pretraining corpus built by vlcorpus: WebDataset tars, one folder per category; each "
+              "sample's `meta` carries its language and its provenance (source path, sha256, licence)."), "",
              "## Sources", "", "| producer | documents | drops by reason |", "| --- | --- | --- |"]
     for source, d in ledger_drops(corpus).items():
         docs = ", ".join(f"{k} {v}" for k, v in sorted(d["documents"].items()))

@@ -37,7 +37,7 @@ def entropy(s: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
 
 
-_URL_WORD = re.compile(r"://|www\.|\.[a-z]{2,}/", re.I)
+_URL_WORD = re.compile(r"://|www\.|\.[a-z]{2,}/", re.IGNORECASE)
 
 
 def in_url(m: re.Match) -> bool:
@@ -73,7 +73,7 @@ def _phone(m: re.Match) -> bool:
 
 PATTERNS: list[tuple[str, re.Pattern, Callable[[re.Match], bool] | None]] = [
     ("private_key", re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----.*?-----END[A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----",
-                               re.S), None),
+                               re.DOTALL), None),
     ("aws_key", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"), None),
     ("secret_token", re.compile(r"(?<![\w/+=.-])[A-Za-z0-9_+/=-]{32,}(?![\w/+=-])"), _token),
     ("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
