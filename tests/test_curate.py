@@ -31,9 +31,10 @@ MIT = "MIT License\n\nCopyright (c) 2024 A\n\nPermission is hereby granted, free
 
 def test_pii_is_replaced_by_typed_placeholders_and_lookalikes_stay():
     text = ("Write to hester.prynne@example.org or call +1 415-555-0132 / (617) 555-0199. Card 4111 1111 1111 1111; "
-            "host 10.0.0.12 and 2001:db8::7. AWS AKIAIOSFODNN7EXAMPLE, token ghp_R2d2C3poX9wQ7zLk4Vb8Nm1Tq6Ys0Uj5Hf3G.\n"
+            "host 93.184.216.34 and 2606:4700::6810:85e5. AWS AKIAIOSFODNN7EXAMPLE, token ghp_R2d2C3poX9wQ7zLk4Vb8Nm1Tq6Ys0Uj5Hf3G.\n"
             "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n")
-    keep = ("Version 3.10.4 shipped on 2023-10-15 at 12:30:45; 4111 1111 1111 1112 fails Luhn; the values 1000 2000 3000 "
+    keep = ("Version 3.10.4 shipped on 2023-10-15 at 12:30:45 from 127.0.0.1 and 192.168.1.20; "
+            "4111 1111 1111 1112 fails Luhn; the values 1000 2000 3000 "
             "and the digest e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 stay, as does a[1::2].")
     out, found = redact(text + keep)
     assert dict(found) == {"email": 1, "phone": 2, "card_number": 1, "ip_address": 2, "aws_key": 1, "secret_token": 1,
@@ -117,6 +118,7 @@ def test_import_annotates_and_curate_judges_the_corpus(tmp_path):
         w.write(_pair("caption", "cap-a", _photo(1), "A red and blue mosaic."))
         w.write(_pair("caption", "cap-a-again", _photo(1, quality=60), "The same mosaic, compressed harder."))
         w.write(_pair("caption", "cap-b", _photo(2), "Another mosaic."))
+        w.write(_pair("caption", "cap-torn", _photo(4)[:200], "A JPEG cut short: its header passes, decoding fails."))
     with ShardWriter(corpus / "doc_ocr", "t") as w:
         w.write(_pair("doc_ocr", "page-email", _photo(3), "Contact hester@example.org for the manuscript."))
         w.write(_pair("doc_ocr", "page-copy", _photo(2), "A page that shows the mosaic again."))
@@ -146,7 +148,7 @@ def test_import_annotates_and_curate_judges_the_corpus(tmp_path):
     assert summary["text"]["in"] == 5 and summary["text"]["out"] == 2
     assert summary["text"]["dropped"]["benchmark"] == 1 and summary["text"]["dropped"]["heldout"] == 1
     assert summary["text"]["dropped"]["quality"] == 1 and summary["text"]["redacted"] == {"email": 1, "aws_key": 1}
-    assert summary["caption"]["reasons"] == {"image_near_duplicate": 1}
+    assert summary["caption"]["reasons"] == {"image_near_duplicate": 1, "image_undecodable": 1}
     assert summary["doc_ocr"]["reasons"] == {"pii_in_image_pair": 1, "image_duplicate": 1}
     led = Ledger(out, "curate").latest()
     assert led["spam.txt"].status == "filtered" and next(iter(led["spam.txt"].counts)).startswith("quality_")
@@ -164,7 +166,7 @@ def test_import_annotates_and_curate_judges_the_corpus(tmp_path):
     assert header["license"] == ["mit", "unknown"] and "text-generation" in header["task_categories"]
     assert "| text | 5 | 0 | 0 | 1 | 0 | 0 | 1 | 1 | 0 | 2 | aws_key 1, email 1 |" in card
     page = (out / "report" / "index.html").read_text()
-    assert "curation funnel" in page and page.count("class='sample removed'") == 6
+    assert "curation funnel" in page and page.count("class='sample removed'") == 7
     assert "data-reason='pii_in_image_pair'" in page and "data-reason='benchmark_ngram_overlap'" in page
 
 

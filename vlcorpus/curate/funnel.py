@@ -29,7 +29,7 @@ def removed_examples(corpus: Path, category: str, assets: Path, chars: int) -> l
     for n, s in enumerate(read_samples(shard_paths(folder)) if folder.is_dir() else []):
         thumb = ""
         first = next((seg["image"] for seg in s.segments if "image" in seg), None)
-        if first is not None:
+        if first is not None and s.meta.get("removed_by") != "image_undecodable":
             with Image.open(io.BytesIO(s.images[first])) as im:
                 im.thumbnail((THUMB_PX, THUMB_PX))
                 thumb = f"removed-{category}-{n}.jpg"

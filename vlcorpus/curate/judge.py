@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from vlcorpus.curate import pii
 from vlcorpus.curate.config import CurationConfig
 from vlcorpus.curate.decontam import ngrams, signature
@@ -35,7 +37,7 @@ class Verdict:
     license: str = ""
 
 
-STEP_OF = {"unreadable_sample": "unreadable", "pii_in_image_pair": "pii", "nsfw": "nsfw",
+STEP_OF = {"unreadable_sample": "unreadable", "image_undecodable": "unreadable", "pii_in_image_pair": "pii", "nsfw": "nsfw",
            "benchmark_ngram_overlap": "benchmark", "heldout_near_duplicate": "heldout",
            "image_duplicate": "image_duplicate", "image_near_duplicate": "image_duplicate"}
 
@@ -70,9 +72,13 @@ def _judge(sample: Sample, cfg: CurationConfig, bench: set[int] | None, sign: bo
         if v.reason is None and v.pii and rules.pii == "drop":
             v.reason = "pii_in_image_pair"
     images = [sample.images[s["image"]] for s in sample.segments if "image" in s]
+    try:
+        v.images = [image_hashes(data) for data in images]  # decodes each image whole
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        v.reason = "image_undecodable"
+        return
     if v.reason is None and rules.nsfw and any(nsfw_score(data) >= cfg.nsfw_threshold for data in images):
         v.reason = "nsfw"
-    v.images = [image_hashes(data) for data in images]
     if bench:
         v.benchmark = not bench.isdisjoint(ngrams(text, cfg.ngram))
     if sign:

@@ -54,9 +54,10 @@ def _card(m: re.Match) -> bool:
 
 
 def _ip(m: re.Match) -> bool:
+    """A public address: loopback, private, link-local and documentation ranges (127.0.0.1 in a config file, 10.0.0.1
+    in a tutorial) identify no one."""
     try:
-        ipaddress.ip_address(m.group())
-        return True
+        return ipaddress.ip_address(m.group()).is_global
     except ValueError:
         return False
 
