@@ -58,7 +58,7 @@ def meta_counts(corpus: Path, categories: list[str]) -> tuple[Counter, Counter]:
 
 
 def ledger_drops(corpus: Path) -> dict[str, dict]:
-    """Per producer (ledger): documents by status and drop counts by reason."""
+    """Per producer (ledger): documents by status, and the counts its lines carry (drop reasons and statistics)."""
     out = {}
     for path in sorted((corpus / "_ledger").glob("*.jsonl")):
         entries = Ledger(corpus, path.stem).latest().values()
@@ -93,7 +93,7 @@ def write_card(corpus: Path) -> Path:
              f"# {header['pretty_name']}", "",
              ("A vision-language pretraining corpus built by vlcorpus: WebDataset tars, one folder per category; each "
               "sample's `meta` carries its language and its provenance (source path, sha256, licence)."), "",
-             "## Sources", "", "| producer | documents | drops by reason |", "| --- | --- | --- |"]
+             "## Sources", "", "| producer | documents | ledger counts (drops and stats) |", "| --- | --- | --- |"]
     for source, d in ledger_drops(corpus).items():
         docs = ", ".join(f"{k} {v}" for k, v in sorted(d["documents"].items()))
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["reasons"].items(), key=lambda kv: -kv[1])) or "none"
