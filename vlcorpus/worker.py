@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlcorpus.curate.annotate import annotate
+from vlcorpus.curate.language import identifier
 from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter, remove_shards
@@ -323,6 +324,7 @@ def child_main() -> None:
         return conn.recv()
 
     stage: Stage = pickle.loads(conn.recv_bytes())  # imports the renderer
+    identifier()  # the language model `annotate` uses loads here too, outside any document's time bound
     limit = int(stage.bounds.memory_gb * 1024**3)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     conn.send(("ready",))
