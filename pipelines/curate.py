@@ -173,7 +173,7 @@ def curate(corpus: Path, out: Path, cfg: CurationConfig, heldout: Path | None = 
     for folder in [partial / f.name for f in folders] + sorted((partial / "_removed").glob("*")):
         folder.mkdir(parents=True, exist_ok=True)
         write_index(folder)
-    summary = summarise(verdicts, drops, written, shards, cfg, chosen)
+    summary = summarise(verdicts, drops, written, cfg, chosen)
     ledger(partial, verdicts, drops, {k: v for part in written for k, v in part.items()})
     for f in sorted((corpus / "_ledger").glob("*.jsonl")):
         if f.name != "curate.jsonl":
@@ -185,7 +185,8 @@ def curate(corpus: Path, out: Path, cfg: CurationConfig, heldout: Path | None = 
     return summary
 
 
-def summarise(verdicts, drops, written, shards, cfg, chosen) -> dict:
+def summarise(verdicts: list[tuple[str, Verdict]], drops: dict[str, str], written: list[dict[str, dict]],
+              cfg: CurationConfig, chosen: dict[tuple[str, str], list[str]]) -> dict:
     """The funnel per category (in -> each step -> out), redactions per type, languages and licences of what is kept,
     and where the removed examples are."""
     cats: dict[str, dict] = {}
@@ -230,6 +231,11 @@ def ledger(out: Path, verdicts: list[tuple[str, Verdict]], drops: dict[str, str]
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(CurationConfig, args.config, args.set)
+    categories(args.corpus)  # a bad argument stops here, before Ray starts
+    if args.heldout is not None:
+        categories(args.heldout)
+    if args.benchmarks is not None and not args.benchmarks.is_dir():
+        raise FileNotFoundError(f"--benchmarks {args.benchmarks}: not a folder")
     init_ray(args.address, args.num_cpus)
     summary = curate(args.corpus, args.out, cfg, args.heldout, args.benchmarks)
     for cat, c in summary["categories"].items():
