@@ -37,6 +37,19 @@ class CategorySpec:
     # A category that cannot get its share (empty, would need more than max_upsample copies, or its target cannot be
     # written within TOLERANCE in whole samples): stop before writing ("error"), or write what it can and warn ("warn").
     on_short: str = "error"
+    # Selection by what curation recorded (meta.language, meta.provenance): empty lists select everything. Licences
+    # are SPDX ids or statements as the source gives them; "unknown" stands for a sample whose licence is not known.
+    languages: list[str] = field(default_factory=list)
+    licenses: list[str] = field(default_factory=list)
+    exclude_licenses: list[str] = field(default_factory=list)
+
+    def deselects(self, language: str, licence: tuple[str, ...]) -> str | None:
+        """Why a sample of this language and licence (its SPDX id and statement, or ("unknown",)) is not drawn."""
+        if self.languages and language not in self.languages:
+            return "language_not_selected"
+        if (self.licenses and not set(licence) & set(self.licenses)) or set(licence) & set(self.exclude_licenses):
+            return "license_not_selected"
+        return None
 
 
 @dataclass

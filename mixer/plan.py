@@ -124,8 +124,8 @@ def dedup(cfg: MixtureConfig, p: CategoryPlan, scans: list[ShardScan]) -> None:
     for idx, s in enumerate(scans):
         p.failures.extend(s.failures)
         for i, key in enumerate(s.keys):
-            reason = d.check(key, s.digests[i], s.image_digests[i] if cfg.near_dup else b"",
-                             s.signatures[i] if cfg.near_dup else None)
+            reason = p.spec.deselects(s.languages[i], s.licenses[i]) or d.check(
+                key, s.digests[i], s.image_digests[i] if cfg.near_dup else b"", s.signatures[i] if cfg.near_dup else None)
             if reason:
                 p.dropped[reason] += 1
                 if reason == "key_conflict" and len(conflicts) < 3:

@@ -37,6 +37,8 @@ class ShardScan:
     digests: list[bytes] = field(default_factory=list)  # exact dedup: xxh3-128 of normalised text + images
     image_digests: list[bytes] = field(default_factory=list)  # near dup only
     signatures: list[bytes | None] = field(default_factory=list)  # near dup only: MinHash of the text
+    languages: list[str] = field(default_factory=list)  # meta.language ("" when the sample has none)
+    licenses: list[tuple[str, ...]] = field(default_factory=list)  # (SPDX id, statement) known, else ("unknown",)
     failures: list[dict[str, str]] = field(default_factory=list)  # ledger lines for what could not be used
 
 
@@ -125,6 +127,12 @@ def read_range(f: BinaryIO, start: int, end: int) -> dict:
     return samples[0][0]
 
 
+def licence(provenance: dict | None) -> tuple[str, ...]:
+    """A sample's licence as the mixture selects by it: its SPDX id and statement, or ("unknown",)."""
+    known = tuple(v for v in ((provenance or {}).get(k) for k in ("license_spdx", "license")) if v)
+    return known or ("unknown",)
+
+
 def scan_shard(shard: str, near_dup: bool, num_perm: int) -> ShardScan:
     out = ShardScan(shard)
     try:
@@ -149,6 +157,8 @@ def scan_shard(shard: str, near_dup: bool, num_perm: int) -> ShardScan:
                 out.tokens.append(sample.text_tokens)
                 out.images.append(len(sample.images))
                 out.digests.append(content_hash(text, images))
+                out.languages.append(sample.meta.get("language") or "")
+                out.licenses.append(licence(sample.meta.get("provenance")))
                 if sign is not None:
                     out.image_digests.append(images)
                     out.signatures.append(sign(text))

@@ -64,8 +64,8 @@ def renderer_config(cls: type, args: argparse.Namespace) -> Any:
 
 
 def job_stage(stage: Stage, args: argparse.Namespace, **changes: Any) -> Stage:
-    """`stage` with the batch size and per-document bounds the arguments give (and any other `changes`)."""
-    return replace(stage, batch_size=args.batch_size,
+    """`stage` with the batch size, per-document bounds and input root the arguments give (and any other `changes`)."""
+    return replace(stage, batch_size=args.batch_size, input_root=str(input_root(args.input)),
                    bounds=Bounds(timeout_s=args.doc_timeout, memory_gb=args.doc_memory_gb), **changes)
 
 

@@ -6,6 +6,8 @@ mixture folder (every stage in it). The page shows, per corpus or stage: a table
 shares of tokens and samples for a corpus), a mixture's budget and warnings, histograms of text tokens per sample
 and of image sizes (matplotlib PNGs), and per category a grid of sample thumbnails with their text.
 Counts come from index.json; the histograms and thumbnails from reading at most `--scan` samples per category.
+A corpus also gets its curation funnel (`vlcorpus.curate.funnel`) and `<corpus>/README.md`, its dataset card
+(`vlcorpus.curate.card`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reports.paper_routes import corpus_routes
+from vlcorpus.curate.card import write_card
+from vlcorpus.curate.funnel import funnel_section
 from vlcorpus.sample import CATEGORIES
 from vlcorpus.shards import read_index, read_samples
 
@@ -274,6 +278,8 @@ def write_report(path: Path, out: Path, thumbs: int = 8, limit: int = 2000, char
         bodies.append(render_view(view, charts(view, assets)))
         if view.mixture is None:
             bodies.append(paper_routes_section(view.folder))
+            bodies.append(funnel_section(view.folder, assets, chars))
+            write_card(view.folder)
     page = out / "index.html"
     page.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlcorpus report: {html.escape(str(path))}</title>"

@@ -66,7 +66,7 @@ def test_cjk_vertical_book_is_set_horizontally_with_real_glyphs(runner, tmp_path
     book = make_epub(tmp_path / "ja.epub", {"c.xhtml": chapter("C", body, lang="ja")}, lang="ja")
     samples, _ = _render(runner, book, templates=["sans-large-print"])
     assert page_text(samples[0]).replace("\n", "") == ja
-    assert samples[0].meta["language"] == "ja"
+    assert samples[0].meta["declared_language"] == "ja"
     got = subprocess.run(["tesseract", "-", "-", "-l", "jpn", "--psm", "6"], input=samples[0].images["0.png"],
                          capture_output=True, check=True).stdout.decode()
     got = "".join(got.split())

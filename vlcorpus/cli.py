@@ -47,6 +47,7 @@ COMMANDS = [
     "pipelines.import_scene_ocr",
     "pipelines.import_text",
     "pipelines.build_sft",
+    "pipelines.curate",
     "reports.inspect",
     "mixer.mix",
     "reports.corpus",

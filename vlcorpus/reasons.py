@@ -18,6 +18,7 @@ class Reason:
     family: str  # the section of docs/reasons.md it is listed under
     meaning: str
     drop: bool = True  # False: a count of what was done, not of something lost
+    prefix: bool = False  # True: `name` starts a family of names (`name<suffix>`), the suffix says which
 
 
 def _family(family: str, *rows: tuple[str, str], drop: bool = True) -> tuple[Reason, ...]:
@@ -134,6 +135,17 @@ REASONS: tuple[Reason, ...] = (
         ("cell_errors", "notebook error tracebacks left out of an interleaved document"),
     ),
     *_family(
+        "curation (vlcorpus curate, mixtures)",
+        ("pii_in_image_pair", "personal data or a secret in the text of an image-text pair whose image shows it (dropped, never one side redacted)"),
+        ("nsfw", "an image scored at or above nsfw_threshold by nudenet"),
+        ("image_near_duplicate", "every image of the sample is within the pHash distance of an image the corpus already kept"),
+        ("benchmark_ngram_overlap", "a sample sharing a 13-gram with a text of --benchmarks (lm-evaluation-harness's overlap)"),
+        ("heldout_near_duplicate", "a MinHash near-duplicate of a held-out sample (--heldout)"),
+        ("unreadable_sample", "a sample whose members do not parse as the sample contract"),
+        ("language_not_selected", "(mixer) a sample outside its category's `languages` selection"),
+        ("license_not_selected", "(mixer) a sample outside its category's licence selection"),
+    ),
+    *_family(
         "trainer",
         ("over_seq_budget", "(in the trainer's metrics and summary.json) a sample with no target left within the "
                             "sequence budget"),
@@ -172,7 +184,18 @@ REASONS: tuple[Reason, ...] = (
         drop=False,
     ),
 )
-NOT_DROP_PREFIXES = ("derived_",)  # the SFT build's count of conversations derived per taxonomy task (`derived_<leaf>`)
+PREFIXES: tuple[Reason, ...] = (
+    Reason("derived_", "name prefixes", "`derived_<task>`: conversations the SFT build derived per taxonomy task",
+           drop=False, prefix=True),
+    Reason("pii_redacted_", "name prefixes", "`pii_redacted_<type>`: personal data or secrets replaced by a typed "
+           "placeholder in a text sample (email, phone, ip_address, card_number, aws_key, private_key, secret_token)",
+           drop=False, prefix=True),
+    Reason("quality_", "name prefixes", "`quality_<gopher|repetition|c4|fineweb>_<rule>`: free prose that failed "
+           "that datatrove rule", prefix=True),
+    Reason("curation_error_", "name prefixes", "`curation_error_<exception>`: a curation rule raised on the sample; "
+           "it is dropped and the pass goes on", prefix=True),
+)
+NOT_DROP_PREFIXES = tuple(r.name for r in PREFIXES if not r.drop)
 
 BY_NAME = {r.name: r for r in REASONS}
 NOT_DROPS = frozenset(r.name for r in REASONS if not r.drop)
@@ -180,7 +203,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "reasons.md"
 
 
 def is_declared(name: str) -> bool:
-    return name in BY_NAME or name.startswith(NOT_DROP_PREFIXES)
+    return name in BY_NAME or name.startswith(tuple(r.name for r in PREFIXES))
 
 
 def markdown() -> str:
@@ -191,11 +214,13 @@ def markdown() -> str:
              "once, in its unit, under the reason that dropped it; an interleaved document dropped for its images "
              "takes the most common reason they failed. An input that must not be read at all (its real path leaves "
              "the input folder, a broken or looping link, a FIFO) gets a `failed` line with the error class "
-             "`UnsafeInput`. Counts named `derived_<task>` (the SFT build's conversations derived per taxonomy task) "
-             "are not drops either."]
-    for family in dict.fromkeys(r.family for r in REASONS):
+             "`UnsafeInput`. The names that start with a prefix of the last table are families; those marked "
+             "\"not a drop\" count what was done."]
+    table = (*REASONS, *PREFIXES)
+    for family in dict.fromkeys(r.family for r in table):
         lines += ["", f"## {family[0].upper()}{family[1:]}", "", "| name | meaning |", "|---|---|"]
-        lines += [f"| `{r.name}` | {r.meaning} |" for r in REASONS if r.family == family]
+        lines += [f"| `{r.name}{'<…>' if r.prefix else ''}` | {r.meaning}{'' if r.drop or not r.prefix else ' (not a drop)'} |"
+                  for r in table if r.family == family]
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,7 @@ class Stage:
     make_runner: Callable[[Stage], Runner] | None = None  # kept by one Ray actor per CPU (a browser); None: the
     # documents render in the Ray worker's bounded child process
     unique: Unique | None = None
+    input_root: str = ""  # the input folder: provenance paths are relative to it, licence files are looked up to it
 
 
 class Runner(Protocol):

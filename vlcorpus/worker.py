@@ -40,6 +40,8 @@ from typing import Any
 
 import psutil
 
+from vlcorpus.curate.annotate import annotate
+from vlcorpus.curate.language import identifier
 from vlcorpus.document import DocInput, Filtered
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ShardWriter, remove_shards
@@ -105,7 +107,8 @@ def outcome(status: str, counts: dict[str, int] | None = None, error_class: str 
 
 def render_document(stage: Stage, doc: DocInput, render: Callable[[DocInput], tuple[list[Sample], dict[str, int]]],
                     shards: BatchShards, claim: Claim | None) -> dict[str, Any]:
-    """Render one document, keep what the stage's job-wide `unique` rule admits, write it; return the outcome.
+    """Render one document, annotate its samples (language, provenance), keep what the stage's job-wide `unique`
+    rule admits, write it; return the outcome.
 
     Every sample is validated and encoded (`to_wds`) before the first is written, so an off-contract sample fails
     the document with nothing of it in the shards. A renderer's failure is the document's (a `failed` outcome
@@ -113,6 +116,7 @@ def render_document(stage: Stage, doc: DocInput, render: Callable[[DocInput], tu
     and fails the batch."""
     try:
         samples, counts = render(doc)
+        annotate(samples, doc, stage.input_root)
         if stage.unique is not None and samples:
             samples = admit(stage.unique, samples, counts, claim)
         members = [s.to_wds() for s in samples]
@@ -353,6 +357,7 @@ def child_main() -> None:
         return conn.recv()
 
     stage: Stage = pickle.loads(conn.recv_bytes())  # imports the renderer
+    identifier()  # the language model `annotate` uses loads here too, outside any document's time bound
     limit = int(stage.bounds.memory_gb * 1024**3)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     conn.send(("ready",))

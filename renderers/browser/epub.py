@@ -272,7 +272,7 @@ def render(doc: DocInput, cfg: EpubConfig, stats: Counter, session: Session) -> 
                         meta={"page_size": [pc.width, pc.height], "scale": pc.scale, "template": template,
                               "chapter": name, "chapter_index": number, "page_in_chapter": p.index,
                               "book": book_id, "book_part": part_index, "book_parts": part_count,
-                              "language": book.language, "lines": p.lines},
+                              "declared_language": book.language, "lines": p.lines},
                     )
                     part += 1
     finally:
