@@ -190,8 +190,8 @@ PREFIXES: tuple[Reason, ...] = (
     Reason("pii_redacted_", "name prefixes", "`pii_redacted_<type>`: personal data or secrets replaced by a typed "
            "placeholder in a text sample (email, phone, ip_address, card_number, aws_key, private_key, secret_token)",
            drop=False, prefix=True),
-    Reason("quality_", "name prefixes", "`quality_<gopher|repetition|c4|fineweb>_<rule>`: free prose that failed "
-           "that datatrove rule", prefix=True),
+    Reason("quality_", "name prefixes", "`quality_<family>_<rule>`: free prose that failed "
+           "that datatrove rule (family: gopher, repetition, c4 or fineweb)", prefix=True),
     Reason("curation_error_", "name prefixes", "`curation_error_<exception>`: a curation rule raised on the sample; "
            "it is dropped and the pass goes on", prefix=True),
 )
