@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a mixture setting, e.g. seed=3, budget=dominant, categories.caption.on_short=warn")
     p.add_argument("--strict", action="store_true",
-                   help=f"stop (nothing written) on any warning: a share more than {TOLERANCE:.0%} from its request, "
+                   help=f"stop (nothing written) on any warning: a share more than {TOLERANCE * 100:.0f} points from its request, "
                         "a capped or empty category, a key conflict")
     p.add_argument("--overwrite", action="store_true", help="replace an existing <out>/<stage>")
     p.add_argument("--local", action="store_true", help="work in this process instead of Ray tasks (small mixtures)")

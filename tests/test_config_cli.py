@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vlcorpus.cli import build_parser, main
+from vlcorpus.cli import COMMANDS, build_parser, declaration, main
 from vlcorpus.config import ConfigError, load_config
 from vlcorpus.ledger import Entry, Ledger
 
@@ -70,6 +70,25 @@ def test_every_command_group_has_help(capsys):
     with pytest.raises(SystemExit):
         build_parser(["import", "text", "--help"]).parse_args(["import", "text", "--help"])
     assert "--retry-failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_prints_its_help(module, capsys):
+    command, _ = declaration(module)
+    argv = [*command, "--help"]
+    with pytest.raises(SystemExit) as e:
+        build_parser(argv).parse_args(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: vlcorpus {' '.join(command)}") and "--help" in out
+
+
+def test_version(capsys):
+    from vlcorpus import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vlcorpus {__version__}"
 
 
 def test_only_the_command_run_is_imported():
