@@ -33,6 +33,7 @@ from vlcorpus.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES
 log = logging.getLogger("vlcorpus.pipelines")
 
 REFUSED = "refused"  # DocInput.related key: why discovery refused this input (it is never read)
+SKIPPED = "file_skipped"  # ledger counter: a file in the input folder that is in no format the command reads
 STRICT_EXIT = 3  # exit status of an import that fails `--strict`
 HINTS = {  # what to do about the most common reason, printed with it
     "image_missing": "The images are not where this dataset's layout puts them (README, Importers), nor under "
@@ -140,6 +141,20 @@ def discover(root: Path, suffixes: tuple[str, ...]) -> list[DocInput]:
     return docs
 
 
+def skipped_files(root: Path, inputs: Sequence[DocInput], reads: str, run: str) -> list[Entry]:
+    """A `filtered` ledger entry (counter `file_skipped`) for each file under `root` that no input covers (its origin,
+    or the file a piece `<origin>#<n>` / zip member `<origin>:<member>` comes from): a file the command does not
+    read, e.g. `README.md.gz` in a text folder, is in the ledger like every other input, never left out silently."""
+    covered = set()
+    for d in inputs:
+        origin = d.origin.partition("#")[0]
+        covered |= {origin, origin.partition(":")[0]}
+    root = root.resolve()
+    return [Entry(doc=rel, origin=rel, status="filtered", counts={SKIPPED: 1}, run=run,
+                  error=f"skipped: not a format this command reads ({reads})")
+            for p, _ in walk_inputs(root, lambda p: True) if (rel := str(p.relative_to(root))) not in covered]
+
+
 def gate(inputs: Iterable[DocInput], roots: Sequence[Path], run: str) -> tuple[list[DocInput], list[Entry]]:
     """The inputs that may be read, and a `failed` ledger entry for each one that may not (refused at discovery, or
     whose path leaves `roots`)."""
@@ -155,7 +170,7 @@ def gate(inputs: Iterable[DocInput], roots: Sequence[Path], run: str) -> tuple[l
 
 
 def record_refusals(out: Path, source: str, entries: list[Entry]) -> None:
-    """Append the refusals the ledger does not already say (a re-run writes nothing twice)."""
+    """Append the refusals (or skipped files) the ledger does not already say (a re-run writes nothing twice)."""
     with Ledger(out, source) as ledger:
         latest = ledger.latest()
         ledger.append([e for e in entries if (old := latest.get(e.doc)) is None or (old.status, old.error) != (e.status, e.error)])
@@ -173,17 +188,25 @@ def run_stage(stage: Stage, inputs: Iterable[DocInput], opts: Options, roots: Se
     return [latest[d.doc] for d in inputs if d.doc in latest]
 
 
-def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace, unit: str = "document") -> int:
-    """Validate the arguments, start or join Ray, run the stage, print the counts and what was dropped.
+def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace, unit: str = "document",
+            reads: str = "") -> int:
+    """Validate the arguments, start or join Ray, run the stage, print the counts and what was dropped. A command
+    whose inputs are whole files names what it `reads`: every other file of the input folder gets a `filtered`
+    ledger line (`skipped_files`).
 
     Returns the exit status: `STRICT_EXIT` when `args.strict` is set and the job imported nothing or dropped more than
     `args.max_drop_share` of its records (in `unit`s), else 0."""
     if not args.input.exists():
         raise SystemExit(f"error: input {args.input} does not exist")
     opts = job_options(args, args.out)
+    inputs = list(inputs)
+    skipped = skipped_files(args.input, inputs, reads, opts.run_id) if reads and args.input.is_dir() else []
+    if skipped:
+        record_refusals(opts.out, stage.source, skipped)
+        log.warning("%s: skipped %d file(s) in no format it reads (%s); see the ledger", stage.source, len(skipped), reads)
     init_ray(args.address, args.num_cpus)
     entries = run_stage(job_stage(stage, args), inputs, opts, [input_root(args.input), args.out])
-    return report_drops(stage.source, entries, args, unit)
+    return report_drops(stage.source, entries + skipped, args, unit)
 
 
 def report_drops(source: str, entries: list[Entry], args: argparse.Namespace, unit: str) -> int:

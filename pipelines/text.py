@@ -29,4 +29,5 @@ def main(args: argparse.Namespace) -> int:
     files = discover(args.input, (".txt", ".md")) if args.input.is_dir() else []
     records = record_inputs(args.input, args.out / "_staging" / "text", (".jsonl", ".parquet"), args.lines_per_doc,
                             int(args.max_record_mb * 1024**2))
-    return run_job(stage, files + records, args, unit="record")
+    return run_job(stage, files + records, args, unit="record",
+                   reads=".txt, .md, .jsonl, .parquet; .jsonl gzipped or zipped")
