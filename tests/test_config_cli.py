@@ -110,6 +110,20 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+def test_local_ray_keeps_token_authentication_without_a_warning():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from vlcorpus.runtime import init_ray; init_ray(num_cpus=1); import ray; "
+            "print(os.environ['RAY_AUTH_MODE'], ray.cluster_resources()['CPU'])")  # Ray sets the mode it chose
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "token 1.0"
+    assert "Token authentication" not in res.stderr
+
+
 def test_local_ray_starts_even_when_a_dead_cluster_is_remembered():
     """`ray.init()` would try to join the cluster named in /tmp/ray/ray_current_cluster and hang if it is gone."""
     import os
