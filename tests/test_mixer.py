@@ -586,24 +586,39 @@ def run_config(tmp_path: Path, **extra) -> Path:
     return cfg
 
 
-def test_a_run_whose_sources_lack_a_required_category_stops_before_rendering(tmp_path, capsys):
-    from chain.run import E2EConfig, check_mixtures
+def test_a_run_adapts_its_mixtures_to_its_sources_loudly(tmp_path, caplog):
+    """Papers and text only: stage 1 is doc_ocr alone, stage 2 Table 1 over doc_ocr and text, stage 3 (SFT data
+    only) is not run; all of it said before anything is rendered."""
+    from chain.run import NO_SOURCE, check_mixtures
 
-    assert cli.main(["run", "--config", str(run_config(tmp_path))]) == 2
+    cfg = load_config_file(run_config(tmp_path, stages=["stage1", "stage2", "stage3"]))
+    with caplog.at_level(logging.WARNING, logger="vlcorpus.e2e"):
+        mixtures = check_mixtures(cfg)
+    assert list(mixtures) == ["stage1", "stage2"]
+    assert mixtures["stage1"].left_out == {"caption": NO_SOURCE} and mixtures["stage1"].kept().ratios() == {"doc_ocr": 1.0}
+    kept = mixtures["stage2"].kept().ratios()
+    assert set(kept) == {"doc_ocr", "text"} and kept["text"] == pytest.approx(0.693 / (0.693 + 0.02079))
+    assert "stage3: NOT RUN, none of its categories" in caplog.text and "stage1: mixed without caption (" in caplog.text
+    # the run mixes what check_mixtures says: left_out reaches the mixer and mixture.json
+    corpus = build_corpus(tmp_path / "c", per_category=6, categories=("doc_ocr", "text"))
+    from chain.run import mix_stage
+    mix_stage(cfg, "stage1", mixtures["stage1"], corpus, tmp_path / "mix", tmp_path / "train", ["--num-cpus", "1"])
+    written = json.loads((tmp_path / "mix" / "stage1" / "mixture.json").read_text())
+    assert written["left_out"] == {"caption": {"file_ratio": 0.3333, "why": NO_SOURCE}} and list(written["categories"]) == ["doc_ocr"]
+    assert written["config_hash"] == mixtures["stage1"].config_hash()
+
+
+def test_a_strict_run_whose_sources_lack_a_category_stops_before_rendering(tmp_path, capsys):
+    assert cli.main(["run", "--config", str(run_config(tmp_path, strict=True))]) == 2
     err = capsys.readouterr().err
-    assert "pdf -> doc_ocr; text -> text" in err
-    assert "stage1 needs caption (on_short: error in mixer/mixtures/stage1.yaml)" in err
-    assert "for caption: sources: {caption: FOLDER}" in err
-    assert "mixtures:\n    stage1:\n      overrides: [categories.caption.on_short=warn]" in err
+    assert "strict: this run's sources write pdf -> doc_ocr; text -> text" in err
+    assert "stage1 needs caption (no source of this run writes it)" in err
+    assert "for caption: sources: {caption: FOLDER}" in err and "set strict: false" in err
     assert "stage2 needs interleaved, caption" in err
     assert not (tmp_path / "out").exists()  # nothing rendered, nothing written
-    cfg = load_config_file(run_config(tmp_path, mixtures={
-        "stage1": {"overrides": ["categories.caption.on_short=warn"]},
-        "stage2": {"overrides": ["budget=dominant", "categories.caption.ratio=0", "categories.interleaved.on_short=warn"]}}))
-    mixtures = check_mixtures(cfg)
-    assert mixtures["stage1"].categories["caption"].on_short == "warn"
-    assert mixtures["stage2"].budget == "dominant" and mixtures["stage2"].categories["caption"].ratio == 0
-    assert isinstance(cfg, E2EConfig)
+    assert cli.main(["run", "--config", str(run_config(tmp_path, train={"eval_categories": ["caption"]}))]) == 2
+    assert "train.eval_categories: no source of this run writes caption" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("mixtures, message", [

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlcorpus.config import ConfigError, load_config
+from vlcorpus.sample import CATEGORIES, PRETRAIN_CATEGORIES, TEXT_ONLY_CATEGORIES
 
 SCHEDULE_DIR = Path(__file__).parent / "schedules"
 
@@ -163,6 +164,9 @@ class RunConfig:
     keep_checkpoints: int = 2  # the last K checkpoints are kept, older ones removed
     eval_dir: str | None = None  # held-out corpus/mixture folder: evaluation after each stage (and every eval_interval)
     eval_items: int = 64
+    # multimodal categories to evaluate (each must give items); default: every held-out one that gives items, the
+    # others left out with why (in the log and eval.jsonl's `left_out`)
+    eval_categories: list[str] | None = None
     eval_interval: int = 0  # evaluate every N steps into the metrics and curves (0: only after each stage)
     stop_after: int | None = None  # stop the stage after this many steps (a planned interruption)
     workers: int = 1  # Ray Train workers (DDP); 1 trains in this process
@@ -177,6 +181,10 @@ class RunConfig:
             raise ConfigError("keep_checkpoints, ckpt_interval and workers must be >= 1, eval_interval >= 0")
         if not self.schedules:
             raise ConfigError("schedules: name at least one stage (stage1, stage2, stage3 or a YAML file)")
+        wrong = [c for c in self.eval_categories or [] if c not in CATEGORIES or c in TEXT_ONLY_CATEGORIES or c.startswith("sft_")]
+        if wrong:
+            raise ConfigError(f"eval_categories: {', '.join(wrong)} not multimodal pretraining categories "
+                              f"({', '.join(c for c in PRETRAIN_CATEGORIES if c not in TEXT_ONLY_CATEGORIES)})")
 
     def check_paths(self) -> None:
         """What a run needs before it starts (the chain fills these in, so they are not required at load time)."""
