@@ -22,7 +22,7 @@ import yaml
 
 from mixer.config import MixtureConfig, load_mixture
 from mixer.heldout import corpus_fingerprint, split_corpus, split_settings
-from trainer.config import RunConfig
+from trainer.config import RunConfig, split_override
 from trainer.eval_plots import label, plot_results
 from trainer.evaluate import ACCURACIES
 from trainer.train import check_eval
@@ -221,6 +221,8 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
     present = {c for c, v in made["categories"].items() if v["samples"] - v["heldout_samples"] > 0}
     mixtures = check_mixtures(cfg, present, NO_SAMPLES)  # the corpus as it came out
     run_cfg.schedules = list(mixtures)
+    skipped = set(cfg.stages) - set(mixtures)  # their overrides (e.g. e2e.yaml's stage3:lr=...) go with them
+    run_cfg.stage_overrides = [o for o in run_cfg.stage_overrides if split_override(o)[0] not in skipped]
     for stage, mixture in mixtures.items():
         mix_stage(cfg, stage, mixture, split / "train", mix, train, ray_args)
 

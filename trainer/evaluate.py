@@ -29,8 +29,8 @@ interval is a percentile bootstrap over samples.
 from __future__ import annotations
 
 import contextlib
-import logging
 import io
+import logging
 import math
 import random
 from collections import defaultdict
