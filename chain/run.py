@@ -22,7 +22,7 @@ import yaml
 
 from mixer.config import MixtureConfig, load_mixture
 from mixer.heldout import corpus_fingerprint, split_corpus, split_settings
-from trainer.config import RunConfig, split_override
+from trainer.config import RunConfig, load_stages, split_override
 from trainer.eval_plots import label, plot_results
 from trainer.evaluate import ACCURACIES
 from trainer.train import check_eval
@@ -69,6 +69,8 @@ class E2EConfig:
         for kind, folder in self.sources.items():
             if not Path(folder).exists():
                 raise ValueError(f"sources.{kind}: {folder} does not exist")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction: {self.heldout_fraction} must be between 0 and 1")
         unused = sorted(set(self.mixtures) - set(self.stages))
         if unused:
             raise ValueError(f"mixtures: {', '.join(unused)} not among the run's stages ({', '.join(self.stages)})")
@@ -121,8 +123,14 @@ def check_mixtures(cfg: E2EConfig, present: set[str] | None = None, why: str = N
     if not mixtures:
         raise ConfigError(f"no stage of {', '.join(cfg.stages)} can be mixed from this run's sources: "
                           + "; ".join(f"{s}: {w}" for s, w in skipped.items()))
-    banner = [f"{stage}: mixed without {', '.join(f'{c} ({w})' for c, w in mix.left_out.items())}; the other ratios "
-              "renormalised" for stage, mix in mixtures.items() if mix.left_out]
+    banner = []
+    for stage, mix in mixtures.items():
+        reasons: dict[str, list[str]] = {}
+        for c, w in mix.left_out.items():
+            reasons.setdefault(w, []).append(c)
+        if reasons:
+            banner.append(f"{stage}: mixed without " + "; ".join(f"{', '.join(cs)} ({w})" for w, cs in reasons.items())
+                          + "; the other ratios renormalised")
     banner += [f"{stage}: NOT RUN, {reason}" for stage, reason in skipped.items()]
     if banner:
         log.warning("\n%s\nThe stage mixtures adapt to what this run's sources give (strict: true stops instead):\n  %s"
@@ -195,10 +203,22 @@ def mix_stage(cfg: E2EConfig, stage: str, mixture: MixtureConfig, corpus: Path, 
             + ". Re-running resumes: the corpus and split are kept.")
 
 
+def training_config(cfg: E2EConfig, out: Path, mixtures: dict[str, MixtureConfig]) -> RunConfig:
+    """The trainer's run config for the stages that run; loading its stages checks every schedule and override
+    (a stage not run takes its overrides, e.g. e2e.yaml's `stage3:lr=...`, with it)."""
+    skipped = set(cfg.stages) - set(mixtures)
+    run_cfg = replace(cfg.train, mix=str(out / "mix"), out=str(out / "train"), tokenizer=str(out / "tokenizer"),
+                      eval_dir=str(out / "split" / "heldout"), schedules=list(mixtures),
+                      stage_overrides=[o for o in cfg.train.stage_overrides if split_override(o)[0] not in skipped])
+    load_stages(run_cfg)
+    return run_cfg
+
+
 def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
     out = Path(cfg.out)
     corpus, split, mix, tok, train = out / "corpus", out / "split", out / "mix", out / "tokenizer", out / "train"
-    mixtures = check_mixtures(cfg)  # before anything is rendered
+    mixtures = check_mixtures(cfg)  # before anything is rendered: the mixtures, the training stages, what to evaluate
+    training_config(cfg, out, mixtures)
     check_eval_categories(cfg)
     t = _step("1/6 corpus: render, extract, import, build")
     build_corpus(cfg, corpus, ray_args)
@@ -213,16 +233,12 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
         made = split_corpus(corpus, split, cfg.heldout_fraction)
     log.info("held out (samples of each category): %s", {k: f"{v['heldout_samples']}/{v['samples']}"
                                                         for k, v in made["categories"].items()})
-    run_cfg = replace(cfg.train, mix=str(mix), out=str(train), tokenizer=str(tok), eval_dir=str(split / "heldout"),
-                      schedules=list(mixtures))
-    check_eval(run_cfg)  # before anything trains
-
-    _step("3/6 mixtures")
     present = {c for c, v in made["categories"].items() if v["samples"] - v["heldout_samples"] > 0}
     mixtures = check_mixtures(cfg, present, NO_SAMPLES)  # the corpus as it came out
-    run_cfg.schedules = list(mixtures)
-    skipped = set(cfg.stages) - set(mixtures)  # their overrides (e.g. e2e.yaml's stage3:lr=...) go with them
-    run_cfg.stage_overrides = [o for o in run_cfg.stage_overrides if split_override(o)[0] not in skipped]
+    run_cfg = training_config(cfg, out, mixtures)
+    check_eval(run_cfg)  # before anything is mixed or trained
+
+    _step("3/6 mixtures")
     for stage, mixture in mixtures.items():
         mix_stage(cfg, stage, mixture, split / "train", mix, train, ray_args)
 

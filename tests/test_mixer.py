@@ -618,6 +618,10 @@ def test_a_strict_run_whose_sources_lack_a_category_stops_before_rendering(tmp_p
     assert not (tmp_path / "out").exists()  # nothing rendered, nothing written
     assert cli.main(["run", "--config", str(run_config(tmp_path, train={"eval_categories": ["caption"]}))]) == 2
     assert "train.eval_categories: no source of this run writes caption" in capsys.readouterr().err
+    assert cli.main(["run", "--config", str(run_config(tmp_path, train={"stage_overrides": ["stage2:lr=fast"]}))]) == 2
+    assert "lr: expected float" in capsys.readouterr().err
+    assert cli.main(["run", "--config", str(run_config(tmp_path, heldout_fraction=1.5))]) == 2
+    assert "heldout_fraction: 1.5 must be between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
