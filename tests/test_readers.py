@@ -6,19 +6,31 @@ must give back every sample, image, key and value."""
 from __future__ import annotations
 
 import io
+import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import msgpack
 import pytest
+import webdataset as wds
 import yaml
 from datasets import load_dataset
 from PIL import Image
 
 from mixer.config import load_mixture
 from mixer.mix import run_mix
+from vlcorpus import cli
 from vlcorpus.sample import MEMBER, Sample
-from vlcorpus.shards import ShardWriter, read_samples, write_index
+from vlcorpus.shards import (
+    ShardInfo,
+    ShardWriter,
+    atomic_write_json,
+    file_checksum,
+    read_samples,
+    shard_paths,
+    write_index,
+)
 
 ROOT = Path(__file__).parents[1]
 DOC_TARS = "out/demo/mix/stage2/*/*.tar"
@@ -112,3 +124,40 @@ def test_every_reader_in_the_docs_gives_back_every_sample(corpus, folder, ray_lo
     assert records(row[MEMBER] for row in ns["ds"].take_all()) == expected
     # every recipe's pictures decode
     assert all(isinstance(p, Image.Image) and p.size[0] > 0 for p in ns["pictures"])
+
+
+def write_v1_corpus(root: Path, samples: list[Sample]) -> None:
+    """The same samples as a corpus written before vlcorpus/2: `K.json` + one `K.<n>.jpg|png` per image."""
+    for category in {s.category for s in samples}:
+        folder = root / category
+        folder.mkdir(parents=True)
+        shard = folder / "old-000000.tar"
+        group = [s for s in samples if s.category == category]
+        with wds.TarWriter(str(shard), encoder=False, mtime=0) as w:
+            for s in group:
+                d = {"schema": "vlcorpus/1", "category": s.category, "source": s.source, "doc": s.doc, "part": s.part,
+                     "origin": s.origin, "segments": s.segments, "meta": s.meta}
+                if s.taxonomy is not None:
+                    d["taxonomy"] = s.taxonomy
+                w.write({"__key__": s.key, "json": json.dumps(d).encode(), **s.images})
+        atomic_write_json(shard.with_suffix(".json"), asdict(ShardInfo(
+            shard=shard.name, samples=len(group), bytes=shard.stat().st_size, checksum=file_checksum(shard),
+            text_tokens=sum(s.text_tokens for s in group), images=sum(len(s.images) for s in group),
+            docs=[s.doc for s in group])))
+        write_index(folder)
+
+
+def test_a_vlcorpus_1_corpus_still_reads_inspects_and_mixes_into_vlcorpus_2(tmp_path, capsys):
+    samples = build_corpus(tmp_path / "new")
+    write_v1_corpus(tmp_path / "old", samples)
+    assert records(read_samples(shard_paths(tmp_path / "old"))) == records(samples)
+    assert cli.main(["inspect", str(tmp_path / "old"), "--verify", "--samples", "1"]) == 0
+    assert f"{len(shard_paths(tmp_path / 'old'))} shard(s)" in capsys.readouterr().out
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text(yaml.safe_dump({"stage": "stage2", "unit": "samples", "budget": "scarcest", "categories": {
+        c: {"ratio": 1 / len(CATEGORIES)} for c in CATEGORIES}}))
+    run_mix([tmp_path / "old"], load_mixture(str(mixture)), tmp_path / "mix", local=True)
+    tars = [str(p) for p in shard_paths(tmp_path / "mix" / "stage2")]
+    hf = load_dataset("webdataset", data_files={"train": tars}, split="train", cache_dir=str(tmp_path / "hf"))
+    assert records(row[MEMBER] for row in hf) == records(read_samples(tars))
+    assert {s.key for s in read_samples(tars)} <= {s.key for s in samples}
