@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import importlib.util
 import io
-import json
 import os
 import random
 import shutil
@@ -27,11 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from vlcorpus.sample import Sample
+from vlcorpus.sample import MEMBER, Sample
 from vlcorpus.shards import ShardWriter, read_shard, shard_paths
 
 ROLL = 256 * 1024**2
@@ -69,9 +69,7 @@ def make_samples(gb: float, seed: int = 0) -> list[Sample]:
 
 
 def members(s: Sample) -> dict:
-    d = {"__key__": s.key, "json": json.dumps(s.to_json(), ensure_ascii=False, sort_keys=True).encode()}
-    d.update(s.images)
-    return d
+    return {"__key__": s.key, MEMBER: msgpack.packb(s.to_record(), use_bin_type=True)}
 
 
 def fsync_close(f) -> None:
@@ -152,7 +150,7 @@ def read_tarfile(out: Path) -> int:
         with tarfile.open(p, mode="r|") as tf:
             for ti in tf:
                 tf.extractfile(ti).read()
-                n += ti.name.endswith(".json")
+                n += ti.name.endswith(f".{MEMBER}")
     return n
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import yaml
 
 from mixer.config import MixtureConfig, load_mixture
-from mixer.heldout import corpus_fingerprint, split_corpus
+from mixer.heldout import corpus_fingerprint, split_corpus, split_settings
 from reports.run_page import write_report_page
-from trainer.config import DEVICES, PRESETS, VOCAB_SIZE, RunConfig
+from trainer.config import DEVICES, PRESETS, VOCAB_SIZE, RunConfig, load_stages, split_override
+from trainer.train import check_eval
 from vlcorpus.cli import main as cli_main
 from vlcorpus.cli import source_commands
 from vlcorpus.config import ConfigError, load_config
@@ -47,6 +48,9 @@ class E2EConfig:
     heldout_fraction: float = 0.1
     stages: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3"])
     mixtures: dict[str, StageMixture] = field(default_factory=dict)  # stage -> its mixture, where not the shipped one
+    # The stage mixtures adapt to the categories this run's sources give: a category none gives is left out and the
+    # others renormalised (mixture.json says so), a stage left with none is skipped. strict: stop instead.
+    strict: bool = False
     strict_mix: bool = False  # a mixture warning (a share more than 2 points off, a category left out) stops the run
     vocab_size: int = VOCAB_SIZE  # the tokenizer trained on the corpus
     # the trainer's own settings (trainer.config.RunConfig); the chain fills in mix, out, tokenizer, eval_dir and
@@ -63,6 +67,8 @@ class E2EConfig:
         for kind, folder in self.sources.items():
             if not Path(folder).exists():
                 raise ValueError(f"sources.{kind}: {folder} does not exist")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction: {self.heldout_fraction} must be between 0 and 1")
         unused = sorted(set(self.mixtures) - set(self.stages))
         if unused:
             raise ValueError(f"mixtures: {', '.join(unused)} not among the run's stages ({', '.join(self.stages)})")
@@ -71,13 +77,21 @@ class E2EConfig:
         return self.mixtures.get(stage, StageMixture())
 
 
-def check_mixtures(cfg: E2EConfig) -> dict[str, MixtureConfig]:
-    """Every stage's mixture against the categories this run's sources can write, before anything is rendered: a
-    required category (on_short: error) that no source writes stops the run, with what to change in the run config."""
+NO_SOURCE = "no source of this run writes it"
+NO_SAMPLES = "the run's corpus holds no sample of it"
+
+
+def check_mixtures(cfg: E2EConfig, present: set[str] | None = None, why: str = NO_SOURCE) -> dict[str, MixtureConfig]:
+    """Every stage's mixture against the categories `present` (default: those this run's sources can write), before
+    anything is rendered and again before mixing (the corpus's own categories). A category that is not present is
+    left out (`left_out`, with `why`), the others renormalised: the paper's Tables 1 and 2 over what exists. A stage
+    left with nothing is not run. Both are printed loudly; with `strict` they stop the run, saying what to change.
+    Returns the mixtures of the stages that run, in order."""
     commands = source_commands()
     writes = {kind: commands[kind].CATEGORIES for kind in cfg.sources}
-    produced = {c for cats in writes.values() for c in cats}
-    mixtures, problems = {}, []
+    if present is None:
+        present = {c for cats in writes.values() for c in cats}
+    mixtures, problems, skipped = {}, [], {}
     for stage in cfg.stages:
         m = cfg.mixture(stage)
         try:
@@ -87,28 +101,49 @@ def check_mixtures(cfg: E2EConfig) -> dict[str, MixtureConfig]:
         if mixture.stage != stage:
             raise ConfigError(f"mixtures.{stage}.file: {m.file} is the mixture of stage {mixture.stage!r}; the run "
                               f"mixes {stage!r} (it writes mix/{stage} for trainer/schedules/{stage}.yaml)")
-        mixtures[stage] = mixture
-        lacking = [c for c, spec in mixture.categories.items() if spec.ratio > 0 and c not in produced]
-        required = [c for c in lacking if mixture.categories[c].on_short == "error"]
-        if lacking and not required:
-            log.info("%s: no source of this run writes %s; their share stays unfilled (on_short: warn) and "
-                     "mixture.json will say so", stage, ", ".join(lacking))
-        if required:
-            kinds = {c: [k for k, mod in commands.items() if c in mod.CATEGORIES] for c in required}
-            problems.append(
-                f"{stage} needs {', '.join(required)} (on_short: error in {m.file or f'mixer/mixtures/{stage}.yaml'}), "
-                f"but no source of this run writes {'it' if len(required) == 1 else 'them'}. Add a source "
-                + "; ".join(f"for {c}: sources: {{{' | '.join(kinds[c])}: FOLDER}}" for c in required)
-                + f", or mix {stage} without {'it' if len(required) == 1 else 'them'} (the share stays unfilled and "
-                f"mixture.json says so) by adding to the run config:\n"
-                f"  mixtures:\n    {stage}:\n      overrides: ["
-                + ", ".join(f"categories.{c}.on_short=warn" for c in required) + "]\n"
-                f"(or categories.<name>.ratio=0 to leave one out, or file: YOUR_MIXTURE.yaml), or drop {stage} from "
-                "stages")
+        lacking = [c for c, spec in mixture.categories.items()
+                   if spec.ratio > 0 and c not in present and c not in mixture.left_out]
+        if lacking and cfg.strict:
+            kinds = {c: [k for k, mod in commands.items() if c in mod.CATEGORIES] for c in lacking}
+            problems.append(f"{stage} needs {', '.join(lacking)} ({why}). Add a source ("
+                            + "; ".join(f"for {c}: sources: {{{' | '.join(kinds[c])}: FOLDER}}" for c in lacking)
+                            + f"), or drop {stage} from stages, or set strict: false to mix {stage} without "
+                            f"{'it' if len(lacking) == 1 else 'them'} (the other ratios renormalised)")
+            continue
+        left = {**mixture.left_out, **{c: why for c in lacking}}
+        if all(c in left for c, spec in mixture.categories.items() if spec.ratio > 0):
+            skipped[stage] = f"none of its categories ({', '.join(mixture.categories)}) is there: {why}"
+            continue
+        mixtures[stage] = replace(mixture, left_out=left)
     if problems:
         sources = "; ".join(f"{k} -> {', '.join(c)}" for k, c in writes.items())
-        raise ConfigError(f"this run's sources write {sources}:\n" + "\n".join(problems))
+        raise ConfigError(f"strict: this run's sources write {sources}:\n" + "\n".join(problems))
+    if not mixtures:
+        raise ConfigError(f"no stage of {', '.join(cfg.stages)} can be mixed from this run's sources: "
+                          + "; ".join(f"{s}: {w}" for s, w in skipped.items()))
+    banner = []
+    for stage, mix in mixtures.items():
+        reasons: dict[str, list[str]] = {}
+        for c, w in mix.left_out.items():
+            reasons.setdefault(w, []).append(c)
+        if reasons:
+            banner.append(f"{stage}: mixed without " + "; ".join(f"{', '.join(cs)} ({w})" for w, cs in reasons.items())
+                          + "; the other ratios renormalised")
+    banner += [f"{stage}: NOT RUN, {reason}" for stage, reason in skipped.items()]
+    if banner:
+        log.warning("\n%s\nThe stage mixtures adapt to what this run's sources give (strict: true stops instead):\n  %s"
+                    "\n%s", "=" * 78, "\n  ".join(banner), "=" * 78)
     return mixtures
+
+
+def check_eval_categories(cfg: E2EConfig) -> None:
+    """`train.eval_categories` against what this run's sources can write, before anything is rendered."""
+    commands = source_commands()
+    writable = {c for kind in cfg.sources for c in commands[kind].CATEGORIES}
+    missing = [c for c in cfg.train.eval_categories or [] if c not in writable]
+    if missing:
+        raise ConfigError(f"train.eval_categories: no source of this run writes {', '.join(missing)}; remove it, or "
+                          "leave eval_categories out to evaluate every category that gives held-out items")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -151,8 +186,9 @@ def mix_stage(cfg: E2EConfig, stage: str, mixture: MixtureConfig, corpus: Path, 
         log.info("%s: the run's mixture changed since %s was written; mixing again, training again", stage, done)
         shutil.rmtree(train, ignore_errors=True)
     m = cfg.mixture(stage)
+    overrides = [*m.overrides, *(f"left_out.{c}={why}" for c, why in mixture.left_out.items())]
     argv = ["mix", str(corpus), "--mixture", m.file or stage, "--out", str(mix), "--overwrite",
-            *(a for o in m.overrides for a in ("--set", o)), *(["--strict"] if cfg.strict_mix else []), *ray_args]
+            *(a for o in overrides for a in ("--set", o)), *(["--strict"] if cfg.strict_mix else []), *ray_args]
     log.info("$ vlcorpus %s", " ".join(argv))
     if cli_main(argv):
         raise SystemExit(
@@ -165,26 +201,44 @@ def mix_stage(cfg: E2EConfig, stage: str, mixture: MixtureConfig, corpus: Path, 
             + ". Re-running resumes: the corpus and split are kept.")
 
 
+def training_config(cfg: E2EConfig, out: Path, mixtures: dict[str, MixtureConfig]) -> RunConfig:
+    """The trainer's run config for the stages that run; loading its stages checks every schedule and override
+    (a stage not run takes its overrides, e.g. e2e.yaml's `stage3:lr=...`, with it)."""
+    skipped = set(cfg.stages) - set(mixtures)
+    run_cfg = replace(cfg.train, mix=str(out / "mix"), out=str(out / "train"), tokenizer=str(out / "tokenizer"),
+                      eval_dir=str(out / "split" / "heldout"), schedules=list(mixtures),
+                      stage_overrides=[o for o in cfg.train.stage_overrides if split_override(o)[0] not in skipped])
+    load_stages(run_cfg)
+    return run_cfg
+
+
 def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
     out = Path(cfg.out)
     corpus, split, mix, tok, train = out / "corpus", out / "split", out / "mix", out / "tokenizer", out / "train"
-    mixtures = check_mixtures(cfg)  # before anything is rendered
+    mixtures = check_mixtures(cfg)  # before anything is rendered: the mixtures, the training stages, what to evaluate
+    training_config(cfg, out, mixtures)
+    check_eval_categories(cfg)
     t = _step("1/6 corpus: render, extract, import, build")
     build_corpus(cfg, corpus, ray_args)
     log.info("corpus built in %.0f s", time.monotonic() - t)
 
     _step("2/6 held-out split")
-    fingerprint = corpus_fingerprint(corpus)
     marker = split / "split.json"
-    if not marker.exists() or json.loads(marker.read_text())["fingerprint"] != fingerprint:
-        for stale in (mix, tok, train, out / "report"):  # built from an older corpus
+    made = json.loads(marker.read_text()) if marker.exists() else {}
+    if (made.get("fingerprint"), made.get("settings")) != (corpus_fingerprint(corpus), split_settings(cfg.heldout_fraction)):
+        for stale in (mix, tok, train, out / "report"):  # built from an older corpus or split
             shutil.rmtree(stale, ignore_errors=True)
-        summary = split_corpus(corpus, split, cfg.heldout_fraction)
-        log.info("held out: %s", {k: v["heldout_docs"] for k, v in summary["categories"].items()})
+        made = split_corpus(corpus, split, cfg.heldout_fraction)
+    log.info("held out (samples of each category): %s", {k: f"{v['heldout_samples']}/{v['samples']}"
+                                                        for k, v in made["categories"].items()})
+    present = {c for c, v in made["categories"].items() if v["samples"] - v["heldout_samples"] > 0}
+    mixtures = check_mixtures(cfg, present, NO_SAMPLES)  # the corpus as it came out
+    run_cfg = training_config(cfg, out, mixtures)
+    check_eval(run_cfg)  # before anything is mixed or trained
 
     _step("3/6 mixtures")
-    for stage in cfg.stages:
-        mix_stage(cfg, stage, mixtures[stage], split / "train", mix, train, ray_args)
+    for stage, mixture in mixtures.items():
+        mix_stage(cfg, stage, mixture, split / "train", mix, train, ray_args)
 
     _step("4/6 tokenizer")
     if not (tok / "tokenizer.json").exists():
@@ -193,9 +247,7 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
         _cli(["train-tokenizer", str(split / "train"), "--out", str(partial), "--vocab-size", str(cfg.vocab_size)])
         partial.rename(tok)
 
-    _step("5/6 training stages " + " -> ".join(cfg.stages) + " with evaluation")
-    run_cfg = replace(cfg.train, mix=str(mix), out=str(train), tokenizer=str(tok), eval_dir=str(split / "heldout"),
-                      schedules=list(cfg.stages))
+    _step("5/6 training stages " + " -> ".join(run_cfg.schedules) + " with evaluation")
     train.mkdir(parents=True, exist_ok=True)
     (train / "run.yaml").write_text(yaml.safe_dump(asdict(run_cfg), sort_keys=False))
     _cli(["train", "--config", str(train / "run.yaml")])
@@ -204,7 +256,7 @@ def run(cfg: E2EConfig, ray_args: list[str]) -> Path:
     report = out / "report"
     _cli(["report", str(corpus), "--out", str(report / "corpus")])
     _cli(["report", str(mix), "--out", str(report / "mix")])
-    write_report_page(report, train, cfg.stages, mix)
+    write_report_page(report, train, run_cfg.schedules, mix)
     return report
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mixer.schema import UNITS
@@ -65,6 +65,13 @@ class MixtureConfig:
     streams: int = 1  # output streams per category, each written by its own Ray task (at most one per output shard)
     max_shard_mb: float = 256
     max_shard_samples: int = 10_000
+    # Categories of `categories` this mix leaves out, each with why (`vlcorpus run`: no source of the run gives it).
+    # The others' ratios are renormalised over what stays; mixture.json records both.
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    def kept(self) -> MixtureConfig:
+        """The mixture as it is mixed: without the `left_out` categories (`ratios()` renormalises the rest)."""
+        return replace(self, categories={c: s for c, s in self.categories.items() if c not in self.left_out})
 
     def ratios(self) -> dict[str, float]:
         """Requested ratios normalised to sum to 1, in the file's category order."""
@@ -92,9 +99,12 @@ def validate(cfg: MixtureConfig) -> MixtureConfig:
             raise ConfigError(f"categories.{name}.max_upsample: {c.max_upsample} must be >= 1 (1 = never repeat)")
         if c.on_short not in ON_SHORT:
             raise ConfigError(f"categories.{name}.on_short: {c.on_short!r} is not one of {', '.join(ON_SHORT)}")
-    total = sum(c.ratio for c in cfg.categories.values())
+    unknown = sorted(set(cfg.left_out) - set(cfg.categories))
+    if unknown:
+        raise ConfigError(f"left_out: {', '.join(unknown)} not among the mixture's categories")
+    total = sum(c.ratio for name, c in cfg.categories.items() if name not in cfg.left_out)
     if total <= 0:
-        raise ConfigError("categories: the ratios sum to 0")
+        raise ConfigError("categories: the ratios sum to 0" + (" without the left_out ones" if cfg.left_out else ""))
     if abs(total - 1) > 1e-6:
         log.warning("ratios sum to %g, not 1: normalising them (each ratio / %g)", total, total)
     if cfg.unit not in UNITS:

@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a mixture setting, e.g. seed=3, budget=dominant, categories.caption.on_short=warn")
     p.add_argument("--strict", action="store_true",
-                   help=f"stop (nothing written) on any warning: a share more than {TOLERANCE:.0%}% from its request, "
+                   help=f"stop (nothing written) on any warning: a share more than {TOLERANCE * 100:.0f} points from its "
+                        "request, "
                         "a capped or empty category, a key conflict")
     p.add_argument("--overwrite", action="store_true", help="replace an existing <out>/<stage>")
     p.add_argument("--local", action="store_true", help="work in this process instead of Ray tasks (small mixtures)")
@@ -151,9 +152,12 @@ def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = Fa
     if final.exists() and not overwrite:
         raise MixError(f"{final} exists; pass --overwrite to replace it")
     where = ", ".join(map(str, corpora))
-    inputs = preflight(corpora, cfg)
-    check_present(cfg, inputs, where)
-    plan = make_plan(cfg, inputs, scan(cfg, inputs, local), where)
+    if cfg.left_out:
+        log.warning(left_out_notice(cfg))
+    mixed = cfg.kept()
+    inputs = preflight(corpora, mixed)
+    check_present(mixed, inputs, where)
+    plan = make_plan(mixed, inputs, scan(mixed, inputs, local), where)
     if strict and plan.warnings:
         raise MixError(f"--strict: {len(plan.warnings)} warning(s), nothing written:\n  " + "\n  ".join(plan.warnings))
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +166,7 @@ def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = Fa
         try:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
-            jobs = [j for p in plan.categories for j in stream_jobs(cfg, p, str(partial / p.category))]
+            jobs = [j for p in plan.categories for j in stream_jobs(mixed, p, str(partial / p.category))]
             start = time.monotonic()
             results = _fan_out(write_stream, [(j,) for j in jobs], local, "write")
             written, errors = _collect(jobs, results)
@@ -181,6 +185,15 @@ def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = Fa
             raise
     log.info("%s: wrote %s", cfg.stage, final)
     return mixture
+
+
+def left_out_notice(cfg: MixtureConfig) -> str:
+    """The loud console block of a mix that leaves categories out: which, why, and the ratios renormalised."""
+    table, kept = cfg.ratios(), cfg.kept().ratios()
+    rows = [f"  {c:<16} {table[c]:7.2%} -> {kept[c]:7.2%}" for c in kept]
+    rows += [f"  {c:<16} {table[c]:7.2%} -> left out: {why}" for c, why in cfg.left_out.items()]
+    return (f"\n{'=' * 78}\n{cfg.stage}: the mixture leaves out {', '.join(cfg.left_out)}; the other categories' "
+            f"ratios are renormalised over what stays (mixture.json records both):\n" + "\n".join(rows) + f"\n{'=' * 78}")
 
 
 def _collect(jobs, results) -> tuple[dict[str, dict], dict[str, str]]:
@@ -287,4 +300,5 @@ def describe(cfg: MixtureConfig, plan: Plan, corpora: list[Path], inputs: dict[s
                         for f in ("samples", "text_tokens", "images", "bytes"))),
         warnings=plan.warnings,
         ok=not plan.warnings,
+        left_out={c: {"file_ratio": round(cfg.ratios()[c], 6), "why": why} for c, why in cfg.left_out.items()},
     ).to_dict()

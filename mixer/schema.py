@@ -111,6 +111,9 @@ class MixtureJson:
     totals: Counts
     warnings: list[str]  # every warning of the mix: category warnings and the budget's
     ok: bool = field(default=True)  # no warning: every category within tolerance of its request
+    # categories of the mixture file this mix left out (config.left_out): the file's ratio, normalised over all its
+    # categories, and why; the requested_ratio of every other category is renormalised over what stayed
+    left_out: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,5 +13,6 @@ HELP = "plain text / markdown files, JSONL and Parquet text records -> text samp
 CATEGORIES = ("text",)  # what it can write: `vlcorpus run` checks mixtures against it
 IMPORTER = Importer(
     Stage(source="text", render=text.render, batch_size=64, bounds=Bounds(timeout_s=60, memory_gb=2)),
-    config=text.TextConfig, suffixes=(".jsonl", ".parquet"), unit="record", files=(".txt", ".md"))
+    config=text.TextConfig, suffixes=(".jsonl", ".parquet"), unit="record", files=(".txt", ".md"),
+    reads=".txt, .md, .jsonl, .parquet; .jsonl gzipped or zipped")
 add_arguments, main = IMPORTER.add_arguments, IMPORTER.main

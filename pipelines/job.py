@@ -19,7 +19,7 @@ from vlcorpus.config import load_config
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Options, run_pipeline
 from vlcorpus.drops import MAX_DROP_SHARE, DropReport, drop_report
-from vlcorpus.inputs import discover, gate, input_root, record_refusals
+from vlcorpus.inputs import discover, gate, input_root, record_refusals, skipped_files
 from vlcorpus.ledger import Entry, Ledger
 from vlcorpus.runtime import init_ray
 from vlcorpus.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES
@@ -80,13 +80,6 @@ def job_options(args: argparse.Namespace, out: Path) -> Options:
     )
 
 
-
-
-
-
-
-
-
 def run_stage(stage: Stage, inputs: Iterable[DocInput], opts: Options, roots: Sequence[Path]) -> list[Entry]:
     """Refuse what must not be read, run the stage over the rest, and return the latest ledger entry of every input."""
     inputs = list(inputs)
@@ -99,17 +92,25 @@ def run_stage(stage: Stage, inputs: Iterable[DocInput], opts: Options, roots: Se
     return [latest[d.doc] for d in inputs if d.doc in latest]
 
 
-def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace, unit: str = "document") -> int:
-    """Validate the arguments, start or join Ray, run the stage, print the counts and what was dropped.
+def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace, unit: str = "document",
+            reads: str = "") -> int:
+    """Validate the arguments, start or join Ray, run the stage, print the counts and what was dropped. A command
+    whose inputs are whole files names what it `reads`: every other file of the input folder gets a `filtered`
+    ledger line (`skipped_files`).
 
     Returns the exit status: `STRICT_EXIT` when `args.strict` is set and the job imported nothing or dropped more than
     `args.max_drop_share` of its records (in `unit`s), else 0."""
     if not args.input.exists():
         raise SystemExit(f"error: input {args.input} does not exist")
     opts = job_options(args, args.out)
+    inputs = list(inputs)
+    skipped = skipped_files(args.input, inputs, reads, opts.run_id) if reads and args.input.is_dir() else []
+    if skipped:
+        record_refusals(opts.out, stage.source, skipped)
+        log.warning("%s: skipped %d file(s) in no format it reads (%s); see the ledger", stage.source, len(skipped), reads)
     init_ray(args.address, args.num_cpus)
     entries = run_stage(job_stage(stage, args), inputs, opts, [input_root(args.input), args.out])
-    return report_drops(stage.source, entries, args, unit)
+    return report_drops(stage.source, entries + skipped, args, unit)
 
 
 def report_drops(source: str, entries: list[Entry], args: argparse.Namespace, unit: str) -> int:
@@ -151,6 +152,7 @@ class Importer:
     unit: str  # what one record is, in the counts and the drop warning
     files: tuple[str, ...] = ()  # files read whole, one input each (text: .txt, .md)
     downloads_index: bool = False  # index img2dataset downloads inside the input (OBELICS image URLs)
+    reads: str = ""  # what it reads, said in the ledger line of every other file of the input folder ("": no such lines)
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_job_arguments(p, self.stage)
@@ -161,4 +163,4 @@ class Importer:
         files = discover(args.input, self.files) if self.files and args.input.is_dir() else []
         records = record_inputs(args.input, args.out / "_staging" / stage.source, self.suffixes, args.lines_per_doc,
                                 int(args.max_record_mb * 1024**2), downloads_index=self.downloads_index)
-        return run_job(stage, files + records, args, unit=self.unit)
+        return run_job(stage, files + records, args, unit=self.unit, reads=self.reads)

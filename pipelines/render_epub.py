@@ -55,5 +55,5 @@ def split_books(books: Iterable[DocInput], cfg: epub.EpubConfig) -> list[DocInpu
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(epub.EpubConfig, args)
-    run_job(replace(STAGE, config=cfg), split_books(discover(args.input, (".epub",)), cfg), args)
+    run_job(replace(STAGE, config=cfg), split_books(discover(args.input, (".epub",)), cfg), args, reads=".epub")
     return 0

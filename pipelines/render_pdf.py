@@ -25,5 +25,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(arxiv.PaperConfig, args)
     docs = [DocInput(doc=d.doc, origin=d.origin, path=d.path, related={"pdf": d.path}) for d in discover(args.input, (".pdf",))]
-    run_job(replace(STAGE, config=cfg), docs, args)
+    run_job(replace(STAGE, config=cfg), docs, args, reads=".pdf")
     return 0

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from vlcorpus.sample import Sample
+from vlcorpus.sample import MEMBER, SCHEMA, Sample
 
 
 def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -33,3 +33,16 @@ def sft_sample(doc: str = "conv-1") -> Sample:
         images={"0.png": image_bytes("PNG")},
         taxonomy=["Recognition", "OCR and Transcription", "Printed Text Transcription"],
     )
+
+
+def sample_view(row: dict, pil: bool = False) -> dict:
+    """A sample as the webdataset library reads it (decoded or not), laid out as the tests look at it: `json` holds
+    the sample as one JSON object (segments, taxonomy and meta as the producer made them), each image is under its
+    name (a PIL image with `pil`)."""
+    s = Sample.from_wds({"__key__": row["__key__"], MEMBER: row[MEMBER]})
+    d = {"schema": SCHEMA, "category": s.category, "source": s.source, "doc": s.doc, "part": s.part,
+         "origin": s.origin, "segments": s.segments, "meta": s.meta}
+    if s.taxonomy is not None:
+        d["taxonomy"] = s.taxonomy
+    return {"__key__": row["__key__"], "json": d,
+            **{n: Image.open(io.BytesIO(b)) if pil else b for n, b in s.images.items()}}

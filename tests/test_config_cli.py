@@ -53,10 +53,21 @@ def test_every_command_group_has_help(capsys):
 
 @pytest.mark.parametrize("module", COMMANDS)
 def test_every_command_prints_its_help(module, capsys):
-    argv = [*declaration(module)[0], "--help"]
+    command, _ = declaration(module)
+    argv = [*command, "--help"]
     with pytest.raises(SystemExit) as e:
         build_parser(argv).parse_args(argv)
-    assert e.value.code == 0 and "usage: vlcorpus" in capsys.readouterr().out
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: vlcorpus {' '.join(command)}") and "--help" in out
+
+
+def test_version(capsys):
+    from vlcorpus import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vlcorpus {__version__}"
 
 
 def test_only_the_command_run_is_imported():
@@ -76,3 +87,18 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         main(["import", "text", str(tmp_path)])  # --out missing
     assert e.value.code == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_local_ray_keeps_token_authentication_without_a_warning():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from vlcorpus.runtime import init_ray; init_ray(num_cpus=1); import ray; "
+            "print(os.environ['RAY_AUTH_MODE'], ray.cluster_resources()['CPU'])")  # Ray sets the mode it chose
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "token 1.0"
+    assert "Token authentication" not in res.stderr
+

@@ -19,6 +19,7 @@ from browser_fixtures import (
 )
 
 from pipelines import render_epub as epub_pipeline
+from tests.helpers import sample_view
 
 PARAS = [f"Paragraph {i:03d} of the test book, long enough to wrap over a couple of lines on the page." for i in range(40)]
 
@@ -123,7 +124,7 @@ def test_good_book_lands_in_readable_shards(ledger):
     out, entries = ledger
     assert entries["good.epub"]["status"] == "ok"
     urls = sorted(str(p) for p in (out / "doc_ocr").glob("*.tar"))
-    rows = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    rows = [sample_view(r) for r in wds.WebDataset(urls, shardshuffle=False).decode()]
     texts = [r["json"]["segments"][1]["text"] for r in rows if r["json"]["doc"] == "good.epub"]
     assert texts == ["A good chapter with ordinary text."]
 
@@ -152,7 +153,7 @@ def test_broken_xhtml_is_read_as_html_and_counted(ledger):
     out, entries = ledger
     e = entries["broken.epub"]
     assert e["status"] == "ok" and e["counts"]["chapters_parsed_as_html"] == 1
-    rows = list(wds.WebDataset(sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")), shardshuffle=False).decode())
+    rows = [sample_view(r) for r in wds.WebDataset(sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")), shardshuffle=False)]
     (text,) = [r["json"]["segments"][1]["text"] for r in rows if r["json"]["doc"] == "broken.epub"]
     assert "Broken markup" in text and "still readable" in text
 
@@ -204,7 +205,7 @@ def test_long_book_renders_in_parts_and_loses_nothing(tmp_path, ray_local):
     assert len(lines) > 2 and all(e["status"] == "ok" and e["origin"] == "long.epub" for e in lines)
     assert sorted(e["doc"] for e in lines)[0] == "long.epub#C0" and all("#C" in e["doc"] for e in lines)
     assert not any(k in e["counts"] for e in lines for k in ("chapters_over_page_limit", "pages_over_limit"))
-    rows = list(wds.WebDataset(sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")), shardshuffle=False).decode())
+    rows = [sample_view(r) for r in wds.WebDataset(sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")), shardshuffle=False)]
     assert len({r["__key__"] for r in rows}) == len(rows) == sum(e["samples"] for e in lines)
     for doc in {r["json"]["doc"] for r in rows}:
         assert sorted(r["json"]["part"] for r in rows if r["json"]["doc"] == doc) == list(range(sum(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -116,19 +117,20 @@ def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_samples():
 
 def test_items_come_from_every_multimodal_category_with_same_category_distractors(heldout):
     samples = read_held_out(heldout, per_category=100, text_bytes=0)
-    items = build_items(samples, EvalConfig(items=50, seed=3))
+    items, left_out = build_items(samples, EvalConfig(items=50, seed=3))
+    assert left_out == {}
     texts = {c: {t for s in group for t in [seg["text"] for seg in s.segments if "text" in seg]} for c, group in samples.items()}
     assert {i.category for i in items} == {"caption", "table_chart", "scene_ocr", "web_code", "doc_ocr", "interleaved"}
     for item in items:
         assert len(item.options) == 4 == len(set(item.options)) and 0 <= item.answer < 4
         assert set(item.options) <= texts[item.category]  # distractors of the item's own category
     assert len([i for i in items if i.category == "caption"]) == 6  # one per pair, capped by what is there
-    assert build_items(samples, EvalConfig(items=50, seed=3)) == items  # the seed fixes them
+    assert build_items(samples, EvalConfig(items=50, seed=3))[0] == items  # the seed fixes them
 
 
 def test_hard_negatives_are_the_same_documents_other_pages(heldout):
     samples = read_held_out(heldout, per_category=100, text_bytes=0)
-    items = build_items(samples, EvalConfig(items=50, seed=0))
+    items, _ = build_items(samples, EvalConfig(items=50, seed=0))
     for item in (i for i in items if i.category == "doc_ocr"):
         paper = item.options[item.answer].split(" page")[0]
         assert item.hard_negatives == 3 and all(o.startswith(paper) for o in item.options)
@@ -137,11 +139,16 @@ def test_hard_negatives_are_the_same_documents_other_pages(heldout):
         assert item.hard_negatives == 2 and sum(o.startswith(doc) for o in item.options) == 3
 
 
-def test_a_category_without_items_is_an_error_that_says_what_to_do(tmp_path):
+def test_a_category_without_items_is_left_out_and_said_why_or_an_error_when_named(tmp_path, caplog):
     write(tmp_path, [pair("caption", f"d{i}", 0, f"caption {i}", jpeg((10, 10, 10), i)) for i in range(6)]
           + [pair("web_code", "nb", i, "the same code", jpeg((9, 9, 9), i)) for i in range(5)])
+    with caplog.at_level(logging.WARNING, logger="vlcorpus.trainer"):
+        auto = load_eval_set(tmp_path, EvalConfig())
+    assert {i.category for i in auto.items} == {"caption"}
+    assert auto.left_out == {"web_code": "5 held-out samples, 1 distinct texts with an image, and an item needs 4"}
+    assert "evaluation leaves out web_code: 5 held-out samples" in caplog.text
     with pytest.raises(ValueError, match=r"web_code gives no items.*1 distinct texts.*heldout_fraction"):
-        load_eval_set(tmp_path, EvalConfig())
+        load_eval_set(tmp_path, EvalConfig(categories=("caption", "web_code")))
     assert {i.category for i in load_eval_set(tmp_path, EvalConfig(categories=("caption",))).items} == {"caption"}
     with pytest.raises(ValueError, match="no held-out samples of scene_ocr"):
         load_eval_set(tmp_path, EvalConfig(categories=("scene_ocr",)))

@@ -21,6 +21,7 @@ from renderers.records import scene_ocr
 from renderers.records.discovery import jsonl_pieces, record_inputs
 from renderers.records.json_stream import TOO_LARGE, JsonStream
 from renderers.records.reader import read_records
+from tests.helpers import sample_view
 from vlcorpus.cli import main as cli
 from vlcorpus.ledger import Ledger
 from vlcorpus.shards import shard_paths
@@ -45,7 +46,7 @@ def read_back(out: Path, category: str) -> list[dict]:
     urls = [str(p) for p in shard_paths(out / category)]
     if not urls:
         return []
-    return list(wds.WebDataset(urls, shardshuffle=False).decode())
+    return [sample_view(r) for r in wds.WebDataset(urls, shardshuffle=False).decode()]
 
 
 def ledger_counts(out: Path, source: str) -> Counter:

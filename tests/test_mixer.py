@@ -47,13 +47,14 @@ def mixture_file(tmp_path: Path, **cfg) -> Path:
 
 
 def read_back(stage_dir: Path) -> dict[str, list[dict]]:
-    """Every output sample, read with the webdataset library itself, per category folder."""
+    """Every output sample, read with the webdataset library itself, per category folder (meta parsed)."""
     out = {}
     for folder in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
         urls = [str(p) for p in sorted(folder.glob("*.tar"))]
         out[folder.name] = [
-            {"key": s["__key__"], "json": json.loads(s["json"]), "images": [k for k in s if k.endswith(".jpg")]}
-            for s in wds.WebDataset(urls, shardshuffle=False)
+            {"key": s["__key__"], "json": {**r, "meta": json.loads(r["meta"])},
+             "images": [seg["image"] for seg in r["segments"] if seg["image"]]}
+            for s in wds.WebDataset(urls, shardshuffle=False).decode() for r in [s["sample.mp"]]
         ]
     return out
 
@@ -168,12 +169,10 @@ def test_streams_split_by_key_and_keep_the_set(tmp_path):
     assert {s["stream"] for s in shards} == {0, 1, 2, 3}
     for s in shards:  # a stream's shard holds only keys that hash to it, and only one copy
         with tarfile.open(tmp_path / "n4" / "s" / s["shard"]) as t:
-            metas = [json.loads(t.extractfile(m).read()) for m in t.getmembers() if m.name.endswith(".json")]
+            metas = [Sample.from_wds({"sample.mp": t.extractfile(m).read()}) for m in t.getmembers()]
         assert s["shard"].startswith(f"text/text-{s['stream']:04d}-")
-        assert len({m["meta"]["mix"]["repeat"] for m in metas}) == 1
-        assert {xxhash.xxh3_64_intdigest(Sample(**{k: m[k] for k in ("category", "source", "doc", "part", "origin",
-                                                                       "segments")}).key.encode()) % 4
-                for m in metas} == {s["stream"]}
+        assert len({m.meta["mix"]["repeat"] for m in metas}) == 1
+        assert {xxhash.xxh3_64_intdigest(m.key.encode()) % 4 for m in metas} == {s["stream"]}
 
 
 def test_ray_tasks_write_what_the_local_run_writes(corpus, tmp_path, ray_local):
@@ -212,7 +211,7 @@ def test_upsampling_writes_copies_in_their_own_shards(corpus, tmp_path):
     assert by_copy[1] != by_copy[0]  # each copy is shuffled again
     for tar in (tmp_path / "mix" / "s" / "caption").glob("*.tar"):
         with tarfile.open(tar) as t:
-            keys = [m.name.split(".")[0] for m in t.getmembers() if m.name.endswith(".json")]
+            keys = [m.name.split(".")[0] for m in t.getmembers() if m.name.endswith(".sample.mp")]
         assert len(keys) == len(set(keys)), f"{tar.name} holds a key twice"
 
 
@@ -250,6 +249,24 @@ def test_empty_category_is_an_error_or_a_warning(corpus, tmp_path):
     assert mix["categories"]["caption"]["deviation_points"] == pytest.approx((8 / 14 - 0.5) * 100, abs=1e-3)
     for name in ("caption", "text"):
         assert "web_code did not get its own share" in mix["categories"][name]["warnings"][0]
+
+
+def test_left_out_categories_are_renormalised_away_loudly_and_recorded(tmp_path, caplog):
+    small = build_corpus(tmp_path / "small", per_category=8, categories=("caption", "text"))
+    cats = {"caption": {"ratio": 0.5}, "web_code": {"ratio": 0.1}, "text": {"ratio": 0.4}}  # web_code required
+    path = mixture_file(tmp_path, unit="samples", categories=cats, left_out={"web_code": "no source gives it"})
+    with caplog.at_level(logging.WARNING, logger="vlcorpus.mixer"):
+        mix = run_mix([small], load_mixture(path), tmp_path / "m", local=True)
+    assert set(mix["categories"]) == {"caption", "text"} and mix["ok"] and not mix["warnings"]
+    assert mix["categories"]["caption"]["requested_ratio"] == pytest.approx(0.5 / 0.9, abs=1e-6)
+    assert mix["left_out"] == {"web_code": {"file_ratio": 0.1, "why": "no source gives it"}}
+    assert mix["config"]["categories"]["web_code"]["ratio"] == 0.1  # the file's table as it was
+    notice = next(r.getMessage() for r in caplog.records if "leaves out" in r.getMessage())
+    assert "web_code" in notice and "10.00% -> left out: no source gives it" in notice and "50.00% ->  55.56%" in notice
+    with pytest.raises(ConfigError, match="left_out: scene_ocr not among"):
+        load_mixture(mixture_file(tmp_path, categories=cats, left_out={"scene_ocr": "x"}))
+    with pytest.raises(ConfigError, match="without the left_out ones"):
+        load_mixture(mixture_file(tmp_path, categories=cats, left_out={c: "x" for c in cats}))
 
 
 def test_a_scarce_category_that_limits_the_budget_is_named(tmp_path, caplog, capsys):
@@ -458,8 +475,14 @@ def test_corpus_without_index_is_refused(corpus, tmp_path):
     assert not (tmp_path / "mix").exists()
 
 
+def v1_json(s: Sample) -> dict:
+    """A sample as the `vlcorpus/1` json member held it (readers still take that layout)."""
+    return {"schema": "vlcorpus/1", "category": s.category, "source": s.source, "doc": s.doc, "part": s.part,
+            "origin": s.origin, "segments": s.segments, "meta": s.meta}
+
+
 def raw_shard(folder: Path, name: str, samples: list[tuple[str, dict]]) -> None:
-    """A shard of (key, json) pairs written as stored, bypassing the contract check, with its sidecar."""
+    """A shard of (key, `vlcorpus/1` json) pairs written as stored, bypassing the contract check, with its sidecar."""
     path = folder / name
     buf = io.BytesIO()
     with wds.TarWriter(buf, encoder=False, mtime=0) as tw:
@@ -476,7 +499,7 @@ def test_an_off_contract_sample_found_mid_run_goes_to_the_ledger(tmp_path):
     corpus = tmp_path / "c"
     write_category(corpus, "caption", [make_sample("caption", "a", i) for i in range(6)])
     good = make_sample("caption", "z", 0)
-    broken = json.loads(good.to_wds()["json"])
+    broken = v1_json(good)
     broken["segments"] = []  # passes the checksum (written that way), fails the contract
     raw_shard(corpus / "caption", "z-bad-000000.tar", [(good.key, broken)])
     mix = run_mix([corpus], load_mixture(mixture_file(tmp_path, unit="samples", categories={"caption": {"ratio": 1.0}})),
@@ -494,7 +517,7 @@ def test_an_sft_category_without_roles_is_counted_and_refused(tmp_path):
     no_roles = []
     for i in range(4):
         s = make_sample("sft_text", "g", i)
-        doc = json.loads(s.to_wds()["json"])
+        doc = v1_json(s)
         doc["segments"] = [{"text": seg["text"]} for seg in doc["segments"]]
         no_roles.append((s.key, doc))
     (corpus / "sft_text").mkdir()
@@ -563,24 +586,43 @@ def run_config(tmp_path: Path, **extra) -> Path:
     return cfg
 
 
-def test_a_run_whose_sources_lack_a_required_category_stops_before_rendering(tmp_path, capsys):
-    from chain.run import E2EConfig, check_mixtures
+def test_a_run_adapts_its_mixtures_to_its_sources_loudly(tmp_path, caplog):
+    """Papers and text only: stage 1 is doc_ocr alone, stage 2 Table 1 over doc_ocr and text, stage 3 (SFT data
+    only) is not run; all of it said before anything is rendered."""
+    from chain.run import NO_SOURCE, check_mixtures
 
-    assert cli.main(["run", "--config", str(run_config(tmp_path))]) == 2
+    cfg = load_config_file(run_config(tmp_path, stages=["stage1", "stage2", "stage3"]))
+    with caplog.at_level(logging.WARNING, logger="vlcorpus.e2e"):
+        mixtures = check_mixtures(cfg)
+    assert list(mixtures) == ["stage1", "stage2"]
+    assert mixtures["stage1"].left_out == {"caption": NO_SOURCE} and mixtures["stage1"].kept().ratios() == {"doc_ocr": 1.0}
+    kept = mixtures["stage2"].kept().ratios()
+    assert set(kept) == {"doc_ocr", "text"} and kept["text"] == pytest.approx(0.693 / (0.693 + 0.02079))
+    assert "stage3: NOT RUN, none of its categories" in caplog.text and "stage1: mixed without caption (" in caplog.text
+    # the run mixes what check_mixtures says: left_out reaches the mixer and mixture.json
+    corpus = build_corpus(tmp_path / "c", per_category=6, categories=("doc_ocr", "text"))
+    from chain.run import mix_stage
+    mix_stage(cfg, "stage1", mixtures["stage1"], corpus, tmp_path / "mix", tmp_path / "train", ["--num-cpus", "1"])
+    written = json.loads((tmp_path / "mix" / "stage1" / "mixture.json").read_text())
+    assert written["left_out"] == {"caption": {"file_ratio": 0.3333, "why": NO_SOURCE}} and list(written["categories"]) == ["doc_ocr"]
+    assert written["config_hash"] == mixtures["stage1"].config_hash()
+
+
+def test_a_strict_run_whose_sources_lack_a_category_stops_before_rendering(tmp_path, capsys):
+    assert cli.main(["run", "--config", str(run_config(tmp_path, strict=True))]) == 2
     err = capsys.readouterr().err
-    assert "pdf -> doc_ocr; text -> text" in err
-    assert "stage1 needs caption (on_short: error in mixer/mixtures/stage1.yaml)" in err
-    assert "for caption: sources: {caption: FOLDER}" in err
-    assert "mixtures:\n    stage1:\n      overrides: [categories.caption.on_short=warn]" in err
+    assert "strict: this run's sources write pdf -> doc_ocr; text -> text" in err
+    assert "stage1 needs caption (no source of this run writes it)" in err
+    assert "for caption: sources: {caption: FOLDER}" in err and "set strict: false" in err
     assert "stage2 needs interleaved, caption" in err
     assert not (tmp_path / "out").exists()  # nothing rendered, nothing written
-    cfg = load_config_file(run_config(tmp_path, mixtures={
-        "stage1": {"overrides": ["categories.caption.on_short=warn"]},
-        "stage2": {"overrides": ["budget=dominant", "categories.caption.ratio=0", "categories.interleaved.on_short=warn"]}}))
-    mixtures = check_mixtures(cfg)
-    assert mixtures["stage1"].categories["caption"].on_short == "warn"
-    assert mixtures["stage2"].budget == "dominant" and mixtures["stage2"].categories["caption"].ratio == 0
-    assert isinstance(cfg, E2EConfig)
+    assert cli.main(["run", "--config", str(run_config(tmp_path, train={"eval_categories": ["caption"]}))]) == 2
+    assert "train.eval_categories: no source of this run writes caption" in capsys.readouterr().err
+    assert cli.main(["run", "--config", str(run_config(tmp_path, train={"stage_overrides": ["stage2:lr=fast"]}))]) == 2
+    assert "lr: expected float" in capsys.readouterr().err
+    assert cli.main(["run", "--config", str(run_config(tmp_path, heldout_fraction=1.5))]) == 2
+    assert "heldout_fraction: 1.5 must be between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("mixtures, message", [

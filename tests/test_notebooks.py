@@ -27,6 +27,7 @@ from PIL import Image
 
 from renderers.notebook.code import cell_names, clean_code, collate, dependencies
 from renderers.notebook.pairs import NotebookConfig, NotebookError, render
+from tests.helpers import sample_view
 from vlcorpus import cli
 from vlcorpus.config import load_config
 from vlcorpus.document import DocInput, Filtered
@@ -273,7 +274,7 @@ def test_job_on_bad_input_goes_on(ray_local, tmp_path):
 
     # the shards read back with the webdataset library
     tars = [str(p) for p in shard_paths(out / "web_code")]
-    rows = list(wds.WebDataset(tars, shardshuffle=False).decode("pil"))
+    rows = [sample_view(r, pil=True) for r in wds.WebDataset(tars, shardshuffle=False)]
     assert len(rows) == 2
     assert {row["json"]["meta"]["notebook"] for row in rows} - {"good.ipynb", "copy/good.ipynb"} == {"other.ipynb"}
     for row in rows:
@@ -332,4 +333,4 @@ def test_images_of_uncommitted_shards_do_not_count_as_written(ray_local, tmp_pat
     ledger = _ledger(out)
     assert list(ledger) == ["second.ipynb"] and ledger["second.ipynb"].status == "ok"
     rows = list(wds.WebDataset([str(p) for p in shard_paths(out / "web_code")], shardshuffle=False))
-    assert [json.loads(r["json"])["doc"] for r in rows] == ["second.ipynb"]
+    assert [sample_view(r)["json"]["doc"] for r in rows] == ["second.ipynb"]

@@ -15,6 +15,7 @@ import webdataset as wds
 
 from pipelines.render_arxiv import discover_papers
 from renderers.paper.sandbox import bwrap_available
+from tests.helpers import sample_view
 from tests.paper_fixtures import DATA, compile_paper, make_pdf
 from vlcorpus.cli import main
 from vlcorpus.ledger import Ledger
@@ -74,7 +75,7 @@ def test_render_arxiv_job(inputs, tmp_path, ray_local, capsys):
     assert good.counts["text_from_latex"] == 1 and good.samples == good.counts["pages"] >= 3
 
     shards = sorted(str(p) for p in (out / "doc_ocr").glob("*.tar"))
-    rows = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
+    rows = [sample_view(r, pil=True) for r in wds.WebDataset(shards, shardshuffle=False)]
     assert len(rows) == good.samples
     for row in rows:
         meta = row["json"]
@@ -106,5 +107,5 @@ def test_render_pdf_job(inputs, tmp_path, ray_local):
     latest = Ledger(out, "pdf").latest()
     assert latest["good-paper/good-paper.pdf"].status == "ok"
     assert latest["good-paper/fig-results.pdf"].status == "filtered"  # a figure: too little text to pair
-    rows = list(wds.WebDataset(sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")), shardshuffle=False).decode())
+    rows = [sample_view(r) for r in wds.WebDataset(sorted(str(p) for p in (out / "doc_ocr").glob("*.tar")), shardshuffle=False)]
     assert rows and all(r["json"]["meta"]["text_from"] == "pdf" and r["json"]["source"] == "pdf" for r in rows)

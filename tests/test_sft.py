@@ -22,6 +22,7 @@ from renderers.sft.classify import (
 from renderers.sft.conversations import SftConfig
 from renderers.sft.split import Item, plan
 from renderers.sft.taxonomy import TaxonomyError, UnknownLabel, load_taxonomy
+from tests.helpers import sample_view
 from vlcorpus.cli import main as cli
 from vlcorpus.ledger import Ledger
 from vlcorpus.sample import Sample
@@ -43,7 +44,7 @@ def image(label: str, fmt: str = "PNG") -> bytes:
 
 def read_back(root: Path, category: str) -> list[dict]:
     urls = [str(p) for p in shard_paths(root / category)] if (root / category).exists() else []
-    return list(wds.WebDataset(urls, shardshuffle=False).decode()) if urls else []
+    return [sample_view(r) for r in wds.WebDataset(urls, shardshuffle=False).decode()] if urls else []
 
 
 # --- taxonomy ---------------------------------------------------------------------------------------------------

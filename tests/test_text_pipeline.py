@@ -51,6 +51,27 @@ def test_import_text_then_inspect(tmp_path, capsys):
     assert json.loads((out / "text" / "index.json").read_text())["samples"] == len(samples)
 
 
+@pytest.mark.usefixtures("ray_local")
+def test_files_the_job_does_not_read_get_a_ledger_line(tmp_path, capsys):
+    import gzip
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text(PARAGRAPH * 3)
+    (src / "README.md.gz").write_bytes(gzip.compress(PARAGRAPH.encode()))
+    (src / "notes.jsonl").write_text(json.dumps({"text": PARAGRAPH * 3}) + "\n")
+    out = tmp_path / "corpus"
+    for _ in range(2):  # the re-run writes no second line
+        assert main(["import", "text", str(src), "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in (out / "_ledger" / "text.jsonl").read_text().splitlines()]
+    skipped = [e for e in lines if e["doc"] == "README.md.gz"]
+    assert len(skipped) == 1 and skipped[0]["status"] == "filtered" and skipped[0]["counts"] == {"file_skipped": 1}
+    assert ".txt, .md" in skipped[0]["error"]
+    latest = Ledger(out, "text").latest()
+    assert latest["a.txt"].status == "ok" and any(d.startswith("notes.jsonl") and e.status == "ok" for d, e in latest.items())
+    assert "1 filtered" in capsys.readouterr().out.splitlines()[-2]
+
+
 def test_bad_renderer_setting_stops_at_once(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("x")
     assert main(["import", "text", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "max_chars=10", "--set", "min_chars=50"]) == 2

@@ -34,7 +34,7 @@ from transformers.modeling_flash_attention_utils import (
 )
 
 from tests.trainer_fixtures import DS_EOS, released_bundle, stage
-from trainer.cli import run_config
+from trainer.cli import run_config, stage_line
 from trainer.config import PARAM_GROUPS, ModelConfig, RunConfig, load_stage, load_stages
 from trainer.data import (
     IGNORE,
@@ -636,6 +636,9 @@ def test_three_stages_train_the_right_parameters_and_save_a_hugging_face_bundle(
         assert sorted(p.name for p in (out / s.name / "ckpt").iterdir()) == [f"step-{n:08d}" for n in kept]
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in evals] == ["stage1", "stage2", "stage3"]
+    line = stage_line(summaries[2])  # what `vlcorpus train` prints per stage: short, the record is summary.json
+    assert line.startswith("stage3: 4 steps, language share") and "held-out option acc" in line
+    assert "\n" not in line and len(line) < 300
     assert all(0 <= e["option_acc"] <= 1 and 0 <= e["mc_ppl_acc"] <= 1 and e["bpb"] > 0 for e in evals)
     # the final bundle: Auto classes load it, the chat template builds the prompt, generate answers an image
     final = out / "stage3" / "final"

@@ -65,5 +65,21 @@ def main(args: argparse.Namespace) -> int:
     else:
         summaries = run_stages(run, stages)
     for s in summaries:
-        print(json.dumps({k: v for k, v in s.items() if k != "stage_config"}))
+        print(stage_line(s))
     return 0
+
+
+def stage_line(summary: dict) -> str:
+    """One readable line per stage for the log; the whole record is `<out>/<stage>/summary.json` (and every step's
+    is in `metrics.jsonl`)."""
+    if "stopped_at" in summary:
+        return f"stopped after step {summary['stopped_at']} as asked (stop_after); re-run to resume"
+    line = f"{summary['stage']}: {summary['steps']} steps"
+    share = summary.get("realised_language_share")
+    if share is not None:
+        line += f", language share {share:.2f} (target {summary['language_share_target']:.2f})"
+    ev = summary.get("eval")
+    if ev and ev.get("option_acc") == ev.get("option_acc"):  # present and not NaN
+        lo, hi = ev["option_acc_ci"]
+        line += f", held-out option acc {ev['option_acc']:.3f} [{lo:.3f}, {hi:.3f}] on {ev['items']} items"
+    return f"{line} -> {summary['final']} (summary.json beside it)"

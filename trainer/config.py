@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlcorpus.config import ConfigError, load_config
+from vlcorpus.sample import CATEGORIES, PRETRAIN_CATEGORIES, TEXT_ONLY_CATEGORIES
 
 SCHEDULE_DIR = Path(__file__).parent / "schedules"
 
@@ -181,6 +182,9 @@ class RunConfig:
     eval_dir: str | None = setting(None, flag="--eval", help="held-out corpus/mixture folder: evaluate after each "
                                                              "stage (and every eval_interval steps)")
     eval_items: int = setting(64, help="evaluation items per category")
+    eval_categories: list[str] = setting(factory=list, flag="--eval-category",
+                                         help="a multimodal category to evaluate; repeat for several (default: every "
+                                              "held-out one that gives items, the others left out with why)")
     eval_interval: int = setting(0, help="also evaluate every N steps into the metrics and curves (0: only after "
                                          "each stage)")
     stop_after: int | None = setting(None, help="stop each stage after this many steps (resume later)")
@@ -197,6 +201,10 @@ class RunConfig:
             raise ConfigError("keep_checkpoints, ckpt_interval and workers must be >= 1, eval_interval >= 0")
         if not self.schedules:
             raise ConfigError("schedules: name at least one stage (stage1, stage2, stage3 or a YAML file)")
+        wrong = [c for c in self.eval_categories or [] if c not in CATEGORIES or c in TEXT_ONLY_CATEGORIES or c.startswith("sft_")]
+        if wrong:
+            raise ConfigError(f"eval_categories: {', '.join(wrong)} not multimodal pretraining categories "
+                              f"({', '.join(c for c in PRETRAIN_CATEGORIES if c not in TEXT_ONLY_CATEGORIES)})")
 
     def check_paths(self) -> None:
         """What a run needs before it starts (the chain fills these in, so they are not required at load time)."""

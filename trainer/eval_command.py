@@ -97,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("heldout", type=Path, help="held-out corpus or mixture folder, e.g. OUT/split/heldout")
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the model directory)")
     p.add_argument("--items", type=int, default=200, help="multiple-choice items per category")
-    p.add_argument("--categories", nargs="+", help="multimodal categories to build items for (default: all held out)")
+    p.add_argument("--categories", nargs="+", help="multimodal categories to build items for (default: every held-out one that gives items; the others are logged with why)")
     p.add_argument("--bpb-bytes", type=int, default=100_000, help="text bytes scored per category for bits per byte")
     p.add_argument("--seq-len", type=int, help="longest sequence scored (default: the model's maximum)")
     p.add_argument("--seed", type=int, default=0)

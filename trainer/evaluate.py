@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import random
 from collections import defaultdict
@@ -44,6 +45,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trainer.data import IGNORE, Encoded, Encoder, collate_rows
 from vlcorpus.sample import TEXT_ONLY_CATEGORIES, Sample
 from vlcorpus.shards import read_samples, shard_paths
+
+log = logging.getLogger("vlcorpus.trainer")
 
 QUESTIONS = {
     "doc_ocr": "Which text is on this page?",
@@ -99,6 +102,7 @@ class Item:
 class EvalSet:
     items: list[Item]
     texts: dict[str, list[Sample]] = field(default_factory=dict)  # category -> samples scored for bits per byte
+    left_out: dict[str, str] = field(default_factory=dict)  # held-out category -> why it gives no items
 
 
 # --- intervals ---------------------------------------------------------------------------------------------------
@@ -163,20 +167,26 @@ def read_held_out(folder: str | Path, per_category: int, text_bytes: int) -> dic
     return dict(found)
 
 
-def build_items(samples: dict[str, list[Sample]], cfg: EvalConfig) -> list[Item]:
-    """Up to `cfg.items` items per multimodal category; a category that cannot give one is an error."""
+def build_items(samples: dict[str, list[Sample]], cfg: EvalConfig) -> tuple[list[Item], dict[str, str]]:
+    """Up to `cfg.items` items per multimodal category, and the categories left out with why: a category named in
+    `cfg.categories` that cannot give an item is an error; without `cfg.categories`, every held-out multimodal
+    category that can give items is evaluated and the others are left out."""
     rng = random.Random(cfg.seed)
     wanted = cfg.categories or tuple(sorted(c for c in samples if c not in TEXT_ONLY_CATEGORIES and not c.startswith("sft_")))
     items: list[Item] = []
+    left_out: dict[str, str] = {}
     for cat in wanted:
         cut = (lambda t: t[-cfg.max_chars :]) if cat in TAIL_CATEGORIES else (lambda t: t[: cfg.max_chars])
         pairs = [(s, img, cut(text)) for s in samples.get(cat, []) for img, text in _pairs(s)]
         distinct = len({t for _, _, t in pairs})
         if distinct < cfg.options:
-            raise ValueError(
-                f"category {cat} gives no items: {len(samples.get(cat, []))} held-out samples, {distinct} "
-                f"distinct texts with an image, and an item needs {cfg.options}. Hold out more of its documents "
-                f"(heldout_fraction), or leave it out of the evaluated categories")
+            why = (f"{len(samples.get(cat, []))} held-out samples, {distinct} distinct texts with an image, and an "
+                   f"item needs {cfg.options}")
+            if cfg.categories:
+                raise ValueError(f"category {cat} gives no items: {why}. Hold out more of its documents "
+                                 "(heldout_fraction), or leave it out of eval_categories")
+            left_out[cat] = why
+            continue
         by_doc: dict[str, list[int]] = defaultdict(list)
         by_sample: dict[str, list[int]] = defaultdict(list)
         for j, (s, _, _) in enumerate(pairs):
@@ -197,7 +207,7 @@ def build_items(samples: dict[str, list[Sample]], cfg: EvalConfig) -> list[Item]
             rng.shuffle(options)
             items.append(Item(cat, sample.key, image, QUESTIONS.get(cat, QUESTIONS["interleaved"]), options,
                               options.index(text), hard))
-    return items
+    return items, left_out
 
 
 def _distinct_texts(candidates: list[str], taken: set[str], n: int) -> list[str]:
@@ -229,10 +239,16 @@ def load_eval_set(folder: str | Path, cfg: EvalConfig) -> EvalSet:
                 nbytes += len(s.text.encode("utf-8"))
         texts[cat] = kept
     try:
-        items = build_items(samples, cfg)
+        items, left_out = build_items(samples, cfg)
     except ValueError as e:
         raise ValueError(f"{folder}: {e}") from None
-    return EvalSet(items, texts)
+    for cat, why in left_out.items():
+        log.warning("evaluation leaves out %s: %s (a larger heldout_fraction would hold out more of it)", cat, why)
+    if not items and not any(texts.get(c) for c in TEXT_ONLY_CATEGORIES):
+        raise ValueError(f"{folder}: nothing to evaluate: no category gives a multiple-choice item "
+                         f"({'; '.join(f'{c}: {w}' for c, w in left_out.items()) or 'no multimodal category'}) "
+                         "and there is no held-out text for bits per byte")
+    return EvalSet(items, texts, left_out)
 
 
 # --- scoring -----------------------------------------------------------------------------------------------------
@@ -425,6 +441,7 @@ def evaluate_set(model, encoder: Encoder, eval_set: EvalSet, cfg: EvalConfig) ->
         if language:
             result.update(bits_per_byte(model, encoder, language, bootstrap=cfg.bootstrap, seed=cfg.seed))
     model.train(was_training)
+    result["left_out"] = eval_set.left_out
     return result
 
 

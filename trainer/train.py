@@ -298,7 +298,21 @@ def evaluate_model(st: StageRun, model: torch.nn.Module) -> dict:
     """The one call of `trainer.evaluate.evaluate` (during the stage and after it)."""
     from trainer.evaluate import evaluate
 
-    return evaluate(model, st.encoder, st.run.eval_dir, items=st.run.eval_items, seed=st.run.seed)
+    return evaluate(model, st.encoder, st.run.eval_dir, items=st.run.eval_items, seed=st.run.seed,
+                    categories=eval_categories(st.run))
+
+
+def eval_categories(run: RunConfig) -> tuple[str, ...] | None:
+    return tuple(run.eval_categories) if run.eval_categories else None
+
+
+def check_eval(run: RunConfig) -> None:
+    """Build the evaluation set once before any training (no model needed): a held-out folder that cannot give what
+    the run asks for stops the run now, not after a stage has trained; left-out categories are logged here."""
+    from trainer.evaluate import EvalConfig, load_eval_set
+
+    if run.eval_dir:
+        load_eval_set(run.eval_dir, EvalConfig(items=run.eval_items, seed=run.seed, categories=eval_categories(run)))
 
 
 class Metrics:
@@ -455,6 +469,7 @@ def finish_stage(st: StageRun, batcher: StepBatcher, tally: Tally, metrics: Metr
 def run_stages(run: RunConfig, stages: list[StageConfig]) -> list[dict]:
     """Stages in order, each from the previous one's final bundle; finished stages are skipped."""
     run.check_paths()
+    check_eval(run)
     if not sys.stderr.isatty():  # transformers' own bars (loading, saving weights) would be carriage-return frames
         transformers.utils.logging.disable_progress_bar()
     init_from = run.model.pretrained

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from vlcorpus import __version__
 from vlcorpus.config import ConfigError
 from vlcorpus.driver import OutputFull
 
@@ -86,6 +87,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     words = [a for a in argv if not a.startswith("-")][:2]
     parser = argparse.ArgumentParser(prog="vlcorpus", description="vision-language pretraining corpora and training")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"vlcorpus {__version__}")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for module in COMMANDS:

@@ -18,6 +18,7 @@ from vlcorpus.document import DocInput
 from vlcorpus.ledger import Entry, Ledger
 
 REFUSED = "refused"  # DocInput.related key: why discovery refused this input (it is never read)
+SKIPPED = "file_skipped"  # ledger counter: a file in the input folder that is in no format the command reads
 
 
 def input_root(path: Path) -> Path:
@@ -76,6 +77,20 @@ def discover(root: Path, suffixes: tuple[str, ...]) -> list[DocInput]:
         rel = str(p.relative_to(root))
         docs.append(refused(rel, rel, p, problem) if problem else DocInput(doc=rel, origin=rel, path=str(p)))
     return docs
+
+
+def skipped_files(root: Path, inputs: Sequence[DocInput], reads: str, run: str) -> list[Entry]:
+    """A `filtered` ledger entry (counter `file_skipped`) for each file under `root` that no input covers (its origin,
+    or the file a piece `<origin>#<n>` / zip member `<origin>:<member>` comes from): a file the command does not
+    read, e.g. `README.md.gz` in a text folder, is in the ledger like every other input, never left out silently."""
+    covered = set()
+    for d in inputs:
+        origin = d.origin.partition("#")[0]
+        covered |= {origin, origin.partition(":")[0]}
+    root = root.resolve()
+    return [Entry(doc=rel, origin=rel, status="filtered", counts={SKIPPED: 1}, run=run,
+                  error=f"skipped: not a format this command reads ({reads})")
+            for p, _ in walk_inputs(root, lambda p: True) if (rel := str(p.relative_to(root))) not in covered]
 
 
 def gate(inputs: Iterable[DocInput], roots: Sequence[Path], run: str) -> tuple[list[DocInput], list[Entry]]:

@@ -6,6 +6,14 @@ import logging
 import os
 
 log = logging.getLogger("vlcorpus.runtime")
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _token_auth_default_notice(record: logging.LogRecord) -> bool:
+    """False for Ray's notice that a new local cluster has token authentication on by default (printed by every
+    command): we want it on, so that no other local process can submit work to the embedded Ray. Any other message
+    of that logger (token auth off, no token found) still shows."""
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -29,6 +37,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
     else:
+        logging.getLogger(TOKEN_AUTH_LOGGER).addFilter(_token_auth_default_notice)
         # "local": a new embedded Ray even when /tmp/ray/ray_current_cluster names another (possibly dead) cluster
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
         log.info("started a local Ray: %s", ray.cluster_resources())

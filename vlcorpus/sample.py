@@ -1,7 +1,14 @@
-"""The sample contract (docs/samples.md): one WebDataset sample = `K.json` + the images it names.
+"""The sample contract (docs/samples.md): one WebDataset sample per key `K`.
 
 `Sample` is the unit every producer emits and every consumer reads. `Sample.validate()` is the one place the
 contract is enforced; writers call it, so an off-contract sample never reaches a tar.
+
+On disk (schema `vlcorpus/2`) a sample is one member, `K.sample.mp`: a msgpack map whose every field has the same
+type in every sample, so readers that infer one schema from the first rows (Hugging Face `datasets`' webdataset
+builder, Ray Data's `read_webdataset`) lose nothing: `segments` is a list of `{role, text, image, bytes}` with `""`
+(or `b""`) for what a segment lacks and the image's encoded bytes inline, `taxonomy` and `meta` are JSON text
+(`""` when there is no taxonomy). Every member set is the same, whatever the category, image count or format.
+The project's readers also take `vlcorpus/1` (`K.json` + one `K.<n>.jpg|png` per image), which `from_wds` accepts.
 """
 
 from __future__ import annotations
@@ -12,7 +19,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA = "vlcorpus/1"
+import msgpack
+
+SCHEMA = "vlcorpus/2"
+SCHEMA_V1 = "vlcorpus/1"
+MEMBER = "sample.mp"  # the one member of a vlcorpus/2 sample
 
 PRETRAIN_CATEGORIES = ("interleaved", "caption", "table_chart", "web_code", "scene_ocr", "doc_ocr", "text")
 SFT_CATEGORIES = ("sft_taxonomy", "sft_general", "sft_table_chart", "sft_web_code", "sft_text")
@@ -135,59 +146,80 @@ class Sample:
         if self.category in TEXT_ONLY_CATEGORIES and self.images:
             raise ContractError(f"images: category {self.category} is text-only")
 
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
+    def to_record(self) -> dict[str, Any]:
+        """The `vlcorpus/2` map: the same fields and types in every sample (see the module docstring)."""
+        return {
             "schema": SCHEMA,
             "category": self.category,
             "source": self.source,
             "doc": self.doc,
             "part": self.part,
             "origin": self.origin,
-            "segments": self.segments,
+            "segments": [
+                {"role": s.get("role", ""), "text": s.get("text", ""), "image": s.get("image", ""),
+                 "bytes": self.images[s["image"]] if "image" in s else b""}
+                for s in self.segments
+            ],
+            "taxonomy": "" if self.taxonomy is None else json.dumps(self.taxonomy, ensure_ascii=False),
+            "meta": json.dumps(self.meta, ensure_ascii=False, sort_keys=True),
         }
-        if self.taxonomy is not None:
-            d["taxonomy"] = self.taxonomy
-        d["meta"] = self.meta
-        return d
 
     def to_wds(self) -> dict[str, Any]:
-        """WebDataset members: `__key__`, `json` and one `<n>.jpg|png` per image, every value bytes."""
+        """WebDataset members: `__key__` and `sample.mp`, the msgpack of `to_record()`."""
         self.validate()
-        members: dict[str, Any] = {
-            "__key__": self.key,
-            "json": json.dumps(self.to_json(), ensure_ascii=False, sort_keys=True).encode("utf-8"),
-        }
-        members.update(self.images)
-        return members
+        return {"__key__": self.key, MEMBER: msgpack.packb(self.to_record(), use_bin_type=True)}
 
     @classmethod
     def from_wds(cls, members: dict[str, Any]) -> Sample:
-        """Inverse of `to_wds`; checks the key the members came under against the one the json implies."""
-        if "json" not in members:
-            raise ContractError(f"json: sample {members.get('__key__')!r} has no json member")
+        """Inverse of `to_wds`, for `vlcorpus/2` and `vlcorpus/1` members (raw bytes, or as a reader decoded them);
+        checks the key the members came under against the one the sample implies."""
+        key = members.get("__key__")
+        if MEMBER in members:
+            sample = cls._from_record(members[MEMBER], key)
+        elif "json" in members:
+            sample = cls._from_v1(members, key)
+        else:
+            raise ContractError(f"{MEMBER}: sample {key!r} has neither a {MEMBER} member nor a {SCHEMA_V1} json member")
+        sample.validate()
+        if key is not None and key != sample.key:
+            raise ContractError(f"__key__: {key!r} does not match the key of its sample ({sample.key!r})")
+        return sample
+
+    @classmethod
+    def _from_record(cls, raw: Any, key: str | None) -> Sample:
+        try:
+            d = msgpack.unpackb(raw, raw=False) if isinstance(raw, bytes) else raw
+            taxonomy = json.loads(d["taxonomy"]) if d.get("taxonomy") else None
+            meta = json.loads(d["meta"])
+            segments, images = [], {}
+            for seg in d["segments"]:
+                out = {"role": seg["role"]} if seg["role"] else {}
+                if seg["image"]:
+                    out["image"] = seg["image"]
+                    images[seg["image"]] = seg["bytes"]
+                else:
+                    out["text"] = seg["text"]
+                segments.append(out)
+        except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as e:
+            raise ContractError(f"{MEMBER}: sample {key!r} is not a {SCHEMA} record ({type(e).__name__}: {e})") from None
+        if d.get("schema") != SCHEMA:
+            raise ContractError(f"schema: {d.get('schema')!r} is not {SCHEMA!r}")
+        return cls(category=d.get("category"), source=d.get("source"), doc=d.get("doc"), part=d.get("part"),
+                   origin=d.get("origin"), segments=segments, images=images, taxonomy=taxonomy, meta=meta)
+
+    @classmethod
+    def _from_v1(cls, members: dict[str, Any], key: str | None) -> Sample:
         raw = members["json"]
         try:
             d = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
         except json.JSONDecodeError as e:
-            raise ContractError(f"json: sample {members.get('__key__')!r} is not valid JSON ({e})") from None
-        if d.get("schema") != SCHEMA:
-            raise ContractError(f"schema: {d.get('schema')!r} is not {SCHEMA!r}")
-        images = {k: v for k, v in members.items() if _IMAGE_NAME_RE.match(k)}
-        sample = cls(
-            category=d.get("category"),
-            source=d.get("source"),
-            doc=d.get("doc"),
-            part=d.get("part"),
-            origin=d.get("origin"),
-            segments=d.get("segments"),
-            images=images,
-            taxonomy=d.get("taxonomy"),
-            meta=d.get("meta", {}),
-        ).validate()
-        key = members.get("__key__")
-        if key is not None and key != sample.key:
-            raise ContractError(f"__key__: {key!r} does not match the key of its json ({sample.key!r})")
-        return sample
+            raise ContractError(f"json: sample {key!r} is not valid JSON ({e})") from None
+        if d.get("schema") != SCHEMA_V1:
+            raise ContractError(f"schema: {d.get('schema')!r} is not {SCHEMA_V1!r}")
+        return cls(category=d.get("category"), source=d.get("source"), doc=d.get("doc"), part=d.get("part"),
+                   origin=d.get("origin"), segments=d.get("segments"),
+                   images={k: v for k, v in members.items() if _IMAGE_NAME_RE.match(k)},
+                   taxonomy=d.get("taxonomy"), meta=d.get("meta", {}))
 
 
 def is_key(key: str) -> bool:

@@ -323,21 +323,6 @@ def iter_members(shard: str | Path) -> Iterator[dict]:
         yield current
 
 
-def ray_data_row(members: dict) -> dict:
-    """One sample as a row with the same columns whatever it holds: `ray.data.read_webdataset(tars,
-    decoder=ray_data_row)`. Ray's default decoding makes a column per member and casts each image column to one
-    tensor type, which fails as soon as samples differ in image count, format, size or mode (any corpus or mixture).
-    Columns: `__key__`, `__url__`, `json` (the sample's JSON text) and `images` (encoded bytes, in the order the
-    segments name them)."""
-    segments = json.loads(members["json"])["segments"]
-    return {
-        "__key__": members["__key__"],
-        "__url__": members.get("__url__", ""),
-        "json": members["json"].decode("utf-8"),
-        "images": tuple(members[s["image"]] for s in segments if "image" in s),  # a tuple: Ray unwraps 1-item lists
-    }
-
-
 def read_shard(shard: str | Path, verify: bool = False) -> Iterator[Sample]:
     if verify:
         verify_shard(Path(shard))
