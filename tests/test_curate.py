@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from pipelines.curate import SUMMARY
+from tests.helpers import sample_view
 from vlcorpus.cli import main
 from vlcorpus.curate.language import identify
 from vlcorpus.curate.pii import redact
@@ -139,8 +140,8 @@ def test_import_annotates_and_curate_judges_the_corpus(tmp_path):
                  "--num-cpus", "1"]) == 0
     kept = {}
     for url in shard_paths(out / "text") + shard_paths(out / "caption") + shard_paths(out / "doc_ocr"):
-        for s in wds.WebDataset(str(url), shardshuffle=False).decode():
-            kept[s["json"]["doc"]] = s["json"]
+        for s in wds.WebDataset(str(url), shardshuffle=False):
+            kept[sample_view(s)["json"]["doc"]] = sample_view(s)["json"]
     assert set(kept) == {"book/b.txt", "zh.txt", "cap-a", "cap-b"}
     b = kept["book/b.txt"]["segments"][0]["text"]
     assert "<EMAIL>" in b and "<AWS_KEY>" in b and "hester@" not in b

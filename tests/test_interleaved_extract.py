@@ -25,6 +25,7 @@ from renderers.browser.epub import Book, EpubConfig
 from renderers.interleaved.config import ExtractConfig
 from renderers.interleaved.render import render
 from renderers.interleaved.split import Budget
+from tests.helpers import sample_view
 from vlcorpus import cli
 from vlcorpus.document import DocInput
 from vlcorpus.ledger import Ledger
@@ -296,7 +297,8 @@ def test_job_writes_interleaved_shards_and_resumes(ray_local, tmp_path):
     assert {d: e.status for d, e in ledger.items()} == {
         "site/clase_05.html": "ok", "site/clase_15.html": "ok", "06_decision_trees.ipynb": "ok",
         "rl-mapping.pdf": "ok", "broken.pdf": "filtered"}
-    rows = list(wds.WebDataset([str(p) for p in shard_paths(out / "interleaved")], shardshuffle=False).decode("pil"))
+    urls = [str(p) for p in shard_paths(out / "interleaved")]
+    rows = [sample_view(r, pil=True) for r in wds.WebDataset(urls, shardshuffle=False)]
     assert len(rows) == sum(e.samples for e in ledger.values())
     for row in rows:
         meta = row["json"]
