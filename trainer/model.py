@@ -41,6 +41,9 @@ from trainer.config import PRESETS, ModelConfig
 from trainer.tokenizer import ChatFormat, special_ids
 
 VLModel = DeepseekVLHybridForConditionalGeneration | DeepseekVLForConditionalGeneration
+# SamVisionConfig's default initializer_range (1e-10) is for loading released weights over it: a SAM tower from
+# scratch at that scale outputs ~1e-20 and the SAM half of the adaptor gets no gradient. LLaMA's 0.02 instead.
+SCRATCH_INIT_STD = 0.02
 
 
 def _sub_config(cls, preset_values: dict, pretrained: str | None, **extra):
@@ -66,8 +69,8 @@ def build_config(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Deeps
     common = dict(text_config=llm, vision_config=vision, image_token_id=ids.image)
     if preset.high_res is None:
         return DeepseekVLConfig(**common)
-    high_res = _sub_config(SamVisionConfig, {**preset.high_res, **mcfg.shape.get("high_res", {})},
-                           mcfg.high_res_pretrained)
+    high_res = _sub_config(SamVisionConfig, {"initializer_range": SCRATCH_INIT_STD, **preset.high_res,
+                                             **mcfg.shape.get("high_res", {})}, mcfg.high_res_pretrained)
     return DeepseekVLHybridConfig(**common, high_res_vision_config=high_res)
 
 
