@@ -9,6 +9,7 @@ import gc
 import io
 import json
 import math
+import pickle
 import random
 import time
 from collections import Counter
@@ -683,6 +684,37 @@ def test_stop_and_resume_reaches_the_same_losses(mix, tok_dir, tmp_path):
         train_stage(RunConfig(out=str(tmp_path / "cut2"), **{**base, "num_workers": 0}), st, None)
 
 
+class Planted:
+    """A pickle that runs code when loaded: it writes `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_never_run(mix, tok_dir, tmp_path):
+    st = stage("stage1", steps=3)
+    base = dict(mix=str(mix), tokenizer=str(tok_dir), num_workers=0, seed=0, ckpt_interval=1)
+    train_stage(RunConfig(out=str(tmp_path / "run"), stop_after=1, **base), st, None)
+    ckpt = tmp_path / "run" / "stage1" / "ckpt" / "step-00000001"
+    assert {p.name for p in ckpt.iterdir()} == {"model", "optim", "state.json", "rank0.pt"}
+    assert all(p.suffix == ".safetensors" for p in [*(ckpt / "model").iterdir(), *(ckpt / "optim").iterdir()])
+    marker = tmp_path / "marker"
+    good = (ckpt / "rank0.pt").read_bytes()
+    own = torch.load(ckpt / "rank0.pt", weights_only=True)
+    torch.save({**own, "rng": Planted(marker)}, ckpt / "rank0.pt")
+    torch.save({"model": Planted(marker)}, ckpt / "state.pt")  # the old trainer's file: never opened now
+    (ckpt / "model" / ".metadata").write_bytes(pickle.dumps(Planted(marker)))  # DCP's own format: not read either
+    with pytest.raises(ValueError, match="rank0.pt: holds objects other than tensors"):
+        train_stage(RunConfig(out=str(tmp_path / "run"), **base), st, None)
+    assert not marker.exists()
+    (ckpt / "rank0.pt").write_bytes(good)  # the real checkpoint resumes, the planted files untouched
+    assert train_stage(RunConfig(out=str(tmp_path / "run"), **base), st, None)["steps"] == 3
+    assert not marker.exists()
+
+
 def test_a_released_bundle_keeps_its_image_processing_and_chat_format(mix, tmp_path):
     released = released_bundle(tmp_path / "released")
     run = RunConfig(mix=str(mix), out=str(tmp_path / "run"), num_workers=0, seed=0,
@@ -771,8 +803,8 @@ def test_ray_train_two_workers_ddp_and_fsdp_with_resume(ray_local, mix, tok_dir,
     summaries = launch(RunConfig(out=str(tmp_path / "ddp"), **base), [st])
     assert summaries and summaries[0]["steps"] == 3
     ckpt = tmp_path / "ddp" / "stage2" / "ckpt" / "step-00000003"
-    r0 = torch.load(ckpt / "rank0.pt", weights_only=False)
-    r1 = torch.load(ckpt / "rank1.pt", weights_only=False)
+    r0 = torch.load(ckpt / "rank0.pt", weights_only=True)
+    r1 = torch.load(ckpt / "rank1.pt", weights_only=True)
     assert sum(r0["data"]["consumed"].values()) > 0 and sum(r1["data"]["consumed"].values()) > 0
     assert r0["tally"] == r1["tally"]  # the run's tally is summed over ranks: every rank holds the same
     assert sum(r0["tally"]["samples"].values()) == sum(r0["data"]["local"]["samples"].values()) + sum(
