@@ -170,18 +170,33 @@ def open_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> Sta
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
     raw, fsdp = model, run.fsdp and world > 1
-    if run.compile:
-        model.model.language_model.compile()
-    if fsdp:  # one shard group per decoder layer, the rest (towers, adaptor, embeddings) in the root group
-        for layer in model.model.language_model.layers:
-            fully_shard(layer)
-        fully_shard(model)
-    elif world > 1:  # frozen towers and language-only steps leave some trainable parameters without gradients
-        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    model = wrap(model, fsdp, world, run.compile)
     resume = checkpoint.latest_checkpoint(out / "ckpt")
     if resume is not None:  # in place, into the (sharded) parameters
         checkpoint.load_model(resume, model)
     return StageRun(run, stage, out, rank, world, device, raw, model, processor, encoder, fsdp, resume)
+
+
+def wrap(model: torch.nn.Module, fsdp: bool, world: int, compile_: bool) -> torch.nn.Module:
+    """FSDP2 (one shard group per decoder layer, the rest in the root group) or DDP over several ranks, then each
+    decoder layer compiled on its own (the order of PyTorch's FSDP2 docs and torchtitan: FSDP's hooks stay outside
+    the compiled regions, and the attention mask is built eagerly, so unpacked rows keep SDPA's causal kernels).
+
+    A rank whose micro-batches hold no image leaves the towers' and adaptor's parameters without gradients while
+    another rank's have them: DDP finds them (`find_unused_parameters`), FSDP2 reduce-scatters zeros for them, so
+    every rank runs the same collectives."""
+    layers = model.model.language_model.layers
+    if fsdp:
+        for layer in layers:
+            fully_shard(layer)
+        fully_shard(model)
+        model.set_reduce_scatter_unused_params(True)
+    if compile_:
+        for layer in layers:
+            layer.compile()
+    if world > 1 and not fsdp:
+        return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    return model
 
 
 def make_optimizer(st: StageRun) -> None:
