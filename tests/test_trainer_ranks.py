@@ -110,3 +110,30 @@ def test_an_image_on_one_rank_only_gives_the_one_process_gradients(mix, tok_dir,
         for name, g in one.items():
             err = (ranks[name] - g).norm() / g.norm().clamp(min=1e-12)
             assert err < 1e-5, (wrapping, name, err.item())
+
+
+# --- Ray Train on a cluster whose head has no GPU -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ray_train_asks_for_the_gpus_of_the_cluster_not_of_the_driver():
+    """A head without GPUs and a worker node declaring two (`ray start --num-gpus=2`), the driver on the head (no
+    CUDA here): `--device auto` and `cuda` ask Ray Train for a GPU per worker, `cpu` for none."""
+    import json
+    import subprocess
+    import sys
+
+    from benchmarks.cluster import LoopbackCluster
+
+    code = ("import json, ray; from trainer.config import RunConfig; from trainer.distributed import scaling_config; "
+            "ray.init(logging_level='ERROR'); "
+            "print(json.dumps({d: [s.use_gpu, s.num_workers, s._resources_per_worker_not_none] for d in ('auto', 'cuda', 'cpu') "
+            "for s in [scaling_config(RunConfig(device=d, workers=2))]}))")
+    with LoopbackCluster(cpus_per_node=1) as cluster:
+        cluster.start(nodes=2, worker_args=("--num-gpus=2",))
+        out = subprocess.run([sys.executable, "-c", code], env={**cluster.env, "RAY_ADDRESS": cluster.gcs},
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    asked = json.loads(out.stdout.strip().splitlines()[-1])
+    assert asked["auto"] == asked["cuda"] == [True, 2, {"GPU": 1}]
+    assert asked["cpu"] == [False, 2, {"CPU": 1}]
