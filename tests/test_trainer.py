@@ -846,3 +846,30 @@ def test_training_and_reading_shards_never_import_ray():
     code = ("import sys, trainer.cli, trainer.train, trainer.data, trainer.evaluate; "
             "sys.exit(1 if any(m == 'ray' or m.startswith('ray.') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+@pytest.mark.slow
+def test_flex_attention_gets_q_k_v_in_the_autocast_dtype(tok, monkeypatch):
+    """Stage 2 on CUDA: packed rows run flex attention inside bf16 autocast, where RoPE gives fp32 q/k next to a bf16
+    v. The kernel must see all three in bf16 (here on CPU with CPU autocast, the kernel run eagerly)."""
+    import transformers.integrations.flex_attention as flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    seen = []
+
+    def kernel(query, key, value, **kw):
+        seen.append((query.dtype, key.dtype, value.dtype))
+        kw.pop("training")
+        return flex_attention(query, key, value, **kw)
+
+    monkeypatch.setattr(flex, "compile_friendly_flex_attention", kernel)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny", attn_implementation="flex_attention"), tok, packing=True)
+    assert model.config.text_config._attn_implementation == "flex_attention"
+    enc = encoder_for(model, tok)
+    rng = random.Random(1)
+    batch = collate_rows([[enc(make_sample(c, i, rng, 20)) for i, c in enumerate(["caption", "text"])]], enc.ids.pad)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # flex has no backward on CPU
+        loss = model(**batch, use_cache=False).loss
+    assert seen and set(seen) == {(torch.bfloat16,) * 3}, set(seen)
+    assert math.isfinite(loss.item())

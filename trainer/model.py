@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AttentionInterface,
     AutoConfig,
     AutoModel,
     AutoProcessor,
@@ -30,6 +31,7 @@ from transformers import (
     SamVisionConfig,
     SiglipVisionConfig,
 )
+from transformers.integrations.flex_attention import flex_attention_forward
 from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import (
     DeepseekVLImageProcessorPil,
 )
@@ -72,6 +74,21 @@ def build_config(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Deeps
     high_res = _sub_config(SamVisionConfig, {"initializer_range": SCRATCH_INIT_STD, **preset.high_res,
                                              **mcfg.shape.get("high_res", {})}, mcfg.high_res_pretrained)
     return DeepseekVLHybridConfig(**common, high_res_vision_config=high_res)
+
+
+def flex_attention_in_autocast_dtype(module, query, key, value, attention_mask, **kwargs):
+    """transformers' flex attention with q, k, v in the autocast dtype. Under bf16 autocast RoPE hands the kernel fp32
+    q/k and a bf16 v (the projections ran in bf16, the rotation in fp32), and transformers' flex path does not cast:
+    older torch raises, newer torch silently runs the whole attention in fp32."""
+    device = query.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+# Every model this process builds or loads with flex attention (packed rows under SDPA on CUDA, or asked for) uses it.
+AttentionInterface.register("flex_attention", flex_attention_in_autocast_dtype)
 
 
 def attention(config, requested: str, packing: bool, device: torch.device) -> dict[str, str]:
