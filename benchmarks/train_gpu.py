@@ -8,7 +8,7 @@ transformers models doing the same work.
    a bf16 stage with evaluation); skipped without CUDA.
 2. The trainer (`trainer.train.train_stage`: the real loop, DataLoader workers, prefetch thread) on a synthetic
    stage-2 mixture, grouped steps and mixed batches; its metrics.jsonl gives per-step tokens/s, modality, data wait.
-3. A bare `LlamaForCausalLM` of the trainer's LLM config (tied head, same attention kernel) on the trainer's own
+3. A bare `LlamaForCausalLM` of the trainer's LLM config (untied head as DeepSeek-LLM's, same attention kernel) on the trainer's own
    packed language micro-batches, pre-collated (it never waits on data), and a bare
    `DeepseekVLHybridForConditionalGeneration` (same config, same frozen towers) on its multimodal micro-batches;
    both with the same bf16 autocast, fused AdamW and clipping.
@@ -151,7 +151,6 @@ def run_bare(model: torch.nn.Module, stream: list[tuple[list[dict], int]], devic
 def replace_attn(text_config, attn: str):
     """The LLM config as the VL model runs it (its attention kernel while packing)."""
     cfg = text_config.__class__(**text_config.to_dict())
-    cfg.tie_word_embeddings = True
     cfg._attn_implementation = attn
     return cfg
 

@@ -24,6 +24,7 @@ from transformers import (
     AutoProcessor,
     DeepseekVLConfig,
     DeepseekVLHybridConfig,
+    DeepseekVLHybridForConditionalGeneration,
     LlamaConfig,
     LlamaModel,
     SiglipConfig,
@@ -142,6 +143,40 @@ def test_presets_keep_the_deepseek_vl_structure(tok):
         ModelConfig(preset="deepseek-vl-1.3b", shape={"high_res": {"num_hidden_layers": 1}})
     with pytest.raises(ConfigError, match="attn_implementation"):
         ModelConfig(attn_implementation="flash")
+
+
+# deepseek-ai/deepseek-vl-1.3b-base: DeepSeek-LLM-1.3B and SigLIP-L/16-384, as the release describes them
+RELEASED_1_3B = {
+    "text": {"hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+             "vocab_size": 102400, "max_position_embeddings": 16384, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+    "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+               "image_size": 384, "patch_size": 16},
+    "tie_word_embeddings": False,
+}
+
+
+def test_the_1_3b_preset_has_the_released_shape_untied_and_without_an_unused_head(tok):
+    config = build_config(ModelConfig(preset="deepseek-vl-1.3b"), tok)
+    for part, cfg in (("text", config.text_config), ("vision", config.vision_config)):
+        got = {k: getattr(cfg, k) for k in RELEASED_1_3B[part]}
+        assert got == RELEASED_1_3B[part], part
+    assert config.tie_word_embeddings is False and image_token_count(config) == 576
+    with torch.device("meta"):
+        big = build_model(ModelConfig(preset="deepseek-vl-1.3b"), tok)
+    assert big.lm_head.weight is not big.model.language_model.embed_tokens.weight
+    assert big.lm_head.weight.shape == (102400, 2048)
+    assert not any(n.startswith("head.") for n, _ in big.model.vision_model.named_parameters())
+    # a pretrained SigLIP keeps its pooling head: it exists, but no stage trains it
+    tiny = build_config(ModelConfig(preset="tiny"), tok)
+    tiny.vision_config.vision_use_head = True
+    headed = DeepseekVLHybridForConditionalGeneration(tiny)
+    head = [n for n, _ in headed.named_parameters() if n.startswith("model.vision_model.head.")]
+    assert head
+    set_trainable(headed, ["aligner", "vision", "llm"])
+    assert not any(p.requires_grad for n, p in headed.named_parameters() if n in head)
+    assert all(p.requires_grad for n, p in headed.named_parameters() if n.startswith("model.vision_model.")
+               and n not in head)
 
 
 def test_hybrid_encoder_paths_give_the_placeholder_count(model):
