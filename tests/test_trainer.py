@@ -267,6 +267,32 @@ def test_special_tokens_are_added_only_from_scratch(tmp_path):
     assert model.get_input_embeddings().num_embeddings >= len(scratch)
 
 
+def test_a_byte_level_tokenizer_named_llama_stays_byte_level(tmp_path):
+    """DeepSeek's released tokenizers are byte-level BPE under `tokenizer_class: LlamaTokenizerFast`; some
+    transformers 5.x releases silently gave them Llama's Metaspace pre-tokenizer (spaces and non-ASCII then decode
+    wrong). The pinned range keeps them byte-level."""
+    released = released_bundle(tmp_path / "released")
+    cfg_path = released / "tokenizer_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "tokenizer_class": "LlamaTokenizerFast"}))
+    tok = load_tokenizer(released, scratch=False)
+    assert type(tok.backend_tokenizer.pre_tokenizer).__name__ == "ByteLevel"
+    text = "  two spaces, Ünïcode — 漢字"
+    assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
+
+
+def test_torch_and_transformers_are_within_the_tested_ranges():
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {r.name: r.specifier for r in map(Requirement, deps) if r.name in ("torch", "transformers")}
+    for name, spec in pins.items():
+        assert any(s.operator == "<" for s in spec), f"{name}: no upper bound on the tested range"
+        assert spec.contains(importlib.metadata.version(name).split("+")[0]), name
+
+
 def test_images_are_padded_to_square_then_resized_for_both_encoders(model):
     proc = image_processor(model.config)
     wide = Image.new("RGB", (120, 30), (255, 0, 0))
