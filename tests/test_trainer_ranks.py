@@ -137,3 +137,61 @@ def test_ray_train_asks_for_the_gpus_of_the_cluster_not_of_the_driver():
     asked = json.loads(out.stdout.strip().splitlines()[-1])
     assert asked["auto"] == asked["cuda"] == [True, 2, {"GPU": 1}]
     assert asked["cpu"] == [False, 2, {"CPU": 1}]
+
+
+# --- evaluation split over ranks ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    return make_mixture(tmp_path_factory.mktemp("heldout"), samples_per_category=8, seed=9,
+                        stages={"heldout": {"doc_ocr": 0.5, "web_code": 0.2, "text": 0.3}})
+
+
+def _rank_eval(rank: int, world: int, tmp: Path, mix: Path, tok_dir: Path, heldout: Path) -> None:
+    import json
+
+    import trainer.evaluate
+    from trainer.train import evaluate_model
+
+    score_item, scored = trainer.evaluate.score_item, []
+    trainer.evaluate.score_item = lambda *a, **kw: scored.append(1) or score_item(*a, **kw)
+    for wrapping in ("ddp", "fsdp"):
+        scored.clear()
+        run = _run(tmp / f"e{rank}", mix, tok_dir, fsdp=wrapping == "fsdp", eval_dir=str(heldout), eval_items=5)
+        result = evaluate_model(open_stage(run, stage("stage2"), None))
+        (tmp / f"eval-{wrapping}-{rank}.json").write_text(json.dumps({**result, "scored_here": len(scored)}))
+
+
+def _same(a, b, path="") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-6, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.slow
+def test_evaluation_split_over_ranks_equals_one_process(mix, tok_dir, heldout, tmp_path):
+    """Each of 2 ranks scores half of the items and texts (DDP's replicated model, and FSDP2's sharded one); every
+    rank returns the result one process gets scoring everything."""
+    import json
+
+    from trainer.train import evaluate_model
+
+    spawn(_rank_eval, 2, tmp_path, tmp_path, mix, tok_dir, heldout)
+    run = _run(tmp_path / "one", mix, tok_dir, eval_dir=str(heldout), eval_items=5)
+    one = evaluate_model(open_stage(run, stage("stage2"), None))
+    assert one["items"] == 10 and one["bpb_samples"] > 1  # both halves hold items and texts
+    for wrapping in ("ddp", "fsdp"):
+        for rank in range(2):
+            result = json.loads((tmp_path / f"eval-{wrapping}-{rank}.json").read_text())
+            assert result.pop("scored_here") == 5  # half of the 10 items, not all of them
+            _same(result, one, f"{wrapping}{rank}")

@@ -36,7 +36,6 @@ from trainer.model import (
     has_tokenizer,
     image_token_count,
     load_processor,
-    load_trained,
     new_processor,
     save_bundle,
     set_trainable,
@@ -270,11 +269,20 @@ def train_step(st: StageRun, micro: list[dict], n_target: float) -> tuple[float,
     return total.item() / st.world, grad_norm.item(), lr  # the step's only host syncs
 
 
-def evaluate_model(st: StageRun, model: torch.nn.Module) -> dict:
-    """The one call of `trainer.evaluate.evaluate` (during the stage and after it)."""
-    from trainer.evaluate import evaluate
+def evaluate_model(st: StageRun) -> dict:
+    """The one call of `trainer.evaluate.evaluate` (during the stage and after it), on every rank: each scores its
+    share of the items and texts, and all get the whole result. Under FSDP the root group (towers, adaptor,
+    embeddings, LM head, which evaluation calls directly) is gathered for it; the decoder layers gather themselves."""
+    from trainer.evaluate import Ranks, evaluate
 
-    return evaluate(model, st.encoder, st.run.eval_dir, items=st.run.eval_items, seed=st.run.seed)
+    if st.fsdp:
+        st.raw.unshard()
+    try:
+        return evaluate(st.raw, st.encoder, st.run.eval_dir, items=st.run.eval_items, seed=st.run.seed,
+                        ranks=Ranks(st.rank, st.world))
+    finally:
+        if st.fsdp:
+            st.raw.reshard()
 
 
 class Metrics:
@@ -387,7 +395,7 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
              "dropped": sum(tally.dropped.values()), "cut": sum(tally.cut.values()),
              "data_wait_s": t_data - t0, "step_s": t_end - t0, "tokens_per_s": counts[-1] / (t_end - t0)}
         if run.eval_dir and run.eval_interval and (step + 1) % run.eval_interval == 0:
-            m["eval"] = evaluate_model(st, st.raw)
+            m["eval"] = evaluate_model(st)
         metrics.log(m)
         if (step + 1) % run.ckpt_interval == 0 or step + 1 == end:
             save_checkpoint(st, step + 1, data_after, tally)
@@ -418,9 +426,10 @@ def finish_stage(st: StageRun, batcher: StepBatcher, tally: Tally, metrics: Metr
     if st.rank == 0:
         save_bundle(st.raw, st.processor, st.encoder.chat, final, state_dict=model_state)
         metrics.plot()
+    if st.run.eval_dir:
+        summary["eval"] = evaluate_model(st)
+    if st.rank == 0:
         if st.run.eval_dir:
-            evaluated = load_trained(final, st.run.model.attn_implementation).to(st.device) if st.fsdp else st.raw
-            summary["eval"] = evaluate_model(st, evaluated)
             with (Path(st.run.out) / "eval.jsonl").open("a") as f:
                 f.write(json.dumps({"stage": st.stage.name, **summary["eval"]}) + "\n")
         atomic_write_json(st.out / "summary.json", summary)
