@@ -934,3 +934,28 @@ def test_flex_attention_gets_q_k_v_in_the_autocast_dtype(tok, monkeypatch):
         loss = model(**batch, use_cache=False).loss
     assert seen and set(seen) == {(torch.bfloat16,) * 3}, set(seen)
     assert math.isfinite(loss.item())
+
+
+@pytest.mark.slow
+def test_compiled_layers_keep_unpacked_rows_on_the_causal_kernel(tok):
+    """`--compile` compiles each decoder layer after wrapping (FSDP's order), so the attention mask is built eagerly:
+    rows of one sample each reach SDPA with no mask (its causal fast path; compiling the whole LLM gave them a dense
+    packed mask), packed rows with their documents' mask; the loss is the uncompiled one."""
+    from trainer.train import wrap
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny"), tok)
+    ref = copy.deepcopy(model)
+    compiled = wrap(model, fsdp=False, world=1, compile_=True)
+    masks = []
+    compiled.model.language_model.layers[0].register_forward_pre_hook(
+        lambda m, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True)
+    enc = encoder_for(model, tok)
+    rng = random.Random(3)
+    docs = [enc(make_sample(c, i, rng, 20)) for i, c in enumerate(["caption", "text", "text"])]
+    for rows in ([[docs[0]], [docs[1]]], [[docs[1], docs[2]]]):  # unpacked rows (padded), then one packed row
+        batch = collate_rows(rows, enc.ids.pad)
+        torch.testing.assert_close(compiled(**batch, use_cache=False).loss, ref(**batch, use_cache=False).loss,
+                                   atol=1e-5, rtol=1e-5)
+    assert all(layer._compiled_call_impl is not None for layer in compiled.model.language_model.layers)
+    assert masks[0] is None and masks[1] is not None
