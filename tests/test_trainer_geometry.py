@@ -148,3 +148,17 @@ def test_both_encoder_halves_are_alive_at_init(tok_dir):
     aligner(low, high).square().mean().backward()
     grad = aligner.high_res_vision_proj.weight.grad.abs().mean() / aligner.vision_proj.weight.grad.abs().mean()
     assert 1e-2 < grad < 1e2, grad.item()
+
+
+@pytest.mark.slow
+def test_a_resume_holds_no_second_copy_of_the_state(tmp_path):
+    """At the small preset's real geometry (reduced depth), each in its own process: reading a stage-3 checkpoint
+    (model and AdamW state) costs next to nothing in resident memory above what a fresh start holds with the same
+    optimizer state; a full `torch.load`ed state dict (the old resume) costs a whole model copy more."""
+    from benchmarks.resume_memory import compare
+
+    res = compare("small", True, "cpu", tmp_path)
+    model = res["fresh"]["model_bytes"]
+    assert res["resume"]["optimizer_state_bytes"] == res["fresh"]["optimizer_state_bytes"] > model  # all restored
+    assert res["rss_peak_above_start_bytes_resume_minus_fresh"] < 0.25 * model, res
+    assert res["rss_peak_above_start_bytes_legacy_minus_fresh"] > 0.5 * model, res  # the measure sees a copy

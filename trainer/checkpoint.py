@@ -31,7 +31,6 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
-    set_optimizer_state_dict,
 )
 
 MODEL, OPTIM, STATE = "model", "optim", "state.json"
@@ -77,10 +76,18 @@ def save_tensors(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     returns the optimizer's param groups (hyper-parameters and parameter names), for `state.json`."""
     optim = get_optimizer_state_dict(model, optimizer, options=SHARDED)
     tensors = {f"{fqn}.{name}": v for fqn, state in optim["state"].items() for name, v in state.items()}
-    _dcp(dcp.save, _untied(get_model_state_dict(model, options=SHARDED)),
-         storage_writer=HuggingFaceStorageWriter(str(folder / MODEL), save_distributed=True))
-    _dcp(dcp.save, tensors, storage_writer=HuggingFaceStorageWriter(str(folder / OPTIM), save_distributed=True))
+    for part, state in ((MODEL, _untied(get_model_state_dict(model, options=SHARDED))), (OPTIM, tensors)):
+        _dcp(dcp.save, state, storage_writer=HuggingFaceStorageWriter(str(folder / part), _files(state),
+                                                                      save_distributed=True))
     return optim["param_groups"]
+
+
+def _files(state: dict) -> dict[str, int]:
+    """One safetensors file per module (per parameter for the optimizer): a reader maps one file at a time, so a
+    resume's resident memory grows by the largest module, not by the checkpoint."""
+    modules = sorted({k.rsplit(".", 1)[0] for k in state})
+    index = {m: i + 1 for i, m in enumerate(modules)}
+    return {k: index[k.rsplit(".", 1)[0]] for k in state}
 
 
 def _untied(state: dict) -> dict:
@@ -109,12 +116,12 @@ def load_model(folder: Path, model: torch.nn.Module) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=False, strict=False))
 
 
-def load_optimizer(folder: Path, model: torch.nn.Module, raw: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def load_optimizer(folder: Path, raw: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    param_groups: list[dict]) -> None:
     """AdamW's state for the parameters the checkpoint has it for (one that never had a gradient has none, as in an
     uninterrupted run), allocated like each parameter (sharded under FSDP) and read in place."""
     _require(folder / OPTIM)
-    params = dict(raw.named_parameters())
+    params = dict(raw.named_parameters(remove_duplicate=False))
     saved = HuggingFaceStorageReader(str(folder / OPTIM)).read_metadata().state_dict_metadata
     state: dict = {}
     for key, meta in saved.items():
@@ -126,12 +133,23 @@ def load_optimizer(folder: Path, model: torch.nn.Module, raw: torch.nn.Module, o
         state[key] = (torch.empty_like(p.detach(), dtype=meta.properties.dtype) if shaped
                       else torch.empty(tuple(meta.size), dtype=meta.properties.dtype))
     _dcp(dcp.load, state, storage_reader=HuggingFaceStorageReader(str(folder / OPTIM)))
-    nested: dict = {}
+    # straight into AdamW's per-parameter state: torch's set_optimizer_state_dict first allocates a zero state and
+    # zero gradients for every parameter (a fake step), which a resume would hold on top of the loaded state
+    if len(param_groups) != len(optimizer.param_groups):
+        raise ValueError(f"{folder}: {len(param_groups)} optimizer param groups saved, this run has "
+                         f"{len(optimizer.param_groups)}")
+    nested: dict[str, dict] = {}
     for key, v in state.items():
         fqn, _, name = key.rpartition(".")
         nested.setdefault(fqn, {})[name] = v
-    set_optimizer_state_dict(model, optimizer, {"state": nested, "param_groups": param_groups},
-                             options=StateDictOptions(full_state_dict=False, strict=False))
+    optimizer.state.clear()
+    for group, saved in zip(optimizer.param_groups, param_groups):
+        group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "params"})
+        for fqn in saved["params"]:
+            if fqn in nested:
+                if group.get("fused") or group.get("capturable"):  # their step counter lives on the device
+                    nested[fqn]["step"] = nested[fqn]["step"].to(params[fqn].device)
+                optimizer.state[params[fqn]] = nested[fqn]
 
 
 def read_state(folder: Path) -> dict:

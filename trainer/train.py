@@ -211,7 +211,7 @@ def restore(st: StageRun) -> tuple[int, dict | None, Tally]:
         return 0, None, Tally()
     own = checkpoint.read_rank(st.resume, st.rank)
     state = checkpoint.read_state(st.resume)
-    checkpoint.load_optimizer(st.resume, st.model, st.raw, st.optimizer, state["optimizer"])
+    checkpoint.load_optimizer(st.resume, st.raw, st.optimizer, state["optimizer"])
     st.scheduler.load_state_dict(state["scheduler"])
     checkpoint.set_rng_state(own["rng"])
     log.info("%s: resuming at step %d from %s", st.stage.name, state["step"], st.resume)
