@@ -31,13 +31,12 @@ SHAPE = {"vision": {"num_hidden_layers": 1},
 
 
 def _configs(work: Path, preset: str, reduced: bool, device: str):
-    from tests.trainer_fixtures import stage
-    from trainer.config import ModelConfig, RunConfig
+    from trainer.config import ModelConfig, RunConfig, load_stage
 
     model = ModelConfig(preset=preset, shape=SHAPE if reduced else {})
     run = RunConfig(mix=str(work / "mix"), out=str(work / "run"), tokenizer=str(work / "tok"), model=model,
                     num_workers=0, ckpt_interval=1, seed=0, device=device)
-    return run, stage("stage3", steps=2, batch_size=1, seq_len=128, language_share=0.0)
+    return run, load_stage("stage3", ["steps=2", "batch_size=1", "seq_len=128", "warmup_steps=1", "language_share=0.0"])
 
 
 def prepare(work: Path, preset: str, reduced: bool, device: str) -> None:

@@ -909,31 +909,48 @@ def test_training_and_reading_shards_never_import_ray():
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
 
 
-@pytest.mark.slow
-def test_flex_attention_gets_q_k_v_in_the_autocast_dtype(tok, monkeypatch):
+def _flex_dtypes(tok, monkeypatch, device: str) -> None:
     """Stage 2 on CUDA: packed rows run flex attention inside bf16 autocast, where RoPE gives fp32 q/k next to a bf16
-    v. The kernel must see all three in bf16 (here on CPU with CPU autocast, the kernel run eagerly)."""
+    v. The kernel must see all three in bf16 (on CPU under CPU autocast, the kernel run eagerly, forward only: flex
+    has no backward on CPU; on CUDA the compiled kernel, forward and backward)."""
     import transformers.integrations.flex_attention as flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    seen = []
+    seen, compiled = [], flex.compile_friendly_flex_attention
 
     def kernel(query, key, value, **kw):
         seen.append((query.dtype, key.dtype, value.dtype))
+        if device == "cuda":
+            return compiled(query, key, value, **kw)
         kw.pop("training")
         return flex_attention(query, key, value, **kw)
 
     monkeypatch.setattr(flex, "compile_friendly_flex_attention", kernel)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", attn_implementation="flex_attention"), tok, packing=True)
+    dev = torch.device(device)
+    model = build_model(ModelConfig(preset="tiny", attn_implementation="flex_attention"), tok, packing=True,
+                        device=dev).to(dev)
     assert model.config.text_config._attn_implementation == "flex_attention"
     enc = encoder_for(model, tok)
     rng = random.Random(1)
     batch = collate_rows([[enc(make_sample(c, i, rng, 20)) for i, c in enumerate(["caption", "text"])]], enc.ids.pad)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # flex has no backward on CPU
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    with torch.set_grad_enabled(device == "cuda"), torch.autocast(device, dtype=torch.bfloat16):
         loss = model(**batch, use_cache=False).loss
+    if device == "cuda":
+        loss.backward()
     assert seen and set(seen) == {(torch.bfloat16,) * 3}, set(seen)
     assert math.isfinite(loss.item())
+
+
+@pytest.mark.slow
+def test_flex_attention_gets_q_k_v_in_the_autocast_dtype(tok, monkeypatch):
+    _flex_dtypes(tok, monkeypatch, "cpu")
+
+
+@pytest.mark.gpu
+def test_flex_attention_dtypes_under_cuda_bf16_autocast(tok, monkeypatch):
+    _flex_dtypes(tok, monkeypatch, "cuda")
 
 
 @pytest.mark.slow
