@@ -974,5 +974,5 @@ def test_compiled_layers_keep_unpacked_rows_on_the_causal_kernel(tok):
         batch = collate_rows(rows, enc.ids.pad)
         torch.testing.assert_close(compiled(**batch, use_cache=False).loss, ref(**batch, use_cache=False).loss,
                                    atol=1e-5, rtol=1e-5)
-    assert all(layer._compiled_call_impl is not None for layer in compiled.model.language_model.layers)
     assert masks[0] is None and masks[1] is not None
+    assert all(layer._compiled_call_impl is not None for layer in compiled.model.language_model.layers)
