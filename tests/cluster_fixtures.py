@@ -56,14 +56,15 @@ class LoopbackCluster:
         self.nodes.append(proc)
         return proc
 
-    def start(self, nodes: int, timeout: float = 300) -> LoopbackCluster:
+    def start(self, nodes: int, timeout: float = 300, worker_args: tuple[str, ...] = ()) -> LoopbackCluster:
         """Start the head, then the workers one at a time: `ray start` gives a node 30 s to register, which a loaded
-        machine starting several at once can miss (a node that gives up is started again, up to three times)."""
+        machine starting several at once can miss (a node that gives up is started again, up to three times).
+        `worker_args` go to the worker nodes' `ray start` (e.g. `--num-gpus=2`: a GPU node, the head without)."""
         head = ["--head", f"--port={self.gcs.split(':')[1]}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}", f"--ray-client-server-port={free_port()}"]
         for n in range(1, nodes + 1):
             for _ in range(3):
-                self._start(*(head if n == 1 else [f"--address={self.gcs}"]))
+                self._start(*(head if n == 1 else [f"--address={self.gcs}", *worker_args]))
                 if self.wait_for(n, timeout):
                     break
                 self.kill_node(len(self.nodes) - 1)

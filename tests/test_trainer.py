@@ -9,6 +9,7 @@ import gc
 import io
 import json
 import math
+import pickle
 import random
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from transformers import (
     AutoProcessor,
     DeepseekVLConfig,
     DeepseekVLHybridConfig,
+    DeepseekVLHybridForConditionalGeneration,
     LlamaConfig,
     LlamaModel,
     SiglipConfig,
@@ -143,6 +145,40 @@ def test_presets_keep_the_deepseek_vl_structure(tok):
         ModelConfig(attn_implementation="flash")
 
 
+# deepseek-ai/deepseek-vl-1.3b-base: DeepSeek-LLM-1.3B and SigLIP-L/16-384, as the release describes them
+RELEASED_1_3B = {
+    "text": {"hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+             "vocab_size": 102400, "max_position_embeddings": 16384, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+    "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+               "image_size": 384, "patch_size": 16},
+    "tie_word_embeddings": False,
+}
+
+
+def test_the_1_3b_preset_has_the_released_shape_untied_and_without_an_unused_head(tok):
+    config = build_config(ModelConfig(preset="deepseek-vl-1.3b"), tok)
+    for part, cfg in (("text", config.text_config), ("vision", config.vision_config)):
+        got = {k: getattr(cfg, k) for k in RELEASED_1_3B[part]}
+        assert got == RELEASED_1_3B[part], part
+    assert config.tie_word_embeddings is False and image_token_count(config) == 576
+    with torch.device("meta"):
+        big = build_model(ModelConfig(preset="deepseek-vl-1.3b"), tok)
+    assert big.lm_head.weight is not big.model.language_model.embed_tokens.weight
+    assert big.lm_head.weight.shape == (102400, 2048)
+    assert not any(n.startswith("head.") for n, _ in big.model.vision_model.named_parameters())
+    # a pretrained SigLIP keeps its pooling head: it exists, but no stage trains it
+    tiny = build_config(ModelConfig(preset="tiny"), tok)
+    tiny.vision_config.vision_use_head = True
+    headed = DeepseekVLHybridForConditionalGeneration(tiny)
+    head = [n for n, _ in headed.named_parameters() if n.startswith("model.vision_model.head.")]
+    assert head
+    set_trainable(headed, ["aligner", "vision", "llm"])
+    assert not any(p.requires_grad for n, p in headed.named_parameters() if n in head)
+    assert all(p.requires_grad for n, p in headed.named_parameters() if n.startswith("model.vision_model.")
+               and n not in head)
+
+
 def test_hybrid_encoder_paths_give_the_placeholder_count(model):
     px = torch.randn(2, 3, 64, 64)
     hpx = torch.randn(2, 3, 128, 128)
@@ -229,6 +265,32 @@ def test_special_tokens_are_added_only_from_scratch(tmp_path):
     assert len(scratch) == before + 4 and chat_format(scratch) is OURS
     model = build_model(ModelConfig(preset="tiny"), scratch)
     assert model.get_input_embeddings().num_embeddings >= len(scratch)
+
+
+def test_a_byte_level_tokenizer_named_llama_stays_byte_level(tmp_path):
+    """DeepSeek's released tokenizers are byte-level BPE under `tokenizer_class: LlamaTokenizerFast`; some
+    transformers 5.x releases silently gave them Llama's Metaspace pre-tokenizer (spaces and non-ASCII then decode
+    wrong). The pinned range keeps them byte-level."""
+    released = released_bundle(tmp_path / "released")
+    cfg_path = released / "tokenizer_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "tokenizer_class": "LlamaTokenizerFast"}))
+    tok = load_tokenizer(released, scratch=False)
+    assert type(tok.backend_tokenizer.pre_tokenizer).__name__ == "ByteLevel"
+    text = "  two spaces, Ünïcode — 漢字"
+    assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
+
+
+def test_torch_and_transformers_are_within_the_tested_ranges():
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {r.name: r.specifier for r in map(Requirement, deps) if r.name in ("torch", "transformers")}
+    for name, spec in pins.items():
+        assert any(s.operator == "<" for s in spec), f"{name}: no upper bound on the tested range"
+        assert spec.contains(importlib.metadata.version(name).split("+")[0]), name
 
 
 def test_images_are_padded_to_square_then_resized_for_both_encoders(model):
@@ -686,6 +748,37 @@ def test_stop_and_resume_reaches_the_same_losses(mix, tok_dir, tmp_path):
         train_stage(RunConfig(out=str(tmp_path / "cut2"), **{**base, "num_workers": 0}), st, None)
 
 
+class Planted:
+    """A pickle that runs code when loaded: it writes `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_never_run(mix, tok_dir, tmp_path):
+    st = stage("stage1", steps=3)
+    base = dict(mix=str(mix), tokenizer=str(tok_dir), num_workers=0, seed=0, ckpt_interval=1)
+    train_stage(RunConfig(out=str(tmp_path / "run"), stop_after=1, **base), st, None)
+    ckpt = tmp_path / "run" / "stage1" / "ckpt" / "step-00000001"
+    assert {p.name for p in ckpt.iterdir()} == {"model", "optim", "state.json", "rank0.pt"}
+    assert all(p.suffix == ".safetensors" for p in [*(ckpt / "model").iterdir(), *(ckpt / "optim").iterdir()])
+    marker = tmp_path / "marker"
+    good = (ckpt / "rank0.pt").read_bytes()
+    own = torch.load(ckpt / "rank0.pt", weights_only=True)
+    torch.save({**own, "rng": Planted(marker)}, ckpt / "rank0.pt")
+    torch.save({"model": Planted(marker)}, ckpt / "state.pt")  # the old trainer's file: never opened now
+    (ckpt / "model" / ".metadata").write_bytes(pickle.dumps(Planted(marker)))  # DCP's own format: not read either
+    with pytest.raises(ValueError, match="rank0.pt: holds objects other than tensors"):
+        train_stage(RunConfig(out=str(tmp_path / "run"), **base), st, None)
+    assert not marker.exists()
+    (ckpt / "rank0.pt").write_bytes(good)  # the real checkpoint resumes, the planted files untouched
+    assert train_stage(RunConfig(out=str(tmp_path / "run"), **base), st, None)["steps"] == 3
+    assert not marker.exists()
+
+
 def test_a_released_bundle_keeps_its_image_processing_and_chat_format(mix, tmp_path):
     released = released_bundle(tmp_path / "released")
     run = RunConfig(mix=str(mix), out=str(tmp_path / "run"), num_workers=0, seed=0,
@@ -779,8 +872,8 @@ def test_ray_train_two_workers_ddp_and_fsdp_with_resume(ray_local, mix, tok_dir,
     summaries = launch(RunConfig(out=str(tmp_path / "ddp"), **base), [st])
     assert summaries and summaries[0]["steps"] == 3
     ckpt = tmp_path / "ddp" / "stage2" / "ckpt" / "step-00000003"
-    r0 = torch.load(ckpt / "rank0.pt", weights_only=False)
-    r1 = torch.load(ckpt / "rank1.pt", weights_only=False)
+    r0 = torch.load(ckpt / "rank0.pt", weights_only=True)
+    r1 = torch.load(ckpt / "rank1.pt", weights_only=True)
     assert sum(r0["data"]["consumed"].values()) > 0 and sum(r1["data"]["consumed"].values()) > 0
     assert r0["tally"] == r1["tally"]  # the run's tally is summed over ranks: every rank holds the same
     assert sum(r0["tally"]["samples"].values()) == sum(r0["data"]["local"]["samples"].values()) + sum(
@@ -822,3 +915,72 @@ def test_training_and_reading_shards_never_import_ray():
     code = ("import sys, trainer.cli, trainer.train, trainer.data, trainer.evaluate; "
             "sys.exit(1 if any(m == 'ray' or m.startswith('ray.') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+def _flex_dtypes(tok, monkeypatch, device: str) -> None:
+    """Stage 2 on CUDA: packed rows run flex attention inside bf16 autocast, where RoPE gives fp32 q/k next to a bf16
+    v. The kernel must see all three in bf16 (on CPU under CPU autocast, the kernel run eagerly, forward only: flex
+    has no backward on CPU; on CUDA the compiled kernel, forward and backward)."""
+    import transformers.integrations.flex_attention as flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    seen, compiled = [], flex.compile_friendly_flex_attention
+
+    def kernel(query, key, value, **kw):
+        seen.append((query.dtype, key.dtype, value.dtype))
+        if device == "cuda":
+            return compiled(query, key, value, **kw)
+        kw.pop("training")
+        return flex_attention(query, key, value, **kw)
+
+    monkeypatch.setattr(flex, "compile_friendly_flex_attention", kernel)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = build_model(ModelConfig(preset="tiny", attn_implementation="flex_attention"), tok, packing=True,
+                        device=dev).to(dev)
+    assert model.config.text_config._attn_implementation == "flex_attention"
+    enc = encoder_for(model, tok)
+    rng = random.Random(1)
+    batch = collate_rows([[enc(make_sample(c, i, rng, 20)) for i, c in enumerate(["caption", "text"])]], enc.ids.pad)
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    with torch.set_grad_enabled(device == "cuda"), torch.autocast(device, dtype=torch.bfloat16):
+        loss = model(**batch, use_cache=False).loss
+    if device == "cuda":
+        loss.backward()
+    assert seen and set(seen) == {(torch.bfloat16,) * 3}, set(seen)
+    assert math.isfinite(loss.item())
+
+
+@pytest.mark.slow
+def test_flex_attention_gets_q_k_v_in_the_autocast_dtype(tok, monkeypatch):
+    _flex_dtypes(tok, monkeypatch, "cpu")
+
+
+@pytest.mark.gpu
+def test_flex_attention_dtypes_under_cuda_bf16_autocast(tok, monkeypatch):
+    _flex_dtypes(tok, monkeypatch, "cuda")
+
+
+@pytest.mark.slow
+def test_compiled_layers_keep_unpacked_rows_on_the_causal_kernel(tok):
+    """`--compile` compiles each decoder layer after wrapping (FSDP's order), so the attention mask is built eagerly:
+    rows of one sample each reach SDPA with no mask (its causal fast path; compiling the whole LLM gave them a dense
+    packed mask), packed rows with their documents' mask; the loss is the uncompiled one."""
+    from trainer.train import wrap
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny"), tok)
+    ref = copy.deepcopy(model)
+    compiled = wrap(model, fsdp=False, world=1, compile_=True)
+    masks = []
+    compiled.model.language_model.layers[0].register_forward_pre_hook(
+        lambda m, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True)
+    enc = encoder_for(model, tok)
+    rng = random.Random(3)
+    docs = [enc(make_sample(c, i, rng, 20)) for i, c in enumerate(["caption", "text", "text"])]
+    for rows in ([[docs[0]], [docs[1]]], [[docs[1], docs[2]]]):  # unpacked rows (padded), then one packed row
+        batch = collate_rows(rows, enc.ids.pad)
+        torch.testing.assert_close(compiled(**batch, use_cache=False).loss, ref(**batch, use_cache=False).loss,
+                                   atol=1e-5, rtol=1e-5)
+    assert masks[0] is None and masks[1] is not None
+    assert all(layer._compiled_call_impl is not None for layer in compiled.model.language_model.layers)

@@ -127,3 +127,38 @@ def test_stages_1_2_3_at_real_geometry(mix, tok_dir, tmp_path):
     assert inputs["input_ids"][0].tolist().count(special_ids(processor.tokenizer).image) == 576
     assert inputs["high_res_pixel_values"].shape == (1, 3, 1024, 1024)
     assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_both_encoder_halves_are_alive_at_init(tok_dir):
+    """A from-scratch SAM tower feeds the adaptor features and gradients of the same order as SigLIP's: at SAM's
+    default init (1e-10) its features were ~1e-20 and the SAM half of the adaptor learnt nothing."""
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(REAL, load_tokenizer(tok_dir))
+    proc = image_processor(model.config)
+    img = Image.frombytes("RGB", (96, 64), bytes(random.Random(0).randrange(256) for _ in range(96 * 64 * 3)))
+    px = proc([img], return_tensors="pt")
+    low = model.model.get_low_res_image_features(px["pixel_values"]).last_hidden_state
+    high = model.model.get_high_res_image_features(px["high_res_pixel_values"]).last_hidden_state
+    assert high.shape[1] == low.shape[1] == 576
+    ratio = high.abs().mean() / low.abs().mean()
+    assert 1e-2 < ratio < 1e2, ratio.item()
+    aligner = model.model.aligner
+    aligner(low, high).square().mean().backward()
+    grad = aligner.high_res_vision_proj.weight.grad.abs().mean() / aligner.vision_proj.weight.grad.abs().mean()
+    assert 1e-2 < grad < 1e2, grad.item()
+
+
+@pytest.mark.slow
+def test_a_resume_holds_no_second_copy_of_the_state(tmp_path):
+    """At the small preset's real geometry (reduced depth), each in its own process: reading a stage-3 checkpoint
+    (model and AdamW state) costs next to nothing in resident memory above what a fresh start holds with the same
+    optimizer state; a full `torch.load`ed state dict (the old resume) costs a whole model copy more."""
+    from benchmarks.resume_memory import compare
+
+    res = compare("small", True, "cpu", tmp_path)
+    model = res["fresh"]["model_bytes"]
+    assert res["resume"]["optimizer_state_bytes"] == res["fresh"]["optimizer_state_bytes"] > model  # all restored
+    assert res["rss_peak_above_start_bytes_resume_minus_fresh"] < 0.25 * model, res
+    assert res["rss_peak_above_start_bytes_legacy_minus_fresh"] > 0.5 * model, res  # the measure sees a copy

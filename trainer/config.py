@@ -51,12 +51,14 @@ PRESETS: dict[str, Preset] = {
         llm=dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=16, num_attention_heads=12,
                  num_key_value_heads=12, max_position_embeddings=8192),  # 4096 text + 576 image tokens fit
     ),
-    # DeepSeek-VL-1.3B's shape: SigLIP-L/16 at 384 only, DeepSeek-LLM-1.3B (LLaMA layout, vocab 102400).
+    # DeepSeek-VL-1.3B's shape: SigLIP-L/16 at 384 only, DeepSeek-LLM-1.3B (LLaMA layout, vocab 102400, untied LM
+    # head: `build_config`), RoPE theta 10000 and RMSNorm eps 1e-6 written out rather than left to defaults.
     "deepseek-vl-1.3b": Preset(
         vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                     image_size=384, patch_size=16),
         llm=dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
-                 num_key_value_heads=16, max_position_embeddings=16384, rms_norm_eps=1e-6),
+                 num_key_value_heads=16, max_position_embeddings=16384, rms_norm_eps=1e-6, vocab_size=102400,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, hidden_act="silu"),
     ),
 }
 

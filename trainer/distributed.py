@@ -12,8 +12,6 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 from trainer.config import RunConfig, StageConfig
 from trainer.train import run_stages
 from vlcorpus.config import from_dict
@@ -25,10 +23,20 @@ def _worker(config: dict) -> None:
     run_stages(from_dict(RunConfig, config["run"]), [from_dict(StageConfig, s) for s in config["stages"]])
 
 
+def scaling_config(run: RunConfig):
+    """One GPU per worker for `--device cuda`, or for `auto` when the cluster has GPUs: decided from the cluster's
+    resources, never from the driver's own `torch.cuda` (the head of `ray_cluster.yaml` has no GPU). On an
+    autoscaling cluster whose GPU nodes are not up yet, `auto` sees none: ask for `--device cuda`."""
+    import ray
+    from ray.train import ScalingConfig
+
+    use_gpu = run.device == "cuda" or (run.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    return ScalingConfig(num_workers=run.workers, use_gpu=use_gpu)
+
+
 def launch(run: RunConfig, stages: list[StageConfig], address: str | None = None) -> list[dict]:
     """Train on `run.workers` Ray Train workers; return the stage summaries rank 0 wrote."""
     from ray.train import RunConfig as RayRunConfig
-    from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     init_ray(address)
@@ -36,13 +44,13 @@ def launch(run: RunConfig, stages: list[StageConfig], address: str | None = None
     run = replace(run, **absolute)  # Ray workers run in their own working directory
     if run.model.pretrained:
         run = replace(run, model=replace(run.model, pretrained=str(Path(run.model.pretrained).resolve())))
-    use_gpu = torch.cuda.is_available() and run.device != "cpu"
+    scaling = scaling_config(run)
     out = Path(run.out).resolve()
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"run": asdict(run), "stages": [asdict(s) for s in stages]},
-        scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=use_gpu),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=scaling,
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         run_config=RayRunConfig(name="train", storage_path=str(out / "_ray")),
     )
     trainer.fit()

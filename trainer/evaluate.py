@@ -363,11 +363,35 @@ def _accuracy(hits: list[bool]) -> dict:
     return {"acc": k / n if n else math.nan, "ci": list(wilson(k, n))}
 
 
-def multiple_choice(model, encoder: Encoder, items: list[Item]) -> dict:
+@dataclass(frozen=True)
+class Ranks:
+    """This process's share of the evaluation: items and text batches `rank::world`, the results gathered over the
+    process group. Every rank runs the same number of forward passes (the last one repeated where its share is
+    shorter), as FSDP's per-layer all-gathers need."""
+
+    rank: int = 0
+    world: int = 1
+
+    def share(self, n: int) -> list[int]:
+        """Indices of this rank's units, padded (with its own first one, result discarded) to every rank's count."""
+        mine = list(range(self.rank, n, self.world))
+        return mine + mine[:1] * (math.ceil(n / self.world) - len(mine)) if mine else [0] * math.ceil(n / self.world)
+
+    def gather(self, values: dict[int, object]) -> dict[int, object]:
+        if self.world == 1:
+            return values
+        every: list = [None] * self.world
+        torch.distributed.all_gather_object(every, values)
+        return {k: v for part in every for k, v in part.items()}
+
+
+def multiple_choice(model, encoder: Encoder, items: list[Item], ranks: Ranks = Ranks()) -> dict:
     """Accuracies with Wilson intervals, overall and per category."""
     blank_inputs = _image_inputs(encoder, _blank_image())
     blank = _image_features(model, blank_inputs["pixel_values"], blank_inputs["high_res_pixel_values"])
-    results = [(item, score_item(model, encoder, item, blank)) for item in items]
+    mine = {i: score_item(model, encoder, items[i], blank) for i in ranks.share(len(items))}
+    scored = ranks.gather({i: r for i, r in mine.items() if i % ranks.world == ranks.rank})
+    results = [(item, scored[i]) for i, item in enumerate(items)]
     out: dict = {"items": len(items), "chance": 1 / len(items[0].options) if items else math.nan, "categories": {}}
     groups: dict[str, list] = defaultdict(list)
     for item, r in results:
@@ -396,17 +420,21 @@ def _batches(encoded: list[Encoded], tokens: int) -> list[list[int]]:
 
 @torch.no_grad()
 def bits_per_byte(model, encoder: Encoder, samples: list[Sample], batch_tokens: int = 8192, bootstrap: int = 1000,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, ranks: Ranks = Ranks()) -> dict:
     """Summed NLL of every target token, in bits, over the UTF-8 bytes of the text those tokens encode (a sample
     longer than the encoder's seq_len is scored on what it keeps), with a bootstrap interval over samples."""
     encoded = [encoder(s) for s in samples]
-    nll, nbytes = np.zeros(len(samples)), np.zeros(len(samples))
-    for batch in _batches(encoded, batch_tokens):
-        summed, _ = _target_logprobs(model, [encoded[j] for j in batch], encoder.ids.pad)
-        for j, value in zip(batch, summed.tolist()):
+    batches = _batches(encoded, batch_tokens)
+    scored_by: dict[int, tuple[float, int]] = {}
+    for b in ranks.share(len(batches)):
+        summed, _ = _target_logprobs(model, [encoded[j] for j in batches[b]], encoder.ids.pad)
+        for j, value in zip(batches[b], summed.tolist()):
             scored = [t for t in encoded[j].labels.tolist() if t != IGNORE]
-            nbytes[j] = len(encoder.tok.decode(scored, skip_special_tokens=True).encode("utf-8"))
-            nll[j] = -value / math.log(2)
+            scored_by[j] = (-value / math.log(2), len(encoder.tok.decode(scored, skip_special_tokens=True).encode("utf-8")))
+    mine = {j: v for b in range(ranks.rank, len(batches), ranks.world) for j in batches[b] for v in [scored_by[j]]}
+    every = ranks.gather(mine)
+    nll = np.array([every[j][0] for j in range(len(samples))])
+    nbytes = np.array([every[j][1] for j in range(len(samples))], dtype=float)
     total = nbytes.sum()
     return {"bpb": float(nll.sum() / total) if total else math.nan, "bpb_ci": list(bootstrap_ratio(nll, nbytes, bootstrap, seed)),
             "bpb_samples": len(samples), "bpb_bytes": int(total)}
@@ -428,27 +456,29 @@ def _one_thread_on_cpu(model):
         torch.set_num_threads(before)
 
 
-def evaluate_set(model, encoder: Encoder, eval_set: EvalSet, cfg: EvalConfig) -> dict:
+def evaluate_set(model, encoder: Encoder, eval_set: EvalSet, cfg: EvalConfig, ranks: Ranks = Ranks()) -> dict:
     was_training = model.training
     model.eval()
     with _one_thread_on_cpu(model):
-        result = multiple_choice(model, encoder, eval_set.items)
-        per_cat = {c: bits_per_byte(model, encoder, s, bootstrap=cfg.bootstrap, seed=cfg.seed)
+        result = multiple_choice(model, encoder, eval_set.items, ranks)
+        per_cat = {c: bits_per_byte(model, encoder, s, bootstrap=cfg.bootstrap, seed=cfg.seed, ranks=ranks)
                    for c, s in eval_set.texts.items() if s}
         for cat, bpb in per_cat.items():
             result["categories"].setdefault(cat, {}).update(bpb)
         language = [s for c in TEXT_ONLY_CATEGORIES for s in eval_set.texts.get(c, [])]
         if language:
-            result.update(bits_per_byte(model, encoder, language, bootstrap=cfg.bootstrap, seed=cfg.seed))
+            result.update(bits_per_byte(model, encoder, language, bootstrap=cfg.bootstrap, seed=cfg.seed, ranks=ranks))
     model.train(was_training)
     result["left_out"] = eval_set.left_out
     return result
 
 
-def evaluate(model, encoder: Encoder, folder: str | Path, items: int = 64, seed: int = 0, **settings) -> dict:
+def evaluate(model, encoder: Encoder, folder: str | Path, items: int = 64, seed: int = 0, ranks: Ranks = Ranks(),
+             **settings) -> dict:
     """Every measure on the held-out `folder` (a corpus or mixture folder); `settings` are other EvalConfig fields.
+    With `ranks`, every rank of the process group calls it, scores its share and returns the whole result.
 
     Flat keys for metrics and curves: `items`, `chance`, `mc_ppl_acc`, `option_acc`, `option_acc_norm` (each with
     `_ci`, a [low, high] 95% interval), `bpb`, `bpb_ci`, `bpb_bytes`; `categories` holds the same per category."""
     cfg = EvalConfig(items=items, seed=seed, **settings)
-    return evaluate_set(model, encoder, load_eval_set(folder, cfg), cfg)
+    return evaluate_set(model, encoder, load_eval_set(folder, cfg), cfg, ranks)

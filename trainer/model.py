@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AttentionInterface,
     AutoConfig,
     AutoModel,
     AutoProcessor,
@@ -30,6 +31,7 @@ from transformers import (
     SamVisionConfig,
     SiglipVisionConfig,
 )
+from transformers.integrations.flex_attention import flex_attention_forward
 from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import (
     DeepseekVLImageProcessorPil,
 )
@@ -41,6 +43,9 @@ from trainer.config import PRESETS, ModelConfig
 from trainer.tokenizer import ChatFormat, special_ids
 
 VLModel = DeepseekVLHybridForConditionalGeneration | DeepseekVLForConditionalGeneration
+# SamVisionConfig's default initializer_range (1e-10) is for loading released weights over it: a SAM tower from
+# scratch at that scale outputs ~1e-20 and the SAM half of the adaptor gets no gradient. LLaMA's 0.02 instead.
+SCRATCH_INIT_STD = 0.02
 
 
 def _sub_config(cls, preset_values: dict, pretrained: str | None, **extra):
@@ -57,18 +62,38 @@ def _sub_config(cls, preset_values: dict, pretrained: str | None, **extra):
 def build_config(mcfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> DeepseekVLHybridConfig | DeepseekVLConfig:
     preset = PRESETS[mcfg.preset]
     ids = special_ids(tokenizer)
-    vocab = math.ceil(len(tokenizer) / 64) * 64  # a multiple of 64 keeps the LM head's matmul efficient
-    llm = _sub_config(LlamaConfig, {**preset.llm, **mcfg.shape.get("llm", {})}, mcfg.llm_pretrained,
+    shape = {**preset.llm, **mcfg.shape.get("llm", {})}
+    # the preset's vocabulary (a released one's size), or the tokenizer's to a multiple of 64 (an efficient LM head)
+    vocab = max(shape.pop("vocab_size", 0), math.ceil(len(tokenizer) / 64) * 64)
+    llm = _sub_config(LlamaConfig, shape, mcfg.llm_pretrained,
                       vocab_size=vocab, bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad)
     if llm.vocab_size < len(tokenizer):
         llm.vocab_size = vocab
-    vision = _sub_config(SiglipVisionConfig, {**preset.vision, **mcfg.shape.get("vision", {})}, mcfg.vision_pretrained)
-    common = dict(text_config=llm, vision_config=vision, image_token_id=ids.image)
+    # DeepSeek-VL uses SigLIP's patch tokens: its attention-pooling head would be built and trained for nothing
+    vision = _sub_config(SiglipVisionConfig, {"vision_use_head": False, **preset.vision,
+                                              **mcfg.shape.get("vision", {})}, mcfg.vision_pretrained)
+    # DeepSeek-LLM's LM head is its own matrix, not the embeddings (transformers' DeepseekVL configs tie by default)
+    common = dict(text_config=llm, vision_config=vision, image_token_id=ids.image, tie_word_embeddings=False)
     if preset.high_res is None:
         return DeepseekVLConfig(**common)
-    high_res = _sub_config(SamVisionConfig, {**preset.high_res, **mcfg.shape.get("high_res", {})},
-                           mcfg.high_res_pretrained)
+    high_res = _sub_config(SamVisionConfig, {"initializer_range": SCRATCH_INIT_STD, **preset.high_res,
+                                             **mcfg.shape.get("high_res", {})}, mcfg.high_res_pretrained)
     return DeepseekVLHybridConfig(**common, high_res_vision_config=high_res)
+
+
+def flex_attention_in_autocast_dtype(module, query, key, value, attention_mask, **kwargs):
+    """transformers' flex attention with q, k, v in the autocast dtype. Under bf16 autocast RoPE hands the kernel fp32
+    q/k and a bf16 v (the projections ran in bf16, the rotation in fp32), and transformers' flex path does not cast:
+    older torch raises, newer torch silently runs the whole attention in fp32."""
+    device = query.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+# Every model this process builds or loads with flex attention (packed rows under SDPA on CUDA, or asked for) uses it.
+AttentionInterface.register("flex_attention", flex_attention_in_autocast_dtype)
 
 
 def attention(config, requested: str, packing: bool, device: torch.device) -> dict[str, str]:
@@ -140,16 +165,23 @@ def image_token_count(config: DeepseekVLHybridConfig | DeepseekVLConfig) -> int:
 ADAPTOR = ("model.aligner.", "model.high_res_vision_proj.", "model.high_res_vision_neck.", "model.high_res_vision_alpha")
 
 
+SIGLIP_HEAD = "model.vision_model.head."
+UNUSED = "unused"
+
+
 def parameter_groups(model: VLModel) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
     """Named parameters by the stage groups of `trainer.config.PARAM_GROUPS`.
 
     `aligner` is the whole VL adaptor (`ADAPTOR`, the high-resolution path after SAM-B included); `vision` is
     SigLIP; `high_res_vision` is SAM-B itself (its ViT and its own neck, 64x64x256 out); `llm` the decoder, its
-    embeddings and the LM head (tied or not).
+    embeddings and the LM head (tied or not); `unused` what no forward pass reaches (a pretrained SigLIP's
+    attention-pooling head), which never trains.
     """
-    groups: dict[str, list] = {"aligner": [], "vision": [], "high_res_vision": [], "llm": []}
+    groups: dict[str, list] = {"aligner": [], "vision": [], "high_res_vision": [], "llm": [], UNUSED: []}
     for name, p in model.named_parameters():
-        if name.startswith(ADAPTOR):
+        if name.startswith(SIGLIP_HEAD):
+            groups[UNUSED].append((name, p))
+        elif name.startswith(ADAPTOR):
             groups["aligner"].append((name, p))
         elif name.startswith("model.vision_model."):
             groups["vision"].append((name, p))

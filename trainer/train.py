@@ -14,26 +14,20 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import transformers
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
+from trainer import checkpoint
 from trainer.config import ModelConfig, RunConfig, StageConfig
 from trainer.data import OVER_BUDGET, Encoder, StepBatcher, Tally, read_mixture
 from trainer.model import (
@@ -42,7 +36,6 @@ from trainer.model import (
     has_tokenizer,
     image_token_count,
     load_processor,
-    load_trained,
     new_processor,
     save_bundle,
     set_trainable,
@@ -80,21 +73,6 @@ def pick_device(run: RunConfig) -> torch.device:
     return torch.device(run.device)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @dataclass
 class StageRun:
     """Everything one stage trains with, on this rank."""
@@ -110,8 +88,7 @@ class StageRun:
     processor: object
     encoder: Encoder
     fsdp: bool
-    resume: Path | None  # the checkpoint folder the stage continues from
-    resume_state: dict | None  # its model/optimizer/scheduler state, until `restore` has used it
+    resume: Path | None  # the checkpoint folder the stage continues from (its weights already loaded)
     trainable: list[torch.nn.Parameter] | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -128,35 +105,25 @@ class StageRun:
 # --- checkpoints ---------------------------------------------------------------------------------------------------
 
 
-def latest_checkpoint(ckpt: Path) -> Path | None:
-    done = sorted(ckpt.glob("step-*")) if ckpt.is_dir() else []
-    return done[-1] if done else None
-
-
 def save_checkpoint(st: StageRun, step: int, data_state: dict, tally: Tally) -> None:
-    """Every rank writes its data position and RNG, rank 0 the model, optimizer and scheduler, all into a temporary
-    folder that rank 0 renames to `step-N` once complete; only the last `keep_checkpoints` stay."""
+    """Every rank writes its data position and RNG and its shards of the model and optimizer (`trainer.checkpoint`),
+    rank 0 the scheduler and `state.json`, all into a temporary folder that rank 0 renames to `step-N` once complete;
+    only the last `keep_checkpoints` stay."""
     ckpt = st.out / "ckpt"
     tmp = ckpt / f".step-{step:08d}.tmp"
     if st.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     st.barrier()
-    own = {"data": data_state, "tally": tally.state_dict(), "rng": rng_state(), "step": step}
-    torch.save(own, tmp / f"rank{st.rank}.pt")
-    if st.fsdp:
-        model_state = get_model_state_dict(st.model, options=FULL_STATE)
-        optim_state = get_optimizer_state_dict(st.model, st.optimizer, options=FULL_STATE)
-    else:
-        model_state, optim_state = st.raw.state_dict(), st.optimizer.state_dict()
+    checkpoint.save_rank(tmp, st.rank, {"data": data_state, "tally": tally.state_dict(),
+                                        "rng": checkpoint.rng_state(), "step": step})
+    hyper = checkpoint.save_tensors(tmp, st.model, st.optimizer)
     if st.rank == 0:
-        torch.save({"model": model_state, "optimizer": optim_state, "scheduler": st.scheduler.state_dict(),
-                    "step": step, "run": asdict(st.run), "stage": asdict(st.stage)}, tmp / "state.pt")
+        atomic_write_json(tmp / checkpoint.STATE, {"optimizer": hyper, "scheduler": st.scheduler.state_dict(),
+                                                   "step": step, "run": asdict(st.run), "stage": asdict(st.stage)})
     st.barrier()
     if st.rank == 0:
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
+        checkpoint.fsync_tree(tmp)
         final = ckpt / f"step-{step:08d}"
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -201,20 +168,34 @@ def open_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> Sta
     if run.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
-    resume = latest_checkpoint(out / "ckpt")
-    state = torch.load(resume / "state.pt", map_location=device, weights_only=False) if resume else None
-    if state is not None:
-        model.load_state_dict(state.pop("model"))
     raw, fsdp = model, run.fsdp and world > 1
-    if run.compile:
-        model.model.language_model.compile()
-    if fsdp:  # one shard group per decoder layer, the rest (towers, adaptor, embeddings) in the root group
-        for layer in model.model.language_model.layers:
+    model = wrap(model, fsdp, world, run.compile)
+    resume = checkpoint.latest_checkpoint(out / "ckpt")
+    if resume is not None:  # in place, into the (sharded) parameters
+        checkpoint.load_model(resume, model)
+    return StageRun(run, stage, out, rank, world, device, raw, model, processor, encoder, fsdp, resume)
+
+
+def wrap(model: torch.nn.Module, fsdp: bool, world: int, compile_: bool) -> torch.nn.Module:
+    """FSDP2 (one shard group per decoder layer, the rest in the root group) or DDP over several ranks, then each
+    decoder layer compiled on its own (the order of PyTorch's FSDP2 docs and torchtitan: FSDP's hooks stay outside
+    the compiled regions, and the attention mask is built eagerly, so unpacked rows keep SDPA's causal kernels).
+
+    A rank whose micro-batches hold no image leaves the towers' and adaptor's parameters without gradients while
+    another rank's have them: DDP finds them (`find_unused_parameters`), FSDP2 reduce-scatters zeros for them, so
+    every rank runs the same collectives."""
+    layers = model.model.language_model.layers
+    if fsdp:
+        for layer in layers:
             fully_shard(layer)
         fully_shard(model)
-    elif world > 1:  # frozen towers and language-only steps leave some trainable parameters without gradients
-        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    return StageRun(run, stage, out, rank, world, device, raw, model, processor, encoder, fsdp, resume, state)
+        model.set_reduce_scatter_unused_params(True)
+    if compile_:
+        for layer in layers:
+            layer.compile()
+    if world > 1 and not fsdp:
+        return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    return model
 
 
 def make_optimizer(st: StageRun) -> None:
@@ -228,17 +209,11 @@ def restore(st: StageRun) -> tuple[int, dict | None, Tally]:
     """Optimizer, scheduler, RNG and data position from the newest checkpoint: (step, data state, tally)."""
     if st.resume is None:
         return 0, None, Tally()
-    state, st.resume_state = st.resume_state, None
-    own = torch.load(st.resume / f"rank{st.rank}.pt", weights_only=False)
-    if st.fsdp:
-        # strict=False: a trainable parameter that never had a gradient yet (the adaptor after only language
-        # steps) has no AdamW state, in the checkpoint or in an uninterrupted run
-        set_optimizer_state_dict(st.model, st.optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True, strict=False))
-    else:
-        st.optimizer.load_state_dict(state["optimizer"])
+    own = checkpoint.read_rank(st.resume, st.rank)
+    state = checkpoint.read_state(st.resume)
+    checkpoint.load_optimizer(st.resume, st.raw, st.optimizer, state["optimizer"])
     st.scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(own["rng"])
+    checkpoint.set_rng_state(own["rng"])
     log.info("%s: resuming at step %d from %s", st.stage.name, state["step"], st.resume)
     return state["step"], own["data"], Tally.from_state(own["tally"])
 
@@ -294,12 +269,20 @@ def train_step(st: StageRun, micro: list[dict], n_target: float) -> tuple[float,
     return total.item() / st.world, grad_norm.item(), lr  # the step's only host syncs
 
 
-def evaluate_model(st: StageRun, model: torch.nn.Module) -> dict:
-    """The one call of `trainer.evaluate.evaluate` (during the stage and after it)."""
-    from trainer.evaluate import evaluate
+def evaluate_model(st: StageRun) -> dict:
+    """The one call of `trainer.evaluate.evaluate` (during the stage and after it), on every rank: each scores its
+    share of the items and texts, and all get the whole result. Under FSDP the root group (towers, adaptor,
+    embeddings, LM head, which evaluation calls directly) is gathered for it; the decoder layers gather themselves."""
+    from trainer.evaluate import Ranks, evaluate
 
-    return evaluate(model, st.encoder, st.run.eval_dir, items=st.run.eval_items, seed=st.run.seed,
-                    categories=eval_categories(st.run))
+    if st.fsdp:
+        st.raw.unshard()
+    try:
+        return evaluate(st.raw, st.encoder, st.run.eval_dir, items=st.run.eval_items, seed=st.run.seed,
+                        categories=eval_categories(st.run), ranks=Ranks(st.rank, st.world))
+    finally:
+        if st.fsdp:
+            st.raw.reshard()
 
 
 def eval_categories(run: RunConfig) -> tuple[str, ...] | None:
@@ -425,7 +408,7 @@ def train_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> di
              "dropped": sum(tally.dropped.values()), "cut": sum(tally.cut.values()),
              "data_wait_s": t_data - t0, "step_s": t_end - t0, "tokens_per_s": counts[-1] / (t_end - t0)}
         if run.eval_dir and run.eval_interval and (step + 1) % run.eval_interval == 0:
-            m["eval"] = evaluate_model(st, st.raw)
+            m["eval"] = evaluate_model(st)
         metrics.log(m)
         if (step + 1) % run.ckpt_interval == 0 or step + 1 == end:
             save_checkpoint(st, step + 1, data_after, tally)
@@ -456,9 +439,10 @@ def finish_stage(st: StageRun, batcher: StepBatcher, tally: Tally, metrics: Metr
     if st.rank == 0:
         save_bundle(st.raw, st.processor, st.encoder.chat, final, state_dict=model_state)
         metrics.plot()
+    if st.run.eval_dir:
+        summary["eval"] = evaluate_model(st)
+    if st.rank == 0:
         if st.run.eval_dir:
-            evaluated = load_trained(final, st.run.model.attn_implementation).to(st.device) if st.fsdp else st.raw
-            summary["eval"] = evaluate_model(st, evaluated)
             with (Path(st.run.out) / "eval.jsonl").open("a") as f:
                 f.write(json.dumps({"stage": st.stage.name, **summary["eval"]}) + "\n")
         atomic_write_json(st.out / "summary.json", summary)
