@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from pipelines.job import add_job_arguments, renderer_config, run_job
+from pipelines.job import add_job_arguments, local_input, renderer_config, run_job
 from renderers.paper import arxiv
 from renderers.paper.sources import ARCHIVE_SUFFIXES
 from vlcorpus.document import Bounds, DocInput
@@ -87,5 +87,5 @@ def discover_papers(root: Path) -> list[DocInput]:
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(arxiv.PaperConfig, args)
-    run_job(replace(STAGE, config=cfg), discover_papers(args.input), args)
+    run_job(replace(STAGE, config=cfg), discover_papers(local_input(args)), args)
     return 0

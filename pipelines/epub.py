@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from pipelines.browser_runner import BrowserRunner
-from pipelines.job import add_job_arguments, discover, renderer_config, run_job
+from pipelines.job import add_job_arguments, discover, local_input, renderer_config, run_job
 from renderers.browser import epub
 from vlcorpus.document import Bounds, DocInput, part_id
 from vlcorpus.driver import Stage
@@ -54,5 +54,5 @@ def split_books(books: Iterable[DocInput], cfg: epub.EpubConfig) -> list[DocInpu
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(epub.EpubConfig, args)
-    run_job(replace(STAGE, config=cfg), split_books(discover(args.input, (".epub",)), cfg), args)
+    run_job(replace(STAGE, config=cfg), split_books(discover(local_input(args), (".epub",)), cfg), args)
     return 0

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import replace
 
 from pipelines.browser_runner import BrowserRunner
-from pipelines.job import add_job_arguments, discover, renderer_config, run_job
+from pipelines.job import add_job_arguments, discover, local_input, renderer_config, run_job
 from renderers.browser import html
 from vlcorpus.document import Bounds
 from vlcorpus.driver import Stage
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(html.HtmlConfig, args)
-    root = str(args.input.resolve())
+    root = str(local_input(args).resolve())
     docs = [replace(d, related={"root": root}) for d in discover(args.input, (".html", ".htm", ".xhtml"))]
     run_job(replace(STAGE, config=cfg), docs, args)
     return 0

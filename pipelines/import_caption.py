@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from pipelines.job import add_job_arguments, renderer_config, run_job
+from pipelines.job import add_job_arguments, local_input, renderer_config, run_job, staging_folder
 from pipelines.records import RECORD_SUFFIXES, add_record_arguments, record_inputs
 from renderers.records import caption
 from vlcorpus.document import Bounds
@@ -26,6 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(caption.CaptionConfig, args)
     stage = replace(STAGE, config=cfg)
-    inputs = record_inputs(args.input, args.out / "_staging" / "caption", RECORD_SUFFIXES + (".tar",), args.lines_per_doc,
+    inputs = record_inputs(local_input(args), staging_folder(args, "caption"), RECORD_SUFFIXES + (".tar",), args.lines_per_doc,
                            int(args.max_record_mb * 1024**2))
     return run_job(stage, inputs, args, unit="caption")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from pipelines.job import add_job_arguments, renderer_config, run_job
+from pipelines.job import add_job_arguments, local_input, renderer_config, run_job, staging_folder
 from pipelines.records import add_record_arguments, record_inputs
 from renderers.records import scene_ocr
 from vlcorpus.document import Bounds
@@ -30,6 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(scene_ocr.SceneOcrConfig, args)
     stage = replace(STAGE, config=cfg)
-    inputs = record_inputs(args.input, args.out / "_staging" / "scene_ocr", (".jsonl", ".json"), args.lines_per_doc,
+    inputs = record_inputs(local_input(args), staging_folder(args, "scene_ocr"), (".jsonl", ".json"), args.lines_per_doc,
                            int(args.max_record_mb * 1024**2))
     return run_job(stage, inputs, args, unit="image")

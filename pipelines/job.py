@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlcorpus import storage
 from vlcorpus.config import load_config
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Options, Stage, run_pipeline
@@ -46,8 +48,9 @@ HINTS = {  # what to do about the most common reason, printed with it
 
 
 def add_job_arguments(p: argparse.ArgumentParser, stage: Stage) -> None:
-    p.add_argument("input", type=Path, help="input folder (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="corpus folder: <out>/<category>/*.tar and <out>/_ledger/")
+    p.add_argument("input", type=storage.location, help="input folder or s3:// / gs:// prefix (searched recursively)")
+    p.add_argument("--out", type=storage.location, required=True,
+                   help="corpus folder or s3:// / gs:// prefix: <out>/<category>/*.tar and <out>/_ledger/")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--retry-failed", action="store_true", help="render again the documents the ledger marks failed")
@@ -69,6 +72,35 @@ def job_stage(stage: Stage, args: argparse.Namespace, **changes: Any) -> Stage:
     """`stage` with the batch size and per-document bounds the arguments give (and any other `changes`)."""
     return dataclasses.replace(stage, batch_size=args.batch_size,
                                bounds=Bounds(timeout_s=args.doc_timeout, memory_gb=args.doc_memory_gb), **changes)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Stop before any work on an input or `--out` that cannot be used: a missing local input; on a store, missing
+    credentials, a bucket that does not exist, an input prefix that holds nothing (`storage.StorageError`)."""
+    if storage.is_remote(args.out):
+        storage.check_store(args.out)
+    if storage.is_remote(args.input):
+        storage.check_store(args.input, inputs=True, what="input")
+    elif not args.input.exists():
+        raise SystemExit(f"error: input {args.input} does not exist")
+
+
+def staging_folder(args: argparse.Namespace, name: str) -> Path:
+    """Where a record importer stages its pieces: `<out>/_staging/<name>`, or for an `--out` on a store a local
+    folder of this host named for that URL (a re-run finds its pieces again; workers on other hosts do not see it, so
+    record importers to a store run their Ray workers on this host)."""
+    check_paths(args)
+    if not storage.is_remote(args.out):
+        return args.out / "_staging" / name
+    return storage.scratch_root() / f"vlcorpus-staging-{hashlib.sha1(args.out.encode()).hexdigest()[:12]}" / name
+
+
+def local_input(args: argparse.Namespace) -> Path:
+    """The input of a command that reads it on the driver (record files split into pieces): a local path only."""
+    if storage.is_remote(args.input):
+        raise ValueError(f"input {args.input}: this command reads its input files on the driver and takes a local "
+                         "path only; copy the prefix to local disk (e.g. `aws s3 sync`) or use a shared folder")
+    return args.input
 
 
 def job_options(args: argparse.Namespace, out: Path) -> Options:
@@ -129,9 +161,13 @@ def refused(doc: str, origin: str, path: Path, reason: str) -> DocInput:
     return DocInput(doc=doc, origin=origin, path=str(path), related={REFUSED: reason})
 
 
-def discover(root: Path, suffixes: tuple[str, ...]) -> list[DocInput]:
+def discover(root: storage.Location, suffixes: tuple[str, ...]) -> list[DocInput]:
     """Every file under `root` with one of `suffixes`, its path relative to `root` as both id and origin; the ones
-    that must not be read come back `refused`."""
+    that must not be read come back `refused`. Under a store prefix: every object, its URL as the path (a worker
+    stages it, `driver.staged`)."""
+    if storage.is_remote(root):
+        return [DocInput(doc=u[len(root) + 1:], origin=u[len(root) + 1:], path=u)
+                for u in storage.find(root) if storage.name(u).lower().endswith(suffixes)]
     root = root.resolve()
     docs = []
     for p, problem in walk_inputs(root, lambda p: p.name.lower().endswith(suffixes)):
@@ -145,6 +181,9 @@ def gate(inputs: Iterable[DocInput], roots: Sequence[Path], run: str) -> tuple[l
     whose path leaves `roots`)."""
     safe, entries = [], []
     for d in inputs:
+        if storage.is_remote(d.path) and REFUSED not in d.related:
+            safe.append(d)  # an object is read by its key: no link to follow out of the prefix
+            continue
         reason = d.related.get(REFUSED) or input_problem(Path(d.path), roots)
         if reason is None:
             safe.append(d)
@@ -154,7 +193,7 @@ def gate(inputs: Iterable[DocInput], roots: Sequence[Path], run: str) -> tuple[l
     return safe, entries
 
 
-def record_refusals(out: Path, source: str, entries: list[Entry]) -> None:
+def record_refusals(out: storage.Location, source: str, entries: list[Entry]) -> None:
     """Append the refusals the ledger does not already say (a re-run writes nothing twice)."""
     with Ledger(out, source) as ledger:
         latest = ledger.latest()
@@ -178,11 +217,12 @@ def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace, 
 
     Returns the exit status: `STRICT_EXIT` when `args.strict` is set and the job imported nothing or dropped more than
     `args.max_drop_share` of its records (in `unit`s), else 0."""
-    if not args.input.exists():
-        raise SystemExit(f"error: input {args.input} does not exist")
+    check_paths(args)
     opts = job_options(args, args.out)
     init_ray(args.address, args.num_cpus)
-    entries = run_stage(job_stage(stage, args), inputs, opts, [input_root(args.input), args.out])
+    roots = [] if storage.is_remote(args.input) else [input_root(args.input)]
+    roots.append(staging_folder(args, "") if storage.is_remote(args.out) else args.out)  # staged pieces are inputs too
+    entries = run_stage(job_stage(stage, args), inputs, opts, roots)
     return report_drops(stage.source, entries, args, unit)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from pipelines.job import add_job_arguments, discover, renderer_config, run_job
+from pipelines.job import add_job_arguments, discover, local_input, renderer_config, run_job, staging_folder
 from pipelines.records import add_record_arguments, record_inputs
 from renderers.records import text
 from vlcorpus.document import Bounds
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(text.TextConfig, args)
     stage = replace(STAGE, config=cfg)
-    files = discover(args.input, (".txt", ".md")) if args.input.is_dir() else []
-    records = record_inputs(args.input, args.out / "_staging" / "text", (".jsonl", ".parquet"), args.lines_per_doc,
+    files = discover(args.input, (".txt", ".md")) if local_input(args).is_dir() else []
+    records = record_inputs(local_input(args), staging_folder(args, "text"), (".jsonl", ".parquet"), args.lines_per_doc,
                             int(args.max_record_mb * 1024**2))
     return run_job(stage, files + records, args, unit="record")

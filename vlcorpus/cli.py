@@ -18,6 +18,7 @@ from types import ModuleType
 
 from vlcorpus.config import ConfigError
 from vlcorpus.driver import OutputFull
+from vlcorpus.storage import StorageError
 
 GROUPS = {
     "render": "render documents into page images and text (Ray job)",
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.main(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OutputFull as e:

@@ -1,0 +1,149 @@
+"""Object storage through one layer, against a real S3 server on loopback (moto's standalone server): caption
+imports to `s3://`, resumed exactly once with no stray objects, a lock that refuses a second job, and bad store
+input refused before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import s3fs
+import webdataset as wds
+
+from tests.s3server import s3_server
+from vlcorpus import storage
+from vlcorpus.cli import main as cli
+from vlcorpus.ledger import Ledger
+from vlcorpus.shards import ChecksumError, verify_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from importers import make_parquet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    with s3_server() as env:
+        yield env
+
+
+@pytest.fixture
+def bucket(s3_env, request):
+    s3fs.S3FileSystem.clear_instance_cache()
+    name = "t-" + request.node.name.replace("_", "-").lower()[:40]
+    s3fs.S3FileSystem().mkdir(name)
+    return name
+
+
+def captions(tmp_path: Path, rows: int, row_group: int) -> Path:
+    path = tmp_path / "in" / "captions.parquet"
+    path.parent.mkdir()
+    make_parquet(path, rows, row_group, 32)
+    return path
+
+
+def objects(prefix: str) -> list[str]:
+    return storage.find(prefix)
+
+
+def read_corpus(prefix: str, tmp: Path) -> list[dict]:
+    """Every sample of the corpus's caption shards, checksums verified, read back with webdataset."""
+    samples = []
+    for i, url in enumerate(storage.glob(f"{prefix}/caption/*.tar")):
+        verify_shard(url)
+        local = tmp / f"{i}.tar"
+        local.write_bytes(storage.read_bytes(url))
+        samples += list(wds.WebDataset(str(local), shardshuffle=False))
+    return samples
+
+
+def committed(prefix: str) -> set[str]:
+    """Every object the corpus may hold: ledger segments, indexes, and the shards (with sidecars) the ledger names."""
+    names = {f"{prefix}/index.json"}
+    for e in Ledger(prefix, "caption").latest().values():
+        for s in e.shards:
+            names |= {f"{prefix}/{s}", f"{prefix}/{s[:-4]}.json"}
+    names |= {f"{prefix}/{c}/index.json" for c in ("caption",)}
+    names |= set(storage.glob(f"{prefix}/_ledger/caption/*.jsonl"))
+    return names
+
+
+def import_caption(data: Path, out: str, *extra: str) -> int:
+    return cli(["import", "caption", str(data), "--out", out, "--num-cpus", "1", *extra])
+
+
+@pytest.mark.slow
+def test_caption_import_to_s3_is_exactly_once_and_cleans_what_no_ledger_names(bucket, tmp_path):
+    data = captions(tmp_path, 24, 4)
+    out = f"s3://{bucket}/corpus"
+    assert import_caption(data, out) == 0
+    samples = read_corpus(out, tmp_path)
+    assert len(samples) == 24 and len({s["__key__"] for s in samples}) == 24
+    assert {json.loads(s["json"])["segments"][1]["text"] for s in samples} == {
+        f"synthetic image number {i} with blocks of colour" for i in range(24)}
+    assert json.loads(storage.read_bytes(f"{out}/caption/index.json"))["samples"] == 24
+    before = set(objects(out))
+    assert before <= committed(out) | {f"{out}/caption/index.json"}
+
+    # what a job killed mid-upload leaves: a shard and sidecar no ledger line names, and an unfinished multipart upload
+    fs = s3fs.S3FileSystem()
+    shard = storage.glob(f"{out}/caption/*.tar")[0]
+    fs.copy(shard.removeprefix("s3://"), f"{bucket}/corpus/caption/caption-19990101000000beef-00000-000000.tar")
+    fs.copy(shard.removeprefix("s3://")[:-4] + ".json", f"{bucket}/corpus/caption/caption-19990101000000beef-00000-000000.json")
+    fs.call_s3("create_multipart_upload", Bucket=bucket, Key="corpus/caption/caption-19990101000000beef-00001-000000.tar")
+
+    assert import_caption(data, out) == 0  # nothing left to render: only the cleaning
+    assert set(objects(out)) == before
+    assert not fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
+    assert len(read_corpus(out, tmp_path)) == 24
+
+    # checksums are verified on read: a shard whose bytes changed on the store is refused
+    data_bytes = bytearray(storage.read_bytes(shard))
+    data_bytes[700] ^= 0xFF
+    storage.write_bytes(shard, bytes(data_bytes))
+    with pytest.raises(ChecksumError, match="does not match"):
+        verify_shard(shard)
+
+
+def test_second_job_on_the_same_out_is_refused(bucket, tmp_path):
+    data = captions(tmp_path, 4, 4)
+    out = f"s3://{bucket}/corpus"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live job on this host
+    try:
+        lock = f"{out}/_ledger/.caption.lock"
+        storage.write_bytes(lock, json.dumps({"host": os.uname().nodename, "pid": holder.pid, "since": 0}).encode())
+        with pytest.raises(RuntimeError, match=r"another run is writing .* pid %d" % holder.pid):
+            import_caption(data, out)
+        assert objects(out) == [lock]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert import_caption(data, out) == 0  # its holder is dead: the stale lock is taken over
+    assert len(read_corpus(out, tmp_path)) == 4 and f"{out}/_ledger/.caption.lock" not in objects(out)
+
+
+def test_bad_store_input_stops_before_any_work(bucket, tmp_path, capsys, monkeypatch):
+    data = captions(tmp_path, 4, 4)
+    assert import_caption(data, "s3://no-such-bucket-here/corpus") == 2
+    assert "bucket 'no-such-bucket-here' does not exist" in capsys.readouterr().err
+
+    assert cli(["render", "pdf", f"s3://{bucket}/empty/", "--out", f"s3://{bucket}/corpus", "--num-cpus", "1"]) == 2
+    assert f"input s3://{bucket}/empty: no objects under this prefix" in capsys.readouterr().err
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert import_caption(data, f"s3://{bucket}/corpus") == 2
+    assert "no credentials" in capsys.readouterr().err
+    monkeypatch.undo()
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert objects(f"s3://{bucket}") == []
