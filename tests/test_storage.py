@@ -147,3 +147,31 @@ def test_bad_store_input_stops_before_any_work(bucket, tmp_path, capsys, monkeyp
     monkeypatch.undo()
     s3fs.S3FileSystem.clear_instance_cache()
     assert objects(f"s3://{bucket}") == []
+
+
+@pytest.mark.slow
+def test_kill_drill_sigkill_mid_import_then_rerun_is_exactly_once(bucket, s3_env, tmp_path):
+    rows = 120
+    data = captions(tmp_path, rows, 2)  # 60 documents, one Ray task and one ledger segment each
+    out = f"s3://{bucket}/corpus"
+    scratch = tmp_path / "scratch"
+    env = {**os.environ, **s3_env, "PYTHONPATH": str(ROOT), "VLCORPUS_SCRATCH": str(scratch)}
+    command = [sys.executable, "-m", "vlcorpus", "import", "caption", str(data), "--out", out, "--num-cpus", "1",
+               "--batch-size", "1"]
+    job = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while len(storage.glob(f"{out}/_ledger/caption/*.jsonl")) < 3 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    done_at_kill = len(Ledger(out, "caption").latest())
+    assert 0 < done_at_kill < rows // 2, "the job was not killed mid-import"
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    samples = read_corpus(out, tmp_path)
+    texts = sorted(json.loads(s["json"])["segments"][1]["text"] for s in samples)
+    assert texts == sorted(f"synthetic image number {i} with blocks of colour" for i in range(rows))  # each once
+    assert set(objects(out)) <= committed(out)  # no stray object: only what the ledger names
+    assert not s3fs.S3FileSystem().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
+    assert not list(scratch.glob("vlcorpus-scratch-*"))
