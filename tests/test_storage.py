@@ -175,3 +175,31 @@ def test_kill_drill_sigkill_mid_import_then_rerun_is_exactly_once(bucket, s3_env
     assert set(objects(out)) <= committed(out)  # no stray object: only what the ledger names
     assert not s3fs.S3FileSystem().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
     assert not list(scratch.glob("vlcorpus-scratch-*"))
+
+
+def test_mix_reads_a_corpus_on_s3_and_writes_the_same_mixture_there(bucket, tmp_path):
+    from mixer.config import load_mixture
+    from mixer.mix import run_mix
+    from mixer.resolve import MixError
+    from tests.mix_corpus import build_corpus
+
+    corpus = build_corpus(tmp_path / "corpus")
+    s3fs.S3FileSystem().put(str(corpus), f"{bucket}/corpus", recursive=True)
+    local = run_mix([corpus], load_mixture("stage1"), tmp_path / "mix", local=True)
+    remote = run_mix([f"s3://{bucket}/corpus"], load_mixture("stage1"), f"s3://{bucket}/mix", local=True)
+    assert json.loads(storage.read_bytes(f"s3://{bucket}/mix/stage1/mixture.json")) == remote
+    assert remote["inputs"]["inputs_hash"] == local["inputs"]["inputs_hash"]
+    assert {c: [s["checksum"] for s in e["shards"]] for c, e in remote["categories"].items()} == {
+        c: [s["checksum"] for s in e["shards"]] for c, e in local["categories"].items()}  # the same bytes
+    for category, entry in remote["categories"].items():
+        for s in entry["shards"]:
+            verify_shard(f"s3://{bucket}/mix/stage1/{s['shard']}")
+
+    with pytest.raises(MixError, match="exists; pass --overwrite"):
+        run_mix([f"s3://{bucket}/corpus"], load_mixture("stage1"), f"s3://{bucket}/mix", local=True)
+    # a mix killed before its commit leaves shards without mixture.json: the next mix clears them and finishes
+    storage.remove([f"s3://{bucket}/mix/stage1/mixture.json"])
+    storage.write_bytes(f"s3://{bucket}/mix/stage1/caption/caption-0099-000000.tar", b"stray")
+    again = run_mix([f"s3://{bucket}/corpus"], load_mixture("stage1"), f"s3://{bucket}/mix", local=True)
+    assert again["totals"] == remote["totals"]
+    assert f"s3://{bucket}/mix/stage1/caption/caption-0099-000000.tar" not in objects(f"s3://{bucket}/mix")

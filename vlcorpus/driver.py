@@ -195,10 +195,8 @@ def upload_batch(local: Path, out: str) -> None:
     """Upload a finished batch's shards from the scratch folder: every shard before any sidecar, so a sidecar never
     names a missing shard (nothing counts before the ledger names it anyway)."""
     tars = sorted(p for p in local.glob("*/*.tar") if not p.name.startswith("."))
-    fs, _ = storage.filesystem(out)
     for files in (tars, [sidecar_path(t) for t in tars]):
-        if files:
-            fs.put([str(f) for f in files], [storage.filesystem(f"{out}/{f.parent.name}/{f.name}")[1] for f in files])
+        storage.put_files(files, [f"{out}/{f.parent.name}/{f.name}" for f in files])
 
 
 class BatchActor:

@@ -125,6 +125,15 @@ def open_read(path: Location) -> IO[bytes]:
     return fs.open(p, "rb", block_size=8 * 1024**2, cache_type="readahead")
 
 
+def open_ranges(path: Location) -> IO[bytes]:
+    """A binary stream for reads at scattered offsets (samples by byte range): each read of an object is one ranged
+    GET of exactly those bytes, no read-ahead."""
+    if not is_remote(path):
+        return open(path, "rb")
+    fs, p = filesystem(path)
+    return fs.open(p, "rb", cache_type="none")
+
+
 def size(path: Location) -> int:
     if not is_remote(path):
         return Path(path).stat().st_size
@@ -137,6 +146,13 @@ def put_file(local: Path, url: str) -> None:
     so a killed upload leaves no object (only parts, which `abort_uploads` removes)."""
     fs, p = filesystem(url)
     fs.put_file(str(local), p)
+
+
+def put_files(files: list[Path], urls: list[str]) -> None:
+    """Upload local files concurrently, each as `put_file` does (whole or not at all)."""
+    if files:
+        fs, _ = filesystem(urls[0])
+        fs.put([str(f) for f in files], [filesystem(u)[1] for u in urls])
 
 
 def remove(urls: list[str]) -> None:
