@@ -203,3 +203,45 @@ def test_mix_reads_a_corpus_on_s3_and_writes_the_same_mixture_there(bucket, tmp_
     again = run_mix([f"s3://{bucket}/corpus"], load_mixture("stage1"), f"s3://{bucket}/mix", local=True)
     assert again["totals"] == remote["totals"]
     assert f"s3://{bucket}/mix/stage1/caption/caption-0099-000000.tar" not in objects(f"s3://{bucket}/mix")
+
+
+@pytest.mark.slow
+def test_train_streams_a_mixture_from_s3_and_resumes_from_checkpoints_there(bucket, tmp_path, monkeypatch):
+    import torch
+
+    from trainer.config import RunConfig
+    from trainer.synthetic import make_mixture
+    from trainer.tokenizer import corpus_texts, train_tokenizer
+    from trainer.train import run_stages
+    from tests.trainer_fixtures import stage
+
+    mix = make_mixture(tmp_path / "mix", samples_per_category=24, shard_samples=6, max_words=40)
+    train_tokenizer(corpus_texts(mix), 400, tmp_path / "tok")
+    s3fs.S3FileSystem().put(str(mix), f"{bucket}/mix", recursive=True)
+    st = stage("stage2", steps=4, packing=True, language_share=0.5, modality_warmup_steps=1)
+    base = dict(tokenizer=str(tmp_path / "tok"), ckpt_interval=1, keep_checkpoints=2, num_workers=1, seed=3)
+    monkeypatch.setenv("VLCORPUS_SCRATCH", str(tmp_path / "host-a"))
+    torch.manual_seed(0)
+    run_stages(RunConfig(mix=str(mix), out=str(tmp_path / "whole"), **base), [st])
+    out = f"s3://{bucket}/run"
+    torch.manual_seed(0)
+    assert run_stages(RunConfig(mix=f"s3://{bucket}/mix", out=out, stop_after=2, **base), [st]) == [{"stopped_at": 2}]
+    assert json.loads(storage.read_bytes(f"{out}/stage2/ckpt/latest.json")) == {"checkpoint": "step-00000002"}
+    assert {u.rsplit("/", 2)[-2] for u in storage.glob(f"{out}/stage2/ckpt/step-*/*")} == {"step-00000001", "step-00000002"}
+
+    monkeypatch.setenv("VLCORPUS_SCRATCH", str(tmp_path / "host-b"))  # resumed on a fresh host: only the store
+    torch.manual_seed(123)
+    summary = run_stages(RunConfig(mix=f"s3://{bucket}/mix", out=out, **base), [st])[0]
+    assert summary["steps"] == 4 and json.loads(storage.read_bytes(f"{out}/stage2/summary.json"))["steps"] == 4
+
+    def losses(text: str) -> list[tuple]:
+        return [(m["step"], m["modality"], m["loss"]) for m in map(json.loads, text.splitlines())]
+
+    assert losses(storage.read_bytes(f"{out}/stage2/metrics.jsonl").decode()) == losses(
+        (tmp_path / "whole" / "stage2" / "metrics.jsonl").read_text())
+    assert f"{out}/stage2/final/config.json" in storage.find(f"{out}/stage2/final")
+
+    # the finished bundle on the store starts another run (`--pretrained s3://`)
+    again = RunConfig(mix=f"s3://{bucket}/mix", out=str(tmp_path / "next"), **{**base, "tokenizer": ""})
+    again.model.pretrained = f"{out}/stage2/final"
+    assert run_stages(again, [stage("stage2", steps=1)])[0]["steps"] == 1

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlcorpus import storage
 from vlcorpus.config import ConfigError, load_config
 
 SCHEDULE_DIR = Path(__file__).parent / "schedules"
@@ -185,6 +186,9 @@ class RunConfig:
             missing.append("tokenizer (or model.pretrained with its own tokenizer)")
         if missing:
             raise ConfigError(f"train: set {', '.join(missing)}")
+        for what, path in (("mix", self.mix), ("out", self.out), ("model.pretrained", self.model.pretrained)):
+            if path and storage.is_remote(storage.location(path)):
+                storage.check_store(path, inputs=what != "out", what=what)
 
 
 def schedule_path(name: str) -> Path:

@@ -155,6 +155,13 @@ def put_files(files: list[Path], urls: list[str]) -> None:
         fs.put([str(f) for f in files], [filesystem(u)[1] for u in urls])
 
 
+def get_file(url: str, local: Path) -> None:
+    """Download one object to a local file (streamed, not held in memory)."""
+    fs, p = filesystem(url)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fs.get_file(p, str(local))
+
+
 def remove(urls: list[str]) -> None:
     if urls:
         fs, _ = filesystem(urls[0])
