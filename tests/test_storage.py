@@ -245,3 +245,16 @@ def test_train_streams_a_mixture_from_s3_and_resumes_from_checkpoints_there(buck
     again = RunConfig(mix=f"s3://{bucket}/mix", out=str(tmp_path / "next"), **{**base, "tokenizer": ""})
     again.model.pretrained = f"{out}/stage2/final"
     assert run_stages(again, [stage("stage2", steps=1)])[0]["steps"] == 1
+
+
+def test_inspect_reads_a_corpus_on_s3(bucket, tmp_path, capsys):
+    data = captions(tmp_path, 8, 4)
+    out = f"s3://{bucket}/corpus"
+    assert import_caption(data, out) == 0
+    capsys.readouterr()
+    assert cli(["inspect", out, "--verify", "--samples", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "ledger caption: ok 2, filtered 0, failed 0, samples 8" in printed
+    assert "verified 2 shard(s) against their sidecars" in printed
+    assert "caption                 8 samples         96 text tokens       8 images" in printed
+    assert "synthetic image number 0 with blocks of colour" in printed
