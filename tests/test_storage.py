@@ -258,3 +258,35 @@ def test_inspect_reads_a_corpus_on_s3(bucket, tmp_path, capsys):
     assert "verified 2 shard(s) against their sidecars" in printed
     assert "caption                 8 samples         96 text tokens       8 images" in printed
     assert "synthetic image number 0 with blocks of colour" in printed
+
+
+@pytest.mark.slow
+def test_a_cluster_worker_node_killed_mid_job_on_s3_loses_and_duplicates_nothing(bucket, s3_env, tmp_path):
+    from benchmarks.cluster import LoopbackCluster
+    from vlcorpus.shards import read_samples, shard_paths
+
+    src, out = tmp_path / "in", f"s3://{bucket}/corpus"
+    src.mkdir()
+    names = [f"doc{i:03d}.txt" for i in range(150)]
+    for i, name in enumerate(names):
+        (src / name).write_text(f"Document {i}. " + "A sentence of plain prose for the text category. " * 8)
+    with LoopbackCluster(cpus_per_node=1, env={**s3_env, "VLCORPUS_SCRATCH": str(tmp_path / "scratch")}) as cluster:
+        cluster.start(nodes=3)
+        cluster.submit([sys.executable, "-m", "vlcorpus.cli", "import", "text", str(src), "--out", out,
+                        "--batch-size", "1"], "kill-drill-s3")
+        deadline = time.monotonic() + 600
+        while not storage.glob(f"{out}/_ledger/text/*.jsonl") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        killed = cluster.kill_node(2)
+        committed_at_kill = len(Ledger(out, "text").latest())
+        status, _ = cluster.wait_job("kill-drill-s3")
+        assert status == "SUCCEEDED", cluster.job_logs("kill-drill-s3")[-3000:]
+    assert "raylet" in killed
+    assert 0 < committed_at_kill < len(names), "the node was not killed mid-job"
+    latest = Ledger(out, "text").latest()
+    assert sorted(latest) == names and {e.status for e in latest.values()} == {"ok"}
+    shards = shard_paths(f"{out}/text")
+    for shard in shards:
+        verify_shard(shard)
+    assert sorted(s.doc for s in read_samples(shards)) == names  # every input exactly once
+    assert not s3fs.S3FileSystem().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
