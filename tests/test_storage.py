@@ -209,7 +209,10 @@ def test_mix_reads_a_corpus_on_s3_and_writes_the_same_mixture_there(bucket, tmp_
 def test_train_streams_a_mixture_from_s3_and_resumes_from_checkpoints_there(bucket, tmp_path, monkeypatch):
     import torch
 
+    from transformers import DeepseekVLHybridConfig
+
     from trainer.config import RunConfig
+    from trainer.model import image_processor
     from trainer.synthetic import make_mixture
     from trainer.tokenizer import corpus_texts, train_tokenizer
     from trainer.train import run_stages
@@ -240,6 +243,18 @@ def test_train_streams_a_mixture_from_s3_and_resumes_from_checkpoints_there(buck
     assert losses(storage.read_bytes(f"{out}/stage2/metrics.jsonl").decode()) == losses(
         (tmp_path / "whole" / "stage2" / "metrics.jsonl").read_text())
     assert f"{out}/stage2/final/config.json" in storage.find(f"{out}/stage2/final")
+
+    # `vlcorpus eval` of the bundle on the store, on a held-out set there, its results written there
+    heldout = make_mixture(tmp_path / "heldout", samples_per_category=8, seed=9,
+                           stages={"heldout": {"doc_ocr": 0.5, "web_code": 0.2, "text": 0.3}})
+    s3fs.S3FileSystem().put(str(heldout / "heldout"), f"{bucket}/heldout", recursive=True)
+    bundle = tmp_path / "host-b" / "processor"  # as tests/test_evaluate.py does: the image processor beside the model
+    image_processor(DeepseekVLHybridConfig.from_pretrained(summary["final"])).save_pretrained(str(bundle))
+    storage.put_file(bundle / "preprocessor_config.json", f"{out}/stage2/final/preprocessor_config.json")
+    assert cli(["eval", f"{out}/stage2/final", f"s3://{bucket}/heldout", "--items", "4", "--bpb-bytes", "500",
+                "--device", "cpu", "--out", f"{out}/eval"]) == 0
+    scores = json.loads(storage.read_bytes(f"{out}/eval/eval.json"))
+    assert scores["heldout"] == f"s3://{bucket}/heldout" and scores["categories"]["text"]["bpb"] > 0
 
     # the finished bundle on the store starts another run (`--pretrained s3://`)
     again = RunConfig(mix=f"s3://{bucket}/mix", out=str(tmp_path / "next"), **{**base, "tokenizer": ""})
