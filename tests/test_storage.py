@@ -305,3 +305,31 @@ def test_a_cluster_worker_node_killed_mid_job_on_s3_loses_and_duplicates_nothing
         verify_shard(shard)
     assert sorted(s.doc for s in read_samples(shards)) == names  # every input exactly once
     assert not s3fs.S3FileSystem().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.slow
+def test_extract_notebooks_from_s3_to_s3_stages_each_document_and_cleans_up(bucket, tmp_path, monkeypatch):
+    """Real notebooks (tests' shared samples) read from a prefix: each is staged in a worker's scratch folder, rendered,
+    and the folder removed; the same samples as from local disk."""
+    samples = Path("/work/shared/samples/notebooks/handson-ml2")
+    names = ["01_the_machine_learning_landscape.ipynb", "03_classification.ipynb"]
+    local_in = tmp_path / "nb"
+    local_in.mkdir()
+    for name in names:
+        (local_in / name).write_bytes((samples / name).read_bytes())
+        storage.write_bytes(f"s3://{bucket}/raw/nb/{name}", (samples / name).read_bytes())
+    monkeypatch.setenv("VLCORPUS_SCRATCH", str(tmp_path / "scratch"))
+    args = ["--num-cpus", "1"]
+    assert cli(["extract", "notebooks", str(local_in), "--out", str(tmp_path / "local"), *args]) == 0
+    assert cli(["extract", "notebooks", f"s3://{bucket}/raw/nb", "--out", f"s3://{bucket}/corpus", *args]) == 0
+    local = sorted((s.key, s.text) for s in read_samples_of(str(tmp_path / "local")))
+    remote = sorted((s.key, s.text) for s in read_samples_of(f"s3://{bucket}/corpus"))
+    assert remote == local and len(remote) >= 10
+    assert {e.origin for e in Ledger(f"s3://{bucket}/corpus", "notebook").latest().values()} == set(names)
+    assert not list((tmp_path / "scratch").glob("vlcorpus-scratch-*"))
+
+
+def read_samples_of(corpus: str):
+    from vlcorpus.shards import read_samples, shard_paths
+
+    return read_samples(p for p in shard_paths(corpus) if "/_" not in str(p))
