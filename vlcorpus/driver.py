@@ -387,7 +387,7 @@ def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledg
             committed.extend(entries)
             bar.update(len(entries))
             bar.set_postfix(summarize(committed), refresh=False)
-            if time.monotonic() - last_index > 30:
+            if time.monotonic() - last_index > 30 and not storage.is_remote(opts.out):  # on a store: at the end only
                 _write_indexes(opts.out)
                 last_index = time.monotonic()
     if full:
