@@ -208,15 +208,14 @@ def test_mix_reads_a_corpus_on_s3_and_writes_the_same_mixture_there(bucket, tmp_
 @pytest.mark.slow
 def test_train_streams_a_mixture_from_s3_and_resumes_from_checkpoints_there(bucket, tmp_path, monkeypatch):
     import torch
-
     from transformers import DeepseekVLHybridConfig
 
+    from tests.trainer_fixtures import stage
     from trainer.config import RunConfig
     from trainer.model import image_processor
     from trainer.synthetic import make_mixture
     from trainer.tokenizer import corpus_texts, train_tokenizer
     from trainer.train import run_stages
-    from tests.trainer_fixtures import stage
 
     mix = make_mixture(tmp_path / "mix", samples_per_category=24, shard_samples=6, max_words=40)
     train_tokenizer(corpus_texts(mix), 400, tmp_path / "tok")

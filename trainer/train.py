@@ -34,8 +34,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from trainer.config import ModelConfig, RunConfig, StageConfig
 from trainer import store
+from trainer.config import ModelConfig, RunConfig, StageConfig
 from trainer.data import OVER_BUDGET, Encoder, StepBatcher, Tally, read_mixture
 from trainer.model import (
     build_model,
