@@ -332,3 +332,29 @@ def read_samples_of(corpus: str):
     from vlcorpus.shards import read_samples, shard_paths
 
     return read_samples(p for p in shard_paths(corpus) if "/_" not in str(p))
+
+
+def test_arxiv_discovery_on_s3_pairs_archives_and_pdfs_by_stem(bucket, tmp_path):
+    import tarfile
+
+    from pipelines.arxiv import discover_store_papers
+    from vlcorpus.document import Bounds
+    from vlcorpus.driver import staged
+
+    paper = Path("/work/shared/samples/arxiv/rl-mapping")
+    archive = tmp_path / "2401.00001v2.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(paper, arcname=".")
+    root = f"s3://{bucket}/raw/arxiv"
+    storage.put_file(archive, f"{root}/cs/2401.00001v2.tar.gz")
+    storage.put_file(paper / "rl-mapping.pdf", f"{root}/cs/2401.00001.pdf")  # pairs by the id without its version
+    storage.put_file(paper / "rl-mapping.pdf", f"{root}/lone.pdf")
+    storage.write_bytes(f"{root}/cs/notes.txt", b"not a paper")
+    docs = discover_store_papers(root)
+    assert [(d.doc, d.origin, sorted(d.related)) for d in docs] == [
+        ("cs/2401.00001v2", "cs/2401.00001v2.tar.gz", ["pdf", "source"]), ("lone", "lone.pdf", ["pdf"])]
+    with staged(docs[0], Bounds()) as local:  # what a worker hands the renderer: local files, removed after
+        assert Path(local.path) == Path(local.related["source"]) and tarfile.is_tarfile(local.path)
+        assert Path(local.related["pdf"]).read_bytes() == (paper / "rl-mapping.pdf").read_bytes()
+        folder = Path(local.path).parents[1]
+    assert not folder.exists()

@@ -184,10 +184,12 @@ def staged(doc: DocInput, bounds: Bounds) -> Iterator[DocInput]:
         yield doc
         return
     with storage.scratch("doc") as folder:
-        local = {}
-        for i, (k, url) in enumerate(urls.items()):
-            (folder / str(i)).mkdir()
-            local[k] = str(storage.stage_input(url, folder / str(i), STAGE_MAX_BYTES))
+        fetched: dict[str, str] = {}  # each object once, however many roles it has (path and source of an archive)
+        for url in urls.values():
+            if url not in fetched:
+                (folder / str(len(fetched))).mkdir()
+                fetched[url] = str(storage.stage_input(url, folder / str(len(fetched)), STAGE_MAX_BYTES))
+        local = {k: fetched[url] for k, url in urls.items()}
         yield dataclasses.replace(doc, path=local.pop("", doc.path), related={**doc.related, **local})
 
 
