@@ -358,3 +358,15 @@ def test_arxiv_discovery_on_s3_pairs_archives_and_pdfs_by_stem(bucket, tmp_path)
         assert Path(local.related["pdf"]).read_bytes() == (paper / "rl-mapping.pdf").read_bytes()
         folder = Path(local.path).parents[1]
     assert not folder.exists()
+
+
+def test_report_of_a_corpus_on_s3_is_written_there(bucket, tmp_path):
+    from tests.mix_corpus import build_corpus
+
+    corpus = build_corpus(tmp_path / "corpus", per_category=6)
+    s3fs.S3FileSystem().put(str(corpus), f"{bucket}/corpus", recursive=True)
+    assert cli(["report", f"s3://{bucket}/corpus", "--thumbs", "2"]) == 0
+    page = storage.read_bytes(f"s3://{bucket}/corpus/report/index.html").decode()
+    assert "<section class='category' data-category='caption'>" in page
+    thumbs = [u for u in storage.glob(f"s3://{bucket}/corpus/report/assets/*") if u.endswith(".jpg")]
+    assert thumbs and all(storage.name(u) in page for u in thumbs)
