@@ -338,7 +338,6 @@ def test_arxiv_discovery_on_s3_pairs_archives_and_pdfs_by_stem(bucket, tmp_path)
     import tarfile
 
     from pipelines.arxiv import discover_store_papers
-    from vlcorpus.document import Bounds
     from vlcorpus.driver import staged
 
     paper = Path("/work/shared/samples/arxiv/rl-mapping")
@@ -353,7 +352,7 @@ def test_arxiv_discovery_on_s3_pairs_archives_and_pdfs_by_stem(bucket, tmp_path)
     docs = discover_store_papers(root)
     assert [(d.doc, d.origin, sorted(d.related)) for d in docs] == [
         ("cs/2401.00001v2", "cs/2401.00001v2.tar.gz", ["pdf", "source"]), ("lone", "lone.pdf", ["pdf"])]
-    with staged(docs[0], Bounds()) as local:  # what a worker hands the renderer: local files, removed after
+    with staged(docs[0]) as local:  # what a worker hands the renderer: local files, removed after
         assert Path(local.path) == Path(local.related["source"]) and tarfile.is_tarfile(local.path)
         assert Path(local.related["pdf"]).read_bytes() == (paper / "rl-mapping.pdf").read_bytes()
         folder = Path(local.path).parents[1]

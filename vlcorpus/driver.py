@@ -53,7 +53,7 @@ from vlcorpus.shards import (
     sidecar_path,
     write_index,
 )
-from vlcorpus.worker import BoundedWorker, InProcess
+from vlcorpus.worker import BoundedWorker, InProcess, outcome
 
 log = logging.getLogger("vlcorpus.driver")
 
@@ -156,8 +156,13 @@ def process_batch(stage: Stage, docs: list[DocInput], opts: Options, batch: int,
             target.open(out, prefix, opts.max_shard_bytes, opts.max_shard_samples, claim)
             for doc in docs:
                 start = time.monotonic()
-                with staged(doc, stage.bounds) as local_doc:
-                    result = target.render(local_doc)
+                with contextlib.ExitStack() as stack:
+                    try:
+                        local_doc = stack.enter_context(staged(doc))
+                    except (OSError, ValueError) as e:  # an object that cannot be staged fails its document only
+                        result = outcome("failed", error_class=type(e).__name__, error=f"staging the input: {e}"[:2000])
+                    else:
+                        result = target.render(local_doc)
                 entries.append(Entry(doc=doc.doc, origin=doc.origin, run=opts.run_id,
                                      seconds=round(time.monotonic() - start, 3), **result))
             target.close()
@@ -176,7 +181,7 @@ STAGE_MAX_BYTES = 4 * 1024**3  # the largest input object a worker stages; a big
 
 
 @contextlib.contextmanager
-def staged(doc: DocInput, bounds: Bounds) -> Iterator[DocInput]:
+def staged(doc: DocInput) -> Iterator[DocInput]:
     """`doc` with its input (and related inputs) on local disk: objects on a store are downloaded into a scratch
     folder of this worker, removed when the document is done whatever happens."""
     urls = {k: v for k, v in [("", doc.path), *doc.related.items()] if storage.is_remote(v)}
