@@ -16,8 +16,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from mixer.scan import read_range
+from vlcorpus import storage
 from vlcorpus.sample import Sample
-from vlcorpus.shards import ShardWriter
+from vlcorpus.shards import ShardWriter, sidecar_path
 
 OPEN_FILES = 64  # input shards a writer keeps open at once
 
@@ -60,7 +61,7 @@ class _Inputs:
         if f is None:
             if len(self.open) >= OPEN_FILES:
                 self.open.pop(next(iter(self.open))).close()
-            f = self.open[i] = open(self.paths[i], "rb")
+            f = self.open[i] = storage.open_ranges(self.paths[i])
         return f
 
     def close(self) -> None:
@@ -69,8 +70,19 @@ class _Inputs:
 
 
 def write_stream(job: StreamJob) -> dict[str, Any]:
-    """Write the stream's samples; return its counts and the shards it wrote (ShardEntry fields)."""
-    out = Path(job.folder)
+    """Write the stream's samples; return its counts and the shards it wrote (ShardEntry fields). A folder on a store:
+    the shards are written in a scratch folder, then uploaded (each shard before its sidecar)."""
+    if not storage.is_remote(job.folder):
+        return _write_stream(job, Path(job.folder))
+    with storage.scratch(job.prefix) as out:
+        result = _write_stream(job, out)
+        tars = sorted(out.glob(f"{job.prefix}-*.tar"))
+        for files in (tars, [sidecar_path(t) for t in tars]):
+            storage.put_files(files, [f"{job.folder}/{f.name}" for f in files])
+    return result
+
+
+def _write_stream(job: StreamJob, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob(f"{job.prefix}-*"), *out.glob(f".{job.prefix}-*")]:
         stale.unlink()

@@ -11,6 +11,10 @@ finished:
    --local); the ledger `MIX/_ledger/mix_<stage>.jsonl` records each category and every sample that was unusable;
 5. write `mixture.json` (`mixer.schema`) last, then rename the folder to `MIX/<stage>` (an old one is replaced only
    with --overwrite).
+
+On an object store (no rename) the streams write straight into `MIX/<stage>/` and `mixture.json`, written last, is
+the commit: a stage prefix without it is unfinished and is cleared by the next mix (an old mixture loses its
+`mixture.json` first when --overwrite replaces it).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from mixer.schema import (
     ShardEntry,
     Shares,
 )
+from vlcorpus import storage
 from vlcorpus.ledger import Entry, Ledger
 from vlcorpus.runtime import init_ray
 from vlcorpus.shards import atomic_write_json, fsync_dir, write_index
@@ -52,9 +57,10 @@ PROGRESS_S = 10.0  # seconds between progress lines while tasks run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("corpora", nargs="+", type=Path, help="corpus folder(s): <corpus>/<category>/*.tar + index.json")
+    p.add_argument("corpora", nargs="+", type=storage.location,
+                   help="corpus folder(s) or s3:// / gs:// prefix(es): <corpus>/<category>/*.tar + index.json")
     p.add_argument("--mixture", required=True, help="stage1|stage2|stage3 (mixer/mixtures/) or a YAML file")
-    p.add_argument("--out", type=Path, required=True, help="mixture folder: writes <out>/<stage>/")
+    p.add_argument("--out", type=storage.location, required=True, help="mixture folder or prefix: writes <out>/<stage>/")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a mixture setting, e.g. seed=3, budget=dominant, categories.caption.on_short=warn")
     p.add_argument("--strict", action="store_true",
@@ -79,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{cfg.stage}: {mixture['budget']['explained']}")
     for w in mixture["warnings"]:
         print(f"WARNING {cfg.stage}: {w}")
-    print(f"{cfg.stage}: {mixture['totals']['samples']} samples -> {args.out / cfg.stage}"
+    print(f"{cfg.stage}: {mixture['totals']['samples']} samples -> {storage.join(args.out, cfg.stage)}"
           + (f" ({len(mixture['warnings'])} warning(s), also in mixture.json)" if mixture["warnings"] else ""))
     return 0
 
@@ -144,12 +150,15 @@ def scan(cfg: MixtureConfig, inputs: dict[str, list[InputShard]], local: bool) -
     return out
 
 
-def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = False, overwrite: bool = False,
-            strict: bool = False) -> dict:
+def run_mix(corpora: list[storage.Location], cfg: MixtureConfig, out: storage.Location, local: bool = False,
+            overwrite: bool = False, strict: bool = False) -> dict:
     """Build `<out>/<stage>`; return what mixture.json says. Raise MixError (nothing finished) when it cannot."""
-    corpora = [Path(c) for c in corpora]
-    final = out / cfg.stage
-    if final.exists() and not overwrite:
+    corpora, out = [storage.location(c) for c in corpora], storage.location(out)
+    remote = storage.is_remote(out)
+    if remote:
+        storage.check_store(out)
+    final = storage.join(out, cfg.stage)
+    if storage.exists(storage.join(final, "mixture.json") if remote else final) and not overwrite:
         raise MixError(f"{final} exists; pass --overwrite to replace it")
     where = ", ".join(map(str, corpora))
     if cfg.left_out:
@@ -160,29 +169,25 @@ def run_mix(corpora: list[Path], cfg: MixtureConfig, out: Path, local: bool = Fa
     plan = make_plan(mixed, inputs, scan(mixed, inputs, local), where)
     if strict and plan.warnings:
         raise MixError(f"--strict: {len(plan.warnings)} warning(s), nothing written:\n  " + "\n  ".join(plan.warnings))
-    out.mkdir(parents=True, exist_ok=True)
-    with Ledger(out, f"mix_{cfg.stage}") as ledger:
-        partial = out / f".{cfg.stage}.partial"
-        try:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            jobs = [j for p in plan.categories for j in stream_jobs(mixed, p, str(partial / p.category))]
-            start = time.monotonic()
-            results = _fan_out(write_stream, [(j,) for j in jobs], local, "write")
-            written, errors = _collect(jobs, results)
-            ledger.append(_ledger_entries(plan.categories, written, errors, where))
-            if errors:
-                raise MixError(f"the mixture failed, nothing finished (see {ledger.path}):\n  "
-                               + "\n  ".join(f"category {c}: {e}" for c, e in errors.items()))
-            log.info("%s: wrote %d stream(s) in %.1f s", cfg.stage, len(jobs), time.monotonic() - start)
-            for category in written:
-                write_index(partial / category)
-            mixture = describe(cfg, plan, corpora, inputs, written, strict)
-            atomic_write_json(partial / "mixture.json", mixture)
-            _swap_in(partial, final)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
+    if remote:
+        with Ledger(out, f"mix_{cfg.stage}") as ledger:
+            storage.remove([u for u in [f"{final}/mixture.json"] if storage.exists(u)])  # uncommit the old one first
+            storage.remove(storage.find(final))  # and what it held, or what an unfinished mix left
+            mixture = _write(cfg, mixed, plan, corpora, inputs, final, local, strict, ledger, where)
+            storage.write_json(f"{final}/mixture.json", mixture)  # the commit
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        with Ledger(out, f"mix_{cfg.stage}") as ledger:
+            partial = out / f".{cfg.stage}.partial"
+            try:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir()
+                mixture = _write(cfg, mixed, plan, corpora, inputs, partial, local, strict, ledger, where)
+                atomic_write_json(partial / "mixture.json", mixture)
+                _swap_in(partial, final)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
     log.info("%s: wrote %s", cfg.stage, final)
     return mixture
 
@@ -194,6 +199,25 @@ def left_out_notice(cfg: MixtureConfig) -> str:
     rows += [f"  {c:<16} {table[c]:7.2%} -> left out: {why}" for c, why in cfg.left_out.items()]
     return (f"\n{'=' * 78}\n{cfg.stage}: the mixture leaves out {', '.join(cfg.left_out)}; the other categories' "
             f"ratios are renormalised over what stays (mixture.json records both):\n" + "\n".join(rows) + f"\n{'=' * 78}")
+
+
+def _write(cfg: MixtureConfig, mixed: MixtureConfig, plan: Plan, corpora: list[storage.Location],
+           inputs: dict[str, list[InputShard]], folder: storage.Location, local: bool, strict: bool, ledger: Ledger,
+           where: str) -> dict:
+    """Write every category's streams (of `mixed`, the categories kept) and indexes under `folder`, record them in
+    the ledger; the mixture.json dict."""
+    jobs = [j for p in plan.categories for j in stream_jobs(mixed, p, str(storage.join(folder, p.category)))]
+    start = time.monotonic()
+    results = _fan_out(write_stream, [(j,) for j in jobs], local, "write")
+    written, errors = _collect(jobs, results)
+    ledger.append(_ledger_entries(plan.categories, written, errors, where))
+    if errors:
+        raise MixError(f"the mixture failed, nothing finished (see {ledger.path}):\n  "
+                       + "\n  ".join(f"category {c}: {e}" for c, e in errors.items()))
+    log.info("%s: wrote %d stream(s) in %.1f s", cfg.stage, len(jobs), time.monotonic() - start)
+    for category in written:
+        write_index(storage.join(folder, category))
+    return describe(cfg, plan, corpora, inputs, written, strict)
 
 
 def _collect(jobs, results) -> tuple[dict[str, dict], dict[str, str]]:
@@ -240,7 +264,7 @@ def _swap_in(partial: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def describe(cfg: MixtureConfig, plan: Plan, corpora: list[Path], inputs: dict[str, list[InputShard]],
+def describe(cfg: MixtureConfig, plan: Plan, corpora: list[storage.Location], inputs: dict[str, list[InputShard]],
              written: dict[str, dict], strict: bool) -> dict:
     """mixture.json (`mixer.schema.MixtureJson`): what was written and why; checks it is what the plan said."""
     unit = cfg.unit

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixer.config import MixtureConfig
+from vlcorpus import storage
 from vlcorpus.sample import CATEGORIES
 from vlcorpus.shards import ShardInfo, read_index, shard_under, sidecar_path
 
@@ -33,13 +34,28 @@ class InputShard:
     images: int
 
 
-def category_shards(corpora: list[Path], category: str) -> list[InputShard]:
+def _listing(folder: storage.Location) -> dict[str, int] | None:
+    """Name -> size of the files in a category folder (one LIST on a store), or None when there is no such folder."""
+    if not storage.is_remote(folder):
+        folder = Path(folder)
+        return {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()} if folder.is_dir() else None
+    fs, path = storage.filesystem(folder)
+    fs.invalidate_cache()
+    try:
+        listed = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return None
+    return {storage.name(e["name"]): int(e["size"]) for e in listed if e["type"] == "file"} or None
+
+
+def category_shards(corpora: list[storage.Location], category: str) -> list[InputShard]:
     """The shards of `category` in every corpus that has it, checked against `index.json` without reading them."""
     shards: list[InputShard] = []
     problems: list[str] = []
     for corpus in corpora:
-        folder = corpus / category
-        if not folder.is_dir():
+        folder = storage.join(corpus, category)
+        files = _listing(folder)
+        if files is None:
             continue
         try:
             index = read_index(folder)
@@ -49,14 +65,15 @@ def category_shards(corpora: list[Path], category: str) -> list[InputShard]:
             try:
                 path = shard_under(folder, entry["shard"])
             except ValueError as e:
-                problems.append(f"{folder / 'index.json'}: {e}")
+                problems.append(f"{storage.join(folder, 'index.json')}: {e}")
                 continue
-            if not path.exists():
+            side = storage.name(sidecar_path(entry["shard"]))
+            if entry["shard"] not in files:
                 problems.append(f"{path}: listed in index.json but missing")
-            elif not sidecar_path(path).exists():
-                problems.append(f"{path}: its sidecar {sidecar_path(path).name} is missing")
-            elif path.stat().st_size != entry["bytes"]:
-                problems.append(f"{path}: {path.stat().st_size} bytes on disk, index.json says {entry['bytes']}")
+            elif side not in files:
+                problems.append(f"{path}: its sidecar {side} is missing")
+            elif files[entry["shard"]] != entry["bytes"]:
+                problems.append(f"{path}: {files[entry['shard']]} bytes on disk, index.json says {entry['bytes']}")
             else:
                 shards.append(InputShard(str(path), entry["samples"], entry["text_tokens"], entry["bytes"],
                                           ShardInfo.from_json(entry).checksum, entry.get("images", 0)))
@@ -65,16 +82,21 @@ def category_shards(corpora: list[Path], category: str) -> list[InputShard]:
     return shards
 
 
-def check_corpora(corpora: list[Path]) -> None:
+def check_corpora(corpora: list[storage.Location]) -> None:
     if not corpora:
         raise MixError("no corpus folder given")
     for corpus in corpora:
-        if not corpus.is_dir():
+        if storage.is_remote(corpus):
+            storage.check_store(corpus, what="corpus")
+            folders = {storage.name(f) for f in storage.folders(corpus)}
+        elif not corpus.is_dir():
             raise MixError(f"{corpus}: no such corpus folder")
-        present = [c for c in CATEGORIES if (corpus / c).is_dir()]
+        else:
+            folders = {p.name for p in corpus.iterdir() if p.is_dir()}
+        present = [c for c in CATEGORIES if c in folders]
         if not present:
             raise MixError(f"{corpus}: no category folder ({', '.join(CATEGORIES)}); is this a corpus folder?")
-        unindexed = [c for c in present if not (corpus / c / "index.json").exists()]
+        unindexed = [c for c in present if not storage.exists(storage.join(corpus, c, "index.json"))]
         if unindexed:
             raise MixError(
                 f"{corpus}: category folder(s) {', '.join(unindexed)} have no index.json (a pipeline never finished "
@@ -82,7 +104,7 @@ def check_corpora(corpora: list[Path]) -> None:
             )
 
 
-def preflight(corpora: list[Path], cfg: MixtureConfig) -> dict[str, list[InputShard]]:
+def preflight(corpora: list[storage.Location], cfg: MixtureConfig) -> dict[str, list[InputShard]]:
     """Each category's input shards (file order), after the checks that need no tar to be read."""
     check_corpora(corpora)
     return {name: category_shards(corpora, name) for name in cfg.categories}
@@ -93,5 +115,5 @@ def inputs_hash(inputs: dict[str, list[InputShard]]) -> str:
     h = hashlib.sha256()
     for category, shards in inputs.items():
         for s in shards:
-            h.update(f"{category}/{Path(s.path).name}:{s.checksum}\n".encode())
+            h.update(f"{category}/{storage.name(s.path)}:{s.checksum}\n".encode())
     return h.hexdigest()

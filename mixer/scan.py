@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from mixer.dedup import Signer, content_hash, image_digest, normalise
+from vlcorpus import storage
 from vlcorpus.sample import Sample
 from vlcorpus.shards import ChecksumError, verify_shard
 
@@ -121,7 +122,12 @@ def iter_ranges(f: BinaryIO) -> Iterator[tuple[dict, int, int]]:
 
 def read_range(f: BinaryIO, start: int, end: int) -> dict:
     """The members of the one sample stored at [start, end) of an open shard."""
-    samples = list(iter_ranges(io.BytesIO(os.pread(f.fileno(), end - start, start))))
+    if isinstance(f, io.BufferedReader):
+        data = os.pread(f.fileno(), end - start, start)
+    else:  # an object on a store: one ranged GET
+        f.seek(start)
+        data = f.read(end - start)
+    samples = list(iter_ranges(io.BytesIO(data)))
     if len(samples) != 1:
         raise ValueError(f"bytes {start}..{end} hold {len(samples)} samples, not one (the shard changed since it was read)")
     return samples[0][0]
@@ -142,7 +148,7 @@ def scan_shard(shard: str, near_dup: bool, num_perm: int) -> ShardScan:
         return out
     sign = Signer(num_perm) if near_dup else None
     try:
-        with open(shard, "rb") as f:
+        with storage.open_read(shard) as f:
             for members, start, end in iter_ranges(f):
                 try:
                     sample = Sample.from_wds(members)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlcorpus import storage
 from vlcorpus.config import ConfigError, from_dict
 
 SCHEMA = "vlcorpus-mix/2"
@@ -121,7 +122,7 @@ class MixtureJson:
 
 def read_mixture_json(path: str | Path) -> MixtureJson:
     """Load `<mix>/<stage>/mixture.json`; raise ConfigError if it is not this schema."""
-    data = json.loads(Path(path).read_text("utf-8"))
+    data = json.loads(storage.read_bytes(storage.location(path)))
     if data.get("schema") != SCHEMA:
         raise ConfigError(f"{path}: schema {data.get('schema')!r}, this reader reads {SCHEMA!r}; rebuild the mixture")
     return from_dict(MixtureJson, data)

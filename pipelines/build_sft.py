@@ -29,6 +29,7 @@ from renderers.records.discovery import add_record_arguments, record_inputs
 from renderers.records.reader import MAX_RECORD_BYTES
 from renderers.sft import classify, conversations, derived
 from renderers.sft import split as sft_split
+from vlcorpus import storage
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import run_pipeline
 from vlcorpus.inputs import input_root
@@ -94,6 +95,9 @@ def main(args: argparse.Namespace) -> int:
     taxonomy = conversations.taxonomy_for(cfg.taxonomy)
     if cfg.classifier == "embedding":
         classify.verified_model_dir()  # a tampered weights file stops the job here, before any batch
+    if storage.is_remote(args.out) or storage.is_remote(args.input):
+        raise ValueError("build sft takes local folders (it stages pieces and writes its eval split beside the corpus); "
+                         "build into a local folder and copy it to the store (e.g. `aws s3 sync`)")
     if not args.input.exists():
         raise FileNotFoundError(f"input {args.input} does not exist")
     if args.corpus:

@@ -8,6 +8,7 @@ defaults are read from it, and `job_stage` applies what the user overrode. `run_
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from renderers.records.discovery import add_record_arguments, record_inputs
+from vlcorpus import storage
 from vlcorpus.config import load_config
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.driver import Options, run_pipeline
@@ -40,8 +42,9 @@ HINTS = {  # what to do about the most common reason, printed with it
 
 
 def add_job_arguments(p: argparse.ArgumentParser, stage: Stage) -> None:
-    p.add_argument("input", type=Path, help="input folder (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="corpus folder: <out>/<category>/*.tar and <out>/_ledger/")
+    p.add_argument("input", type=storage.location, help="input folder or s3:// / gs:// prefix (searched recursively)")
+    p.add_argument("--out", type=storage.location, required=True,
+                   help="corpus folder or s3:// / gs:// prefix: <out>/<category>/*.tar and <out>/_ledger/")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--retry-failed", action="store_true", help="render again the documents the ledger marks failed")
@@ -65,8 +68,38 @@ def renderer_config(cls: type, args: argparse.Namespace) -> Any:
 
 def job_stage(stage: Stage, args: argparse.Namespace, **changes: Any) -> Stage:
     """`stage` with the batch size, per-document bounds and input root the arguments give (and any other `changes`)."""
-    return replace(stage, batch_size=args.batch_size, input_root=str(input_root(args.input)),
+    root = args.input if storage.is_remote(args.input) else input_root(args.input)
+    return replace(stage, batch_size=args.batch_size, input_root=str(root),
                    bounds=Bounds(timeout_s=args.doc_timeout, memory_gb=args.doc_memory_gb), **changes)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Stop before any work on an input or `--out` that cannot be used: a missing local input; on a store, missing
+    credentials, a bucket that does not exist, an input prefix that holds nothing (`storage.StorageError`)."""
+    if storage.is_remote(args.out):
+        storage.check_store(args.out)
+    if storage.is_remote(args.input):
+        storage.check_store(args.input, inputs=True, what="input")
+    elif not args.input.exists():
+        raise SystemExit(f"error: input {args.input} does not exist")
+
+
+def staging_folder(args: argparse.Namespace, name: str) -> Path:
+    """Where a record importer stages its pieces: `<out>/_staging/<name>`, or for an `--out` on a store a local
+    folder of this host named for that URL (a re-run finds its pieces again; workers on other hosts do not see it, so
+    record importers to a store run their Ray workers on this host)."""
+    check_paths(args)
+    if not storage.is_remote(args.out):
+        return args.out / "_staging" / name
+    return storage.scratch_root() / f"vlcorpus-staging-{hashlib.sha1(args.out.encode()).hexdigest()[:12]}" / name
+
+
+def local_input(args: argparse.Namespace) -> Path:
+    """The input of a command that reads it on the driver (record files split into pieces): a local path only."""
+    if storage.is_remote(args.input):
+        raise ValueError(f"input {args.input}: this command reads its input files on the driver and takes a local "
+                         "path only; copy the prefix to local disk (e.g. `aws s3 sync`) or use a shared folder")
+    return args.input
 
 
 def job_options(args: argparse.Namespace, out: Path) -> Options:
@@ -100,16 +133,18 @@ def run_job(stage: Stage, inputs: Iterable[DocInput], args: argparse.Namespace, 
 
     Returns the exit status: `STRICT_EXIT` when `args.strict` is set and the job imported nothing or dropped more than
     `args.max_drop_share` of its records (in `unit`s), else 0."""
-    if not args.input.exists():
-        raise SystemExit(f"error: input {args.input} does not exist")
+    check_paths(args)
     opts = job_options(args, args.out)
     inputs = list(inputs)
-    skipped = skipped_files(args.input, inputs, reads, opts.run_id) if reads and args.input.is_dir() else []
+    local_dir = not storage.is_remote(args.input) and args.input.is_dir()
+    skipped = skipped_files(args.input, inputs, reads, opts.run_id) if reads and local_dir else []
     if skipped:
         record_refusals(opts.out, stage.source, skipped)
         log.warning("%s: skipped %d file(s) in no format it reads (%s); see the ledger", stage.source, len(skipped), reads)
     init_ray(args.address, args.num_cpus)
-    entries = run_stage(job_stage(stage, args), inputs, opts, [input_root(args.input), args.out])
+    roots = [] if storage.is_remote(args.input) else [input_root(args.input)]
+    roots.append(staging_folder(args, "") if storage.is_remote(args.out) else args.out)  # staged pieces are inputs too
+    entries = run_stage(job_stage(stage, args), inputs, opts, roots)
     return report_drops(stage.source, entries + skipped, args, unit)
 
 
@@ -160,7 +195,8 @@ class Importer:
 
     def main(self, args: argparse.Namespace) -> int:
         stage = replace(self.stage, config=renderer_config(self.config, args))
-        files = discover(args.input, self.files) if self.files and args.input.is_dir() else []
-        records = record_inputs(args.input, args.out / "_staging" / stage.source, self.suffixes, args.lines_per_doc,
+        src = local_input(args)
+        files = discover(src, self.files) if self.files and src.is_dir() else []
+        records = record_inputs(src, staging_folder(args, stage.source), self.suffixes, args.lines_per_doc,
                                 int(args.max_record_mb * 1024**2), downloads_index=self.downloads_index)
         return run_job(stage, files + records, args, unit=self.unit, reads=self.reads)

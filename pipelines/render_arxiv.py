@@ -9,13 +9,15 @@ text layer.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
 
-from pipelines.job import add_job_arguments, renderer_config, run_job
+from pipelines.job import add_job_arguments, local_input, renderer_config, run_job
 from renderers.paper import arxiv
 from renderers.paper.sources import ARCHIVE_SUFFIXES
+from vlcorpus import storage
 from vlcorpus.document import Bounds, DocInput
 from vlcorpus.stage import Stage
 
@@ -27,6 +29,7 @@ STAGE = Stage(source="arxiv", render=arxiv.render_arxiv, batch_size=2, bounds=Bo
 
 _DOCUMENTCLASS = re.compile(rb"^[^%\n]*\\documentclass", re.M)
 _VERSION = re.compile(r"v\d+$")
+log = logging.getLogger("vlcorpus.pipelines")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +88,37 @@ def discover_papers(root: Path) -> list[DocInput]:
     return sorted(docs, key=lambda d: d.doc)
 
 
+def discover_store_papers(root: str) -> list[DocInput]:
+    """Papers under a store prefix: source archives and PDFs, paired by stem within a folder as on disk; a worker
+    stages each one (`driver.staged`). Extracted source folders are not staged (a paper is one archive there)."""
+    urls = storage.find(root)
+    pdfs = {u[: -len(storage.name(u))] + _stem(Path(storage.name(u))): u for u in urls if u.lower().endswith(".pdf")}
+    docs, skipped = [], 0
+    for u in urls:
+        name = storage.name(u)
+        if not name.lower().endswith(ARCHIVE_SUFFIXES):
+            skipped += not name.lower().endswith(".pdf")
+            continue
+        folder, stem = u[: -len(name)], _stem(Path(name))
+        related = {"source": u}
+        for key in (stem, _VERSION.sub("", stem)):
+            if (pdf := pdfs.pop(folder + key, None)) is not None:
+                related["pdf"] = pdf
+                break
+        docs.append(DocInput(doc=(folder + stem)[len(root) + 1:], origin=u[len(root) + 1:], path=u, related=related))
+    for key, pdf in pdfs.items():
+        docs.append(DocInput(doc=key[len(root) + 1:], origin=pdf[len(root) + 1:], path=pdf, related={"pdf": pdf}))
+    if skipped:
+        log.warning("%s: %d object(s) neither a source archive nor a PDF were not read (on a store a paper's source "
+                    "is one archive, e.g. .tar.gz)", root, skipped)
+    return sorted(docs, key=lambda d: d.doc)
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(arxiv.PaperConfig, args)
-    run_job(replace(STAGE, config=cfg), discover_papers(args.input), args)
+    if storage.is_remote(args.input):
+        docs = discover_store_papers(args.input)
+    else:
+        docs = discover_papers(local_input(args))
+    run_job(replace(STAGE, config=cfg), docs, args)
     return 0

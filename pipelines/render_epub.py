@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
-from pipelines.job import add_job_arguments, renderer_config, run_job
+from pipelines.job import add_job_arguments, local_input, renderer_config, run_job
 from renderers.browser import epub
 from renderers.browser.runner import BrowserRunner
 from vlcorpus.document import Bounds, DocInput, part_id
@@ -55,5 +55,5 @@ def split_books(books: Iterable[DocInput], cfg: epub.EpubConfig) -> list[DocInpu
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(epub.EpubConfig, args)
-    run_job(replace(STAGE, config=cfg), split_books(discover(args.input, (".epub",)), cfg), args, reads=".epub")
+    run_job(replace(STAGE, config=cfg), split_books(discover(local_input(args), (".epub",)), cfg), args, reads=".epub")
     return 0

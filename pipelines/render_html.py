@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from pipelines.job import add_job_arguments, renderer_config, run_job
+from pipelines.job import add_job_arguments, local_input, renderer_config, run_job
 from renderers.browser import html
 from renderers.browser.runner import BrowserRunner
 from vlcorpus.document import Bounds
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(html.HtmlConfig, args)
-    root = str(args.input.resolve())
+    root = str(local_input(args).resolve())
     docs = [replace(d, related={"root": root}) for d in discover(args.input, (".html", ".htm", ".xhtml"))]
     run_job(replace(STAGE, config=cfg), docs, args)
     return 0

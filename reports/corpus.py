@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reports.paper_routes import corpus_routes
+from vlcorpus import storage
 from vlcorpus.curate.card import write_card
 from vlcorpus.curate.funnel import funnel_section
 from vlcorpus.sample import CATEGORIES
@@ -31,17 +32,26 @@ THUMB_PX = 192
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", type=Path, help="a corpus folder, a mixture stage folder or a mixture folder")
-    p.add_argument("--out", type=Path, help="report folder (default: <path>/report); index.html goes there")
+    p.add_argument("path", type=storage.location,
+                   help="a corpus folder, a mixture stage folder or a mixture folder (local, or an s3:// / gs:// prefix)")
+    p.add_argument("--out", type=storage.location,
+                   help="report folder or prefix (default: <path>/report); index.html goes there")
     p.add_argument("--thumbs", type=int, default=8, help="samples shown per category (default %(default)s)")
     p.add_argument("--scan", type=int, default=2000, help="samples read per category for the histograms")
     p.add_argument("--chars", type=int, default=280, help="characters of text shown per sample")
 
 
 def main(args: argparse.Namespace) -> int:
-    out = args.out or args.path / "report"
-    page = write_report(args.path, out, args.thumbs, args.scan, args.chars)
-    print(f"report: {page}")
+    out = args.out or storage.join(args.path, "report")
+    if not storage.is_remote(out):
+        print(f"report: {write_report(args.path, out, args.thumbs, args.scan, args.chars)}")
+        return 0
+    with storage.scratch("report") as local:  # written here, then uploaded: the page last
+        write_report(args.path, local, args.thumbs, args.scan, args.chars)
+        files = sorted((local / "assets").iterdir()) + [local / "index.html"]
+        storage.put_files(files[:-1], [f"{out}/assets/{f.name}" for f in files[:-1]])
+        storage.put_file(files[-1], f"{out}/index.html")
+    print(f"report: {out}/index.html")
     return 0
 
 
@@ -58,34 +68,37 @@ class CategoryView:
 @dataclass
 class View:
     title: str
-    folder: Path
+    folder: storage.Location
     mixture: dict | None
     categories: list[CategoryView]
 
 
-def find_views(path: Path) -> list[View]:
+def find_views(path: storage.Location) -> list[View]:
     """What PATH holds: one view for a corpus or a stage, one per stage for a mixture folder."""
-    if not path.is_dir():
+    remote = storage.is_remote(path)
+    if not remote and not path.is_dir():
         raise FileNotFoundError(f"{path}: no such folder")
-    if (path / "mixture.json").exists():
-        mixture = json.loads((path / "mixture.json").read_text("utf-8"))
+    if storage.exists(storage.join(path, "mixture.json")):
+        mixture = json.loads(storage.read_bytes(storage.join(path, "mixture.json")))
         return [_view(f"mixture {mixture['stage']}", path, mixture, list(mixture["categories"]))]
-    stages = sorted(p for p in path.iterdir() if p.is_dir() and (p / "mixture.json").exists())
+    folders = storage.folders(path) if remote else sorted(p for p in path.iterdir() if p.is_dir())
+    stages = [p for p in folders if storage.exists(storage.join(p, "mixture.json"))]
     if stages:
         return [v for s in stages for v in find_views(s)]
-    present = [c for c in CATEGORIES if (path / c / "index.json").exists()]
+    present = [c for c in CATEGORIES if storage.exists(storage.join(path, c, "index.json"))]
     if not present:
         raise FileNotFoundError(f"{path}: neither a corpus (no <category>/index.json) nor a mixture (no mixture.json)")
-    return [_view(f"corpus {path.name}", path, None, present)]
+    return [_view(f"corpus {storage.name(path)}", path, None, present)]
 
 
 EMPTY_INDEX = {"shards": [], "samples": 0, "bytes": 0, "text_tokens": 0, "images": 0}
 
 
-def _view(title: str, folder: Path, mixture: dict | None, names: list[str]) -> View:
+def _view(title: str, folder: storage.Location, mixture: dict | None, names: list[str]) -> View:
     """A mixture shows every category it asked for (one that got nothing has no folder); a corpus what it holds."""
-    cats = [CategoryView(n, read_index(folder / n) if (folder / n / "index.json").exists() else EMPTY_INDEX)
-            for n in names if mixture or (folder / n / "index.json").exists()]
+    indexed = {n for n in names if storage.exists(storage.join(folder, n, "index.json"))}
+    cats = [CategoryView(n, read_index(storage.join(folder, n)) if n in indexed else EMPTY_INDEX)
+            for n in names if mixture or n in indexed]
     return View(title, folder, mixture, cats)
 
 
@@ -94,7 +107,7 @@ def scan(view: View, assets: Path, thumbs: int, limit: int, chars: int) -> None:
     from PIL import Image
 
     for cat in view.categories:
-        shards = [view.folder / cat.name / s["shard"] for s in cat.index["shards"]]
+        shards = [storage.join(view.folder, cat.name, s["shard"]) for s in cat.index["shards"]]
         for i, sample in enumerate(read_samples(shards)):
             if i >= limit:
                 break
@@ -276,7 +289,7 @@ def write_report(path: Path, out: Path, thumbs: int = 8, limit: int = 2000, char
     for view in views:
         scan(view, assets, thumbs, limit, chars)
         bodies.append(render_view(view, charts(view, assets)))
-        if view.mixture is None:
+        if view.mixture is None and not storage.is_remote(view.folder):  # paper routes read local ledgers
             bodies.append(paper_routes_section(view.folder))
             bodies.append(funnel_section(view.folder, assets, chars))
             write_card(view.folder)

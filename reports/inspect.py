@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from reports.paper_routes import corpus_routes, describe
+from vlcorpus import storage
 from vlcorpus.drops import drop_report
 from vlcorpus.ledger import STATUSES, Ledger
 from vlcorpus.shards import read_samples, shard_paths, verify_shard
@@ -24,7 +25,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (but tab and line 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", type=Path, help="a .tar shard, a category folder or a corpus folder")
+    p.add_argument("path", type=storage.location,
+                   help="a .tar shard, a category folder or a corpus folder (local, or an s3:// / gs:// prefix)")
     p.add_argument("--samples", type=int, default=3, help="samples to show (default %(default)s)")
     p.add_argument("--chars", type=int, default=300, help="characters of text to show per sample")
     p.add_argument("--verify", action="store_true", help="check every shard against its sidecar's checksum")
@@ -40,6 +42,8 @@ def image_size(data: bytes) -> str:
 def ledgers(corpus: Path) -> list[tuple[str, Path, str]]:
     """(label, folder holding `_ledger/`, source) of every ledger of a corpus folder: its own, and those of its
     staging and eval folders (`_sft_staging/`, `_eval/`), whose shards are not the corpus's output."""
+    if storage.is_remote(corpus):  # a ledger on a store is a folder of segments per source
+        return [(storage.name(f), corpus, storage.name(f)) for f in storage.folders(f"{corpus}/_ledger")]
     folders = [corpus] + sorted(p for p in corpus.glob("_*") if p.is_dir() and (p / "_ledger").is_dir())
     out = []
     for folder in folders:
@@ -61,11 +65,12 @@ def print_ledgers(corpus: Path) -> None:
 
 def split_output(path: Path, shards: list[Path]) -> tuple[list[Path], Counter]:
     """The corpus's output shards, and how many shards each staging or eval folder (`_*/`) holds besides."""
-    if not path.is_dir():
+    remote = storage.is_remote(path)
+    if remote and path.endswith(".tar") or not remote and not path.is_dir():
         return shards, Counter()
     output, other = [], Counter()
     for s in shards:
-        top = s.relative_to(path).parts[0]
+        top = s[len(path) + 1:].split("/")[0] if remote else s.relative_to(path).parts[0]
         if top.startswith("_"):
             other[top] += 1
         else:
@@ -90,7 +95,9 @@ def main(args: argparse.Namespace) -> int:
         for s in shards:
             verify_shard(s)
         print(f"verified {len(shards)} shard(s) against their sidecars")
-    if args.path.is_dir():
+    if storage.is_remote(args.path):
+        print_ledgers(args.path)
+    elif args.path.is_dir():
         print_ledgers(args.path)
         print_paper_routes(args.path)
     shards, not_output = split_output(args.path, shards)

@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlcorpus import storage
 from vlcorpus.config import ConfigError, load_config
 from vlcorpus.sample import CATEGORIES, PRETRAIN_CATEGORIES, TEXT_ONLY_CATEGORIES
 
@@ -88,7 +89,7 @@ class ModelConfig:
     """
 
     preset: str = setting("tiny", help="model size", choices=PRESETS)
-    pretrained: str | None = setting(None, help="local DeepseekVL(Hybrid) bundle to start the first stage from")
+    pretrained: str | None = setting(None, help="DeepseekVL(Hybrid) bundle (local folder or s3:// / gs:// prefix) to start the first stage from")
     vision_pretrained: str | None = setting(None, help="local SigLIP vision model directory")
     high_res_pretrained: str | None = setting(None, help="local SAM vision model directory")
     llm_pretrained: str | None = setting(None, help="local LLaMA-layout language model directory")
@@ -161,8 +162,8 @@ class RunConfig:
     """Settings for the whole run (every stage): `vlcorpus train --config run.yaml` (flags override it) and the
     `train:` section of `vlcorpus run`'s config, loaded with the project's strict loader (`vlcorpus.config`)."""
 
-    mix: str = setting("", help="mixture folder: <mix>/<stage>/mixture.json + <category>/*.tar")
-    out: str = setting("", help="run folder: <out>/<stage>/ (checkpoints, metrics, final bundle)")
+    mix: str = setting("", help="mixture folder or s3:// / gs:// prefix: <mix>/<stage>/mixture.json + <category>/*.tar")
+    out: str = setting("", help="run folder or s3:// / gs:// prefix: <out>/<stage>/ (checkpoints, metrics, final bundle)")
     tokenizer: str | None = setting(None, help="local tokenizer directory (a --pretrained bundle has its own)")
     model: ModelConfig = field(default_factory=ModelConfig)
     schedules: list[str] = setting(factory=lambda: ["stage1", "stage2", "stage3"], flag="--schedule",
@@ -215,6 +216,9 @@ class RunConfig:
             missing.append("tokenizer (or model.pretrained with its own tokenizer)")
         if missing:
             raise ConfigError(f"train: set {', '.join(missing)}")
+        for what, path in (("mix", self.mix), ("out", self.out), ("model.pretrained", self.model.pretrained)):
+            if path and storage.is_remote(storage.location(path)):
+                storage.check_store(path, inputs=what != "out", what=what)
 
 
 def schedule_path(name: str) -> Path:

@@ -34,9 +34,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from mixer.schema import UNITS
 from mixer.schema import read_mixture_json as read_mixture_file
 from trainer.tokenizer import ChatFormat, special_ids
+from vlcorpus import storage
 from vlcorpus.config import ConfigError
 from vlcorpus.sample import TEXT_ONLY_CATEGORIES, Sample
-from vlcorpus.shards import shard_under
+from vlcorpus.shards import iter_members, shard_under
 
 IGNORE = -100
 OVER_BUDGET = "over_seq_budget"  # drop reason: nothing to learn from is left within the sequence budget
@@ -47,11 +48,11 @@ log = logging.getLogger("trainer")
 # --- the mixture ---------------------------------------------------------------------------------------------------
 
 
-def read_mixture_json(stage_dir: Path) -> tuple[str, dict[str, dict]]:
+def read_mixture_json(stage_dir: storage.Location) -> tuple[str, dict[str, dict]]:
     """The unit, and per category its requested and realised ratio and its shards (path, samples), from the mixer's
     `mixture.json` read by the mixer's own schema (`mixer.schema`)."""
-    path = stage_dir / "mixture.json"
-    if not path.exists():
+    path = storage.join(stage_dir, "mixture.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no mixture.json (build the stage with `vlcorpus mix`)")
     meta = read_mixture_file(path)
     if meta.unit not in UNITS:
@@ -63,11 +64,11 @@ def read_mixture_json(stage_dir: Path) -> tuple[str, dict[str, dict]]:
 
 @dataclass
 class Mixture:
-    root: Path
+    root: storage.Location
     unit: str  # tokens (text tokens) | samples: what the ratios count
     ratios: dict[str, float]  # each category's target share of the trained units (realised ratios, normalised)
     requested: dict[str, float]
-    shards: dict[str, list[Path]]
+    shards: dict[str, list[storage.Location]]
     shard_samples: dict[str, list[int]]
 
     @property
@@ -84,15 +85,17 @@ class Mixture:
 
 
 def read_mixture(mix: str | Path, stage: str) -> Mixture:
-    root = Path(mix) / stage
-    if not root.is_dir():
+    root = storage.join(storage.location(mix), stage)
+    if not storage.is_remote(root) and not root.is_dir():
         raise FileNotFoundError(f"{root}: no such mixture stage folder (expected <mix>/{stage}/mixture.json)")
     unit, cats = read_mixture_json(root)
     cats = {c: v for c, v in cats.items() if v["ratio"] > 0 and v["shards"]}
     total = sum(v["ratio"] for v in cats.values())
     if not cats or total <= 0:
         raise ValueError(f"{root}: no category has a positive ratio and shards")
-    missing = [str(p) for v in cats.values() for p, _ in v["shards"] if not p.exists()]
+    present = set(storage.find(root)) if storage.is_remote(root) else None  # one listing, not a HEAD per shard
+    missing = [str(p) for v in cats.values() for p, _ in v["shards"]
+               if (p not in present if present is not None else not p.exists())]
     if missing:
         raise FileNotFoundError(f"{root}: shards listed in mixture.json are missing: {', '.join(missing[:5])}")
     return Mixture(root, unit, {c: v["ratio"] / total for c, v in cats.items()},
@@ -305,7 +308,7 @@ class CategoryStream(IterableDataset):
     workers in turn, starting at worker 0 after a resume, so worker w is reader part (w + skip) mod workers.
     """
 
-    def __init__(self, shards: list[Path], counts: list[int], encoder: Encoder, seed: int, skip: int = 0):
+    def __init__(self, shards: list[storage.Location], counts: list[int], encoder: Encoder, seed: int, skip: int = 0):
         self.shards, self.counts = [str(s) for s in shards], counts
         self.encoder, self.seed, self.skip = encoder, seed, skip
 
@@ -340,10 +343,10 @@ class CategoryStream(IterableDataset):
             epoch += 1
 
     def _read(self, url: str, offsets: range) -> Iterator[dict]:
-        pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        """The samples at `offsets` of one shard, streamed (a shard on a store is read ahead, never downloaded)."""
         wanted = iter(offsets)
         nxt = next(wanted, None)
-        for i, members in enumerate(pipeline):
+        for i, members in enumerate(iter_members(url)):
             if nxt is None:
                 return
             if i == nxt:

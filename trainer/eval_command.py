@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
+from trainer import store
 from trainer.config import DEVICES
 from trainer.evaluate import ACCURACIES, EvalConfig, evaluate_set, load_eval_set
 from trainer.tokenizer import IMAGE, load_tokenizer, special_ids
+from vlcorpus import storage
 
 COMMAND = ("eval",)
 HELP = "evaluate a model directory on a held-out corpus: multi-choice items per category, bits per byte"
@@ -93,8 +95,9 @@ def format_table(result: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help="model directory, e.g. RUN/stage3/final (weights, tokenizer, preprocessor_config.json)")
-    p.add_argument("heldout", type=Path, help="held-out corpus or mixture folder, e.g. OUT/split/heldout")
+    p.add_argument("model", type=storage.location,
+                   help="model directory or s3:// / gs:// prefix, e.g. RUN/stage3/final (weights, tokenizer, preprocessor_config.json)")
+    p.add_argument("heldout", type=storage.location, help="held-out corpus or mixture folder (or prefix), e.g. OUT/split/heldout")
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the model directory)")
     p.add_argument("--items", type=int, default=200, help="multiple-choice items per category")
     p.add_argument("--categories", nargs="+", help="multimodal categories to build items for (default: every held-out one that gives items; the others are logged with why)")
@@ -102,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, help="longest sequence scored (default: the model's maximum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--out", type=Path, help="folder for eval.json and eval.png")
+    p.add_argument("--out", type=storage.location, help="folder (or s3:// / gs:// prefix) for eval.json and eval.png")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -110,16 +113,26 @@ def main(args: argparse.Namespace) -> int:
     cfg = EvalConfig(items=args.items, bpb_bytes=args.bpb_bytes, seed=args.seed,
                      categories=tuple(args.categories) if args.categories else None)
     eval_set = load_eval_set(args.heldout, cfg)  # bad held-out folders fail before the model loads
-    model, encoder = load_model(args.model, args.tokenizer, device, args.seq_len)
+    model, encoder = load_model(Path(store.pretrained(str(args.model))), args.tokenizer, device, args.seq_len)
     log.info("%d items over %s; bits per byte over %s", len(eval_set.items),
              ", ".join(sorted({i.category for i in eval_set.items})), ", ".join(c for c, s in eval_set.texts.items() if s))
     result = {"model": str(args.model), "heldout": str(args.heldout), **evaluate_set(model, encoder, eval_set, cfg)}
     print(format_table(result))
+    if args.out and storage.is_remote(args.out):
+        with storage.scratch("eval") as local:
+            write_results(result, args, local)
+            files = [local / "eval.json", local / "eval.png"]
+            storage.put_files(files, [f"{args.out}/{f.name}" for f in files])
+    elif args.out:
+        write_results(result, args, args.out)
     if args.out:
-        from trainer.eval_plots import plot_results
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "eval.json").write_text(json.dumps(result, indent=1))
-        plot_results([{**result, "stage": args.model.name}], args.out / "eval.png", f"{args.model} on {args.heldout}")
         print(f"-> {args.out}/eval.json, {args.out}/eval.png")
     return 0
+
+
+def write_results(result: dict, args: argparse.Namespace, folder: Path) -> None:
+    from trainer.eval_plots import plot_results
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text(json.dumps(result, indent=1))
+    plot_results([{**result, "stage": storage.name(args.model)}], folder / "eval.png", f"{args.model} on {args.heldout}")

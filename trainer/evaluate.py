@@ -153,9 +153,9 @@ def read_held_out(folder: str | Path, per_category: int, text_bytes: int) -> dic
     if not shards:
         raise ValueError(f"{folder}: no held-out shards found (expected <folder>/<category>/*.tar, e.g. the "
                          "split/heldout folder of `vlcorpus run`)")
-    by_folder: dict[Path, list[Path]] = defaultdict(list)
+    by_folder: dict[str, list] = defaultdict(list)
     for shard in shards:
-        by_folder[shard.parent].append(shard)
+        by_folder[str(shard).rsplit("/", 1)[0]].append(shard)
     found: dict[str, list[Sample]] = defaultdict(list)
     for paths in by_folder.values():
         nbytes = 0

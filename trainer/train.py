@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from trainer import checkpoint
+from trainer import checkpoint, store
 from trainer.config import ModelConfig, RunConfig, StageConfig
 from trainer.data import OVER_BUDGET, Encoder, StepBatcher, Tally, read_mixture
 from trainer.model import (
@@ -41,6 +41,7 @@ from trainer.model import (
     set_trainable,
 )
 from trainer.tokenizer import chat_format, load_tokenizer
+from vlcorpus import storage
 from vlcorpus.config import ConfigError
 from vlcorpus.shards import atomic_write_json, fsync_dir
 
@@ -130,6 +131,7 @@ def save_checkpoint(st: StageRun, step: int, data_state: dict, tally: Tally) -> 
         fsync_dir(ckpt)
         for old in sorted(ckpt.glob("step-*"))[: -st.run.keep_checkpoints]:
             shutil.rmtree(old)
+        store.push_checkpoint(st.run.out, st.stage.name, final, st.run.keep_checkpoints)
 
 
 # --- one stage, top to bottom --------------------------------------------------------------------------------------
@@ -142,7 +144,11 @@ def open_stage(run: RunConfig, stage: StageConfig, init_from: str | None) -> Sta
     device = pick_device(run)
     torch.manual_seed(run.seed)  # the same initial weights on every rank (FSDP shards them without a broadcast)
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (frozen towers' heads, loss)
-    out = Path(run.out) / stage.name
+    out = store.local_root(run.out) / stage.name
+    if rank == 0:
+        store.pull_stage(run.out, stage.name)  # `out` on a store: its committed checkpoint, before any rank looks
+    if world > 1:
+        dist.barrier()
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         for stale in (out / "ckpt").glob(".step-*.tmp"):  # a checkpoint interrupted while written
@@ -443,9 +449,10 @@ def finish_stage(st: StageRun, batcher: StepBatcher, tally: Tally, metrics: Metr
         summary["eval"] = evaluate_model(st)
     if st.rank == 0:
         if st.run.eval_dir:
-            with (Path(st.run.out) / "eval.jsonl").open("a") as f:
+            with (store.local_root(st.run.out) / "eval.jsonl").open("a") as f:
                 f.write(json.dumps({"stage": st.stage.name, **summary["eval"]}) + "\n")
         atomic_write_json(st.out / "summary.json", summary)
+        store.push_final(st.run.out, st.stage.name)
     st.barrier()
     return summary
 
@@ -456,17 +463,17 @@ def run_stages(run: RunConfig, stages: list[StageConfig]) -> list[dict]:
     check_eval(run)
     if not sys.stderr.isatty():  # transformers' own bars (loading, saving weights) would be carriage-return frames
         transformers.utils.logging.disable_progress_bar()
-    init_from = run.model.pretrained
+    init_from = store.pretrained(run.model.pretrained)
     summaries = []
     for stage in stages:
-        done = Path(run.out) / stage.name / "summary.json"
-        if done.exists():
-            log.info("%s: already finished (%s); skipping", stage.name, done)
-            summaries.append(json.loads(done.read_text()))
+        done = store.finished(run.out, stage.name)
+        if done is not None:
+            log.info("%s: already finished (%s); skipping", stage.name, storage.join(storage.location(run.out), stage.name))
+            summaries.append(done)
         else:
             summary = train_stage(run, stage, init_from)
             summaries.append(summary)
             if "stopped_at" in summary:
                 break
-        init_from = str(Path(run.out) / stage.name / "final")
+        init_from = store.final_bundle(run.out, stage.name)
     return summaries

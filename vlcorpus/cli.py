@@ -19,6 +19,7 @@ from types import ModuleType
 from vlcorpus import __version__
 from vlcorpus.config import ConfigError
 from vlcorpus.driver import OutputFull
+from vlcorpus.storage import StorageError
 
 GROUPS = {
     "render": "render documents into page images and text (Ray job)",
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.main(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OutputFull as e:

@@ -13,6 +13,10 @@ or files it did not get) with the resources it declares. `run_pipeline` does the
 4. the driver commits each finished batch with one ledger append. A Ray retry of a batch rewrites the same shard
    names, and a batch that never commits is removed by the next `reconcile`.
 
+On an object store (`--out s3://...`) the child writes the batch's shards into a local scratch folder as on disk;
+the task uploads them when the batch is whole (each shard before its sidecar), and the ledger append stays the
+commit: what no ledger line names is removed by `reconcile`, with the multipart uploads a killed task left.
+
 A stage may ask for job-wide exact deduplication (`Stage.unique`): each sample claims a value (an image's hash) in
 one registry actor; the first sample key to claim a value owns it, the others are dropped and counted. A retried
 batch claims with the same deterministic keys and keeps what it owned; a resumed job first registers what its
@@ -21,6 +25,8 @@ committed shards hold.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import logging
 import pickle
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlcorpus import storage
 from vlcorpus.document import DocInput
 from vlcorpus.ledger import DONE, Entry, Ledger, summarize
 from vlcorpus.progress import progress
@@ -41,12 +48,13 @@ from vlcorpus.shards import (
     clean_partial,
     iter_members,
     read_sidecar,
+    read_sidecars,
     remove_shards,
     sidecar_path,
     write_index,
 )
 from vlcorpus.stage import Runner, Stage, Unique
-from vlcorpus.worker import BoundedWorker, InProcess
+from vlcorpus.worker import BoundedWorker, InProcess, outcome
 
 log = logging.getLogger("vlcorpus.driver")
 
@@ -62,7 +70,7 @@ class BatchError(RuntimeError):
 
 @dataclass
 class Options:
-    out: Path
+    out: storage.Location
     retry_failed: bool = False
     max_shard_bytes: int = DEFAULT_MAX_BYTES
     max_shard_samples: int = DEFAULT_MAX_SAMPLES
@@ -71,7 +79,7 @@ class Options:
     run_id: str = ""
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
+        self.out = storage.location(self.out)
         if self.max_shard_bytes <= 0 or self.max_shard_samples <= 0:
             raise ValueError("--max-shard-bytes and --max-shard-samples must be positive")
         if self.limit is not None and self.limit < 0:
@@ -109,14 +117,24 @@ def process_batch(stage: Stage, docs: list[DocInput], opts: Options, batch: int,
     target = bounded_worker(stage) if runner is None else InProcess(stage, runner)
     prefix = batch_prefix(stage.source, opts.run_id, batch)
     entries: list[Entry] = []
+    remote = storage.is_remote(opts.out)
     try:
-        target.open(opts.out, prefix, opts.max_shard_bytes, opts.max_shard_samples, claim)
-        for doc in docs:
-            start = time.monotonic()
-            result = target.render(doc)
-            entries.append(Entry(doc=doc.doc, origin=doc.origin, run=opts.run_id,
-                                 seconds=round(time.monotonic() - start, 3), **result))
-        target.close()
+        with storage.scratch(prefix) if remote else contextlib.nullcontext(opts.out) as out:
+            target.open(out, prefix, opts.max_shard_bytes, opts.max_shard_samples, claim)
+            for doc in docs:
+                start = time.monotonic()
+                with contextlib.ExitStack() as stack:
+                    try:
+                        local_doc = stack.enter_context(staged(doc))
+                    except (OSError, ValueError) as e:  # an object that cannot be staged fails its document only
+                        result = outcome("failed", error_class=type(e).__name__, error=f"staging the input: {e}"[:2000])
+                    else:
+                        result = target.render(local_doc)
+                entries.append(Entry(doc=doc.doc, origin=doc.origin, run=opts.run_id,
+                                     seconds=round(time.monotonic() - start, 3), **result))
+            target.close()
+            if remote:
+                upload_batch(out, opts.out)
     except BaseException as e:
         target.abort()
         _drop_batch(opts.out, prefix)
@@ -124,6 +142,35 @@ def process_batch(stage: Stage, docs: list[DocInput], opts: Options, batch: int,
             raise
         raise BatchError(f"{type(e).__name__}: {e}") from None
     return entries
+
+
+STAGE_MAX_BYTES = 4 * 1024**3  # the largest input object a worker stages; a bigger one fails its document
+
+
+@contextlib.contextmanager
+def staged(doc: DocInput) -> Iterator[DocInput]:
+    """`doc` with its input (and related inputs) on local disk: objects on a store are downloaded into a scratch
+    folder of this worker, removed when the document is done whatever happens."""
+    urls = {k: v for k, v in [("", doc.path), *doc.related.items()] if storage.is_remote(v)}
+    if not urls:
+        yield doc
+        return
+    with storage.scratch("doc") as folder:
+        fetched: dict[str, str] = {}  # each object once, however many roles it has (path and source of an archive)
+        for url in urls.values():
+            if url not in fetched:
+                (folder / str(len(fetched))).mkdir()
+                fetched[url] = str(storage.stage_input(url, folder / str(len(fetched)), STAGE_MAX_BYTES))
+        local = {k: fetched[url] for k, url in urls.items()}
+        yield dataclasses.replace(doc, path=local.pop("", doc.path), related={**doc.related, **local})
+
+
+def upload_batch(local: Path, out: str) -> None:
+    """Upload a finished batch's shards from the scratch folder: every shard before any sidecar, so a sidecar never
+    names a missing shard (nothing counts before the ledger names it anyway)."""
+    tars = sorted(p for p in local.glob("*/*.tar") if not p.name.startswith("."))
+    for files in (tars, [sidecar_path(t) for t in tars]):
+        storage.put_files(files, [f"{out}/{f.parent.name}/{f.name}" for f in files])
 
 
 class BatchActor:
@@ -148,10 +195,11 @@ class Claims:
         return [self.owners.setdefault(value, key) for value, key in items]
 
 
-def committed_claims(out: Path, source: str, unique: Unique) -> Iterator[tuple[str, str]]:
+def committed_claims(out: storage.Location, source: str, unique: Unique) -> Iterator[tuple[str, str]]:
     """(value, key) of every sample in the source's shards; run after `reconcile`, so only committed ones count."""
-    for tar in sorted(out.glob(f"*/{source}-*.tar")):
-        if not tar.parent.name.startswith("_"):
+    tars = storage.glob(f"{out}/*/{source}-*.tar") if storage.is_remote(out) else sorted(out.glob(f"*/{source}-*.tar"))
+    for tar in tars:
+        if not str(tar).rsplit("/", 2)[-2].startswith("_"):
             for members in iter_members(tar):
                 sample = Sample.from_wds(members)
                 yield unique.value(sample), sample.key
@@ -164,6 +212,8 @@ def reconcile(out: Path, source: str, ledger: Ledger) -> dict[str, Entry]:
     document whose shard is gone is no longer done (it will be rendered again).
     """
     latest = ledger.latest()
+    if storage.is_remote(out):
+        return _reconcile_store(out, source, latest)
     removed = 0
     for category_dir in [p for p in out.iterdir() if p.is_dir() and not p.name.startswith("_")] if out.exists() else []:
         clean_partial(category_dir)
@@ -193,6 +243,36 @@ def reconcile(out: Path, source: str, ledger: Ledger) -> dict[str, Entry]:
     return latest
 
 
+def _reconcile_store(out: str, source: str, latest: dict[str, Entry]) -> dict[str, Entry]:
+    """`reconcile` on an object store: remove the source's objects no `ok` line commits (shards, sidecars without a
+    shard) and the multipart uploads a killed task left; rewrite the indexes of the categories that changed."""
+    aborted = storage.abort_uploads(f"{out}/", names=f"{source}-")
+    listed = storage.glob(f"{out}/*/{source}-*")
+    listed = [u for u in listed if not u.rsplit("/", 2)[-2].startswith("_")]
+    names = set(listed)
+    tars = [u for u in listed if u.endswith(".tar") and sidecar_path(u) in names]
+    stray = [u for u in listed if u.endswith(".tar") and sidecar_path(u) not in names]
+    stray += [u for u in listed if u.endswith(".json") and u.removesuffix(".json") + ".tar" not in names]
+    present = set()
+    for tar, info in zip(tars, read_sidecars(tars)):
+        ref = "/".join(tar.rsplit("/", 2)[-2:])
+        if all((e := latest.get(d)) is not None and e.status == "ok" and ref in e.shards for d in info.docs):
+            present.add(ref)
+        else:
+            stray += [tar, sidecar_path(tar)]
+    storage.remove(stray)
+    if stray or aborted:
+        log.warning("%s: removed %d object(s) and %d unfinished upload(s) that no ledger line committed (an earlier "
+                    "run was interrupted)", source, len(stray), aborted)
+    indexed = {u.rsplit("/", 2)[-2] for u in storage.glob(f"{out}/*/index.json")}
+    for category in {u.rsplit("/", 2)[-2] for u in stray} | ({u.rsplit("/", 2)[-2] for u in listed} - indexed):
+        write_index(f"{out}/{category}")
+    for doc, e in list(latest.items()):
+        if e.status == "ok" and not all(s in present for s in e.shards):
+            del latest[doc]
+    return latest
+
+
 def pending(inputs: Iterable[DocInput], latest: dict[str, Entry], retry_failed: bool) -> list[DocInput]:
     seen: dict[str, str] = {}
     todo = []
@@ -210,7 +290,8 @@ def run_pipeline(stage: Stage, inputs: Iterable[DocInput], opts: Options) -> dic
     """Run a stage over its inputs on Ray (started by `vlcorpus.runtime.init_ray`); return the job's counts."""
     if stage.batch_size <= 0:
         raise ValueError("batch size must be positive")
-    opts.out.mkdir(parents=True, exist_ok=True)
+    if not storage.is_remote(opts.out):
+        opts.out.mkdir(parents=True, exist_ok=True)
     with Ledger(opts.out, stage.source) as ledger:
         try:
             todo = pending(inputs, reconcile(opts.out, stage.source, ledger), opts.retry_failed)
@@ -280,7 +361,7 @@ def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledg
             committed.extend(entries)
             bar.update(len(entries))
             bar.set_postfix(summarize(committed), refresh=False)
-            if time.monotonic() - last_index > 30:
+            if time.monotonic() - last_index > 30 and not storage.is_remote(opts.out):  # on a store: at the end only
                 _write_indexes(opts.out)
                 last_index = time.monotonic()
     if full:
@@ -306,13 +387,21 @@ def _is_full(exc: BaseException | None) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _drop_batch(out: Path, prefix: str) -> None:
+def _drop_batch(out: storage.Location, prefix: str) -> None:
+    if storage.is_remote(out):
+        storage.remove(storage.glob(f"{out}/*/{prefix}-*"))
+        return
     for folder in out.iterdir():
         if folder.is_dir() and not folder.name.startswith("_"):
             remove_shards(folder, prefix)
 
 
-def _write_indexes(out: Path) -> None:
+def _write_indexes(out: storage.Location) -> None:
+    if storage.is_remote(out):
+        for category in storage.folders(out):
+            if not storage.name(category).startswith("_"):
+                write_index(category)
+        return
     for category_dir in out.iterdir():
         if category_dir.is_dir() and not category_dir.name.startswith("_"):
             write_index(category_dir)

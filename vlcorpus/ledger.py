@@ -3,6 +3,10 @@
 It is the commit log of a pipeline: a document is done when its `ok`/`filtered` line is on disk, and a shard
 counts only when every document in it has an `ok` line naming it (see `driver.reconcile`). The latest line per
 document wins; a torn last line (crash mid-append) is ignored.
+
+On an object store (no append) the ledger of a source is a series of immutable segment objects,
+`<out>/_ledger/<source>/<NNNNNNNNNN>.jsonl`, one per `append`, each written by one PUT that lands whole or not at all;
+they are read in order. The lock is a conditionally created object (`storage.Lock`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from vlcorpus import storage
 
 STATUSES = ("ok", "filtered", "failed")
 DONE = ("ok", "filtered")
@@ -41,7 +47,14 @@ class Entry:
 class Ledger:
     """Append-only JSONL per source; `with ledger:` holds an exclusive lock so two runs never write one source at once."""
 
-    def __init__(self, out: str | Path, source: str):
+    def __init__(self, out: storage.Location, source: str):
+        self.remote = storage.is_remote(out)
+        if self.remote:
+            self.dir = storage.join(out, "_ledger")
+            self.path = storage.join(self.dir, source)  # the prefix of its segments
+            self._lock: storage.Lock | None = None
+            self._next: int | None = None  # number of the next segment, found on the first append
+            return
         self.dir = Path(out) / "_ledger"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / f"{source}.jsonl"
@@ -49,6 +62,10 @@ class Ledger:
 
     def __enter__(self) -> Ledger:
         """Hold the source's lock: `with Ledger(out, source) as ledger: ...`."""
+        if self.remote:
+            self._lock = storage.Lock(storage.join(self.dir, f".{storage.name(self.path)}.lock"), str(self.path))
+            self._lock.__enter__()
+            return self
         self._lock_file = open(self.dir / f".{self.path.stem}.lock", "w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,6 +78,10 @@ class Ledger:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.remote:
+            self._lock.__exit__(*exc)
+            self._lock = None
+            return
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
         self._lock_file = None
@@ -68,6 +89,11 @@ class Ledger:
     def latest(self) -> dict[str, Entry]:
         """The last complete line for each document."""
         entries: dict[str, Entry] = {}
+        if self.remote:
+            for line in self._segment_lines():
+                e = Entry(**json.loads(line))
+                entries[e.doc] = e
+            return entries
         if not self.path.exists():
             return entries
         with open(self.path, encoding="utf-8") as f:
@@ -87,11 +113,33 @@ class Ledger:
             lines.append(json.dumps(asdict(e), ensure_ascii=False) + "\n")
         if not lines:
             return
+        if self.remote:
+            self._put_segment("".join(lines).encode("utf-8"))
+            return
         self._drop_torn_tail()
         with open(self.path, "a", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()
             os.fsync(f.fileno())
+
+    def _segments(self) -> list[str]:
+        return [u for u in storage.glob(f"{self.path}/*.jsonl") if storage.name(u)[:-6].isdigit()]
+
+    def _segment_lines(self) -> list[str]:
+        urls = self._segments()
+        if not urls:
+            return []
+        fs, _ = storage.filesystem(urls[0])
+        blobs = fs.cat([storage.filesystem(u)[1] for u in urls])  # fetched concurrently
+        return [line for u in urls for line in blobs[storage.filesystem(u)[1]].decode("utf-8").splitlines()]
+
+    def _put_segment(self, data: bytes) -> None:
+        """One immutable object per append, created only if its number is free (a second writer cannot overwrite)."""
+        if self._next is None:
+            self._next = max((int(storage.name(u)[:-6]) for u in self._segments()), default=-1) + 1
+        fs, path = storage.filesystem(f"{self.path}/{self._next:010d}.jsonl")
+        fs.pipe_file(path, data, mode="create")
+        self._next += 1
 
     def _drop_torn_tail(self) -> None:
         if not self.path.exists() or self.path.stat().st_size == 0:

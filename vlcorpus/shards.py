@@ -23,6 +23,7 @@ from pathlib import Path
 
 import xxhash
 
+from vlcorpus import storage
 from vlcorpus.sample import Sample
 
 DEFAULT_MAX_BYTES = 256 * 1024**2
@@ -263,32 +264,34 @@ def remove_shards(folder: Path, prefix: str, from_index: int = 0) -> None:
             p.unlink(missing_ok=True)
 
 
-def sidecar_path(shard: Path) -> Path:
-    return shard.with_suffix(".json")
+def sidecar_path(shard: storage.Location) -> storage.Location:
+    if storage.is_remote(shard):
+        return str(shard).removesuffix(".tar") + ".json"
+    return Path(shard).with_suffix(".json")
 
 
-def read_sidecar(shard: Path) -> ShardInfo:
-    return ShardInfo.from_json(json.loads(sidecar_path(shard).read_text("utf-8")))
+def read_sidecar(shard: storage.Location) -> ShardInfo:
+    return ShardInfo.from_json(json.loads(storage.read_bytes(sidecar_path(shard))))
 
 
-def file_checksum(path: Path, algorithm: str = CHECKSUM) -> str:
-    """`"<algorithm>:<hex digest>"` of a file, read in 4 MB blocks."""
+def file_checksum(path: storage.Location, algorithm: str = CHECKSUM) -> str:
+    """`"<algorithm>:<hex digest>"` of a file or object, read in 4 MB blocks."""
     h = HASHES[algorithm]()
-    with open(path, "rb") as f:
+    with storage.open_read(path) as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return f"{algorithm}:{h.hexdigest()}"
 
 
-def verify_shard(shard: Path) -> ShardInfo:
+def verify_shard(shard: storage.Location) -> ShardInfo:
     """Raise ChecksumError unless the shard exists and matches its sidecar's size and checksum (either algorithm)."""
-    shard = Path(shard)
-    if not shard.exists():
+    shard = storage.location(shard)
+    if not storage.exists(shard):
         raise ChecksumError(f"{shard}: shard is missing")
-    if not sidecar_path(shard).exists():
-        raise ChecksumError(f"{shard}: sidecar {sidecar_path(shard).name} is missing")
+    if not storage.exists(sidecar_path(shard)):
+        raise ChecksumError(f"{shard}: sidecar {storage.name(sidecar_path(shard))} is missing")
     info = read_sidecar(shard)
-    size = shard.stat().st_size
+    size = storage.size(shard)
     if size != info.bytes:
         raise ChecksumError(f"{shard}: {size} bytes on disk, sidecar says {info.bytes}")
     algorithm = info.checksum.partition(":")[0]
@@ -304,7 +307,7 @@ def iter_members(shard: str | Path) -> Iterator[dict]:
     """The raw member dicts of one tar (`__key__`, then suffix -> bytes), grouped as `webdataset` groups them:
     consecutive members whose names share the part before the first dot of the basename."""
     current: dict = {}
-    with tarfile.open(shard, mode="r|") as tf:
+    with storage.open_read(shard) as f, tarfile.open(fileobj=f, mode="r|") as tf:
         for ti in tf:
             if not ti.isfile():
                 continue
@@ -325,14 +328,21 @@ def iter_members(shard: str | Path) -> Iterator[dict]:
 
 def read_shard(shard: str | Path, verify: bool = False) -> Iterator[Sample]:
     if verify:
-        verify_shard(Path(shard))
+        verify_shard(shard)
     for members in iter_members(shard):
         yield Sample.from_wds(members)
 
 
-def shard_paths(path: str | Path) -> list[Path]:
+def shard_paths(path: str | Path) -> list[storage.Location]:
     """A shard, a category folder, or a corpus folder (every category under it), as a sorted list of tars."""
-    path = Path(path)
+    path = storage.location(path)
+    if storage.is_remote(path):
+        if path.endswith(".tar"):
+            return [path]
+        tars = [u for u in storage.find(path) if u.endswith(".tar") and not storage.name(u).startswith(".")]
+        if not tars and not storage.exists(path):
+            raise FileNotFoundError(f"{path}: no such shard or prefix")
+        return tars
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -345,36 +355,59 @@ def read_samples(paths: Iterable[str | Path], verify: bool = False) -> Iterator[
         yield from read_shard(p, verify=verify)
 
 
-def write_index(category_dir: Path) -> list[ShardInfo]:
+def write_index(category_dir: storage.Location) -> list[ShardInfo]:
     """Rebuild `<category>/index.json` from the sidecars on disk (the sidecars are the truth)."""
-    infos = [read_sidecar(p) for p in sorted(category_dir.glob("*.tar")) if sidecar_path(p).exists()]
+    if storage.is_remote(category_dir):
+        listed = set(storage.glob(f"{category_dir}/*"))
+        infos = read_sidecars([u for u in sorted(listed) if u.endswith(".tar") and sidecar_path(u) in listed])
+    else:
+        infos = [read_sidecar(p) for p in sorted(category_dir.glob("*.tar")) if sidecar_path(p).exists()]
     summary = {
-        "category": category_dir.name,
+        "category": storage.name(category_dir),
         "shards": [asdict(i) for i in infos],
         "samples": sum(i.samples for i in infos),
         "bytes": sum(i.bytes for i in infos),
         "text_tokens": sum(i.text_tokens for i in infos),
         "images": sum(i.images for i in infos),
     }
-    atomic_write_json(category_dir / "index.json", summary)
+    if storage.is_remote(category_dir):
+        storage.write_json(f"{category_dir}/index.json", summary)
+    else:
+        atomic_write_json(category_dir / "index.json", summary)
     return infos
 
 
-def shard_under(root: str | Path, name: str) -> Path:
+def shard_under(root: storage.Location, name: str) -> storage.Location:
     """`root / name` for a shard that an `index.json` or `mixture.json` names, refused (ValueError) when its real
     path leaves `root` (`../../outside/stolen.tar`, an absolute path, a symlink out): those files are data, and a
-    corpus or mixture is read only where it lies."""
+    corpus or mixture is read only where it lies. On a store, where there are no links, a name must be one plain
+    object name below `root`."""
+    if storage.is_remote(root):
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{root}: the shard {name!r} it lists leaves {root}; refused")
+        return storage.join(root, name)
     path = Path(root) / name
     if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
         raise ValueError(f"{root}: the shard {name!r} it lists leaves {root}; refused")
     return path
 
 
+def read_sidecars(tars: list[str]) -> list[ShardInfo]:
+    """The sidecars of shards on a store, fetched concurrently (one GET each)."""
+    if not tars:
+        return []
+    fs, _ = storage.filesystem(tars[0])
+    paths = [storage.filesystem(sidecar_path(t))[1] for t in tars]
+    blobs = fs.cat(paths)
+    return [ShardInfo.from_json(json.loads(blobs[p])) for p in paths]
+
+
 def read_index(category_dir: str | Path) -> dict:
-    path = Path(category_dir) / "index.json"
-    if not path.exists():
+    path = storage.join(storage.location(category_dir), "index.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{category_dir}: no index.json (not a corpus category folder, or never finished)")
-    return json.loads(path.read_text("utf-8"))
+    return json.loads(storage.read_bytes(path))
 
 
 def clean_partial(folder: Path) -> list[Path]:

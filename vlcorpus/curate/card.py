@@ -5,7 +5,6 @@ curation summary; languages and licences from the samples' meta (the summary's, 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import yaml
 
 from vlcorpus.curate.funnel import read_summary
 from vlcorpus.ledger import Ledger
-from vlcorpus.sample import CATEGORIES
+from vlcorpus.sample import CATEGORIES, Sample
 from vlcorpus.shards import iter_members, read_index, shard_paths
 
 TASKS = {"caption": "image-to-text", "doc_ocr": "image-to-text", "scene_ocr": "image-to-text",
@@ -45,12 +44,12 @@ def size_category(n: int) -> str:
 
 
 def meta_counts(corpus: Path, categories: list[str]) -> tuple[Counter, Counter]:
-    """(languages, licences) of every sample, read from the json members only."""
+    """(languages, licences) of every sample."""
     langs, licences = Counter(), Counter()
     for cat in categories:
         for shard in shard_paths(corpus / cat):
             for members in iter_members(shard):
-                meta = json.loads(members["json"]).get("meta", {})
+                meta = Sample.from_wds(members).meta
                 prov = meta.get("provenance") or {}
                 langs[meta.get("language") or "und"] += 1
                 licences[prov.get("license_spdx") or prov.get("license") or "unknown"] += 1
