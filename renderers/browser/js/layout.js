@@ -13,7 +13,7 @@
   const area = opts.area;
   const strip = opts.strip || 0;
   const items = [];
-  const counts = { math_tex: 0, math_converted: 0, math_unconverted: 0, math_cut: 0 };
+  const counts = { math_tex: 0, math_converted: 0, math_unconverted: 0, math_cut: 0, words_cut: 0 };
   const boxes = new Map();
   const ids = new Map();
   const styles = new Map();
@@ -134,6 +134,7 @@
     let line = [];
     const flush = () => {
       const kept = line.filter((t) => fullyInside(t.r, b));
+      counts.words_cut += line.filter((t) => inside(t.r, b) && !fullyInside(t.r, b)).length;  // partly shown
       if (kept.length) {
         // The text between kept tokens is the node's own (whitespace or nothing); a dropped token becomes a space.
         // The node's leading/trailing whitespace stays, so an inline element that follows keeps its separation.
