@@ -25,6 +25,7 @@ import unicodedata
 
 import webdataset as wds
 
+MATHS = re.compile(r"\\\(|\\\[")  # the corpus's formula delimiters, \( and \[
 IGNORED = re.compile(r"[\s#*_`>|\[\]()\-\\$^{}~]")
 
 
@@ -72,14 +73,22 @@ def main() -> int:
     keys = [key for key, *_ in page_pairs(args.corpus, args.category)]
     chosen = set(keys[:: max(1, len(keys) // args.limit)])
     rates: dict[str, list[float]] = {}
+    maths: list[float] = []  # pages whose text holds a formula as LaTeX
     for key, text, image, _ in page_pairs(args.corpus, args.category):
         if key in chosen and len(text.strip()) >= 40:
             languages = tesseract_languages(text)
-            rates.setdefault(languages, []).append(cer(normalise(text), normalise(read_back(image, languages))))
+            rate = cer(normalise(text), normalise(read_back(image, languages)))
+            rates.setdefault(languages, []).append(rate)
+            if MATHS.search(text):
+                maths.append(rate)
     for languages, r in sorted(rates.items()):
         r.sort()
         print(f"{args.category} [{languages}]: median CER {statistics.median(r):.3f}, p90 {r[int(0.9 * len(r))]:.3f} "
               f"over {len(r)} pages")
+    if maths:
+        maths.sort()
+        print(f"{args.category} [pages with LaTeX formulas]: median CER {statistics.median(maths):.3f}, "
+              f"p90 {maths[int(0.9 * len(maths))]:.3f} over {len(maths)} pages")
     latin = rates.get("eng")
     if not latin:
         print("no Latin-script pages to hold to the bar")

@@ -9,7 +9,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from browser_fixtures import chapter, doc_for, epub_stage, html_stage, make_epub, new_runner, page_text, render_with
+from browser_fixtures import (
+    chapter,
+    doc_for,
+    epub_stage,
+    html_stage,
+    make_epub,
+    new_runner,
+    page_text,
+    render_with,
+)
 
 from renderers.browser.epub import Book, BookSite, EpubConfig
 from renderers.browser.pages import PageConfig, apply_template, paginate
@@ -38,7 +47,7 @@ def test_book_formulas_are_latex_in_the_text(runner):
     assert len(re.findall(r"\\\(", text)) == len(re.findall(r"\\\)", text)) == FORMULAS  # each formula once, whole
     # the formula sits in its sentence, not in fragments on lines of their own (the MathML's glyphs read as text)
     assert "Fermat’s theorem on \\(x^{n} + y^{n} = z^{n}\\)," in " ".join(text.split())
-    assert not re.search(r"^\s*[−=+]\s*$", text, re.M)
+    assert not re.search(r"^\s*[−=+]\s*$", text, re.MULTILINE)
 
 
 def _pages(runner, book: Path, template: str, cfg: PageConfig) -> tuple[list, Counter]:
