@@ -75,6 +75,12 @@ CROWDED = chapter("Crowded", (
     + "".join(f"<p>Prose line {i} before the wide things, long enough to wrap on the page.</p>" for i in range(12))
     + f'<p>An inline formula wider than a column <math xmlns="http://www.w3.org/1998/Math/MathML">{WIDE}</math> ends here.</p>'
     + f'<p>A tall one <math xmlns="http://www.w3.org/1998/Math/MathML">{TALL}</math> in a line.</p>'
+    # LaTeXML's shape: presentation, content MathML and the source TeX, wrapped with a comment at the line's end
+    + '<p>Annotated <math xmlns="http://www.w3.org/1998/Math/MathML" display="block"><semantics><mrow><mi>a</mi>'
+      '<mo>+</mo><mi>b</mi></mrow><annotation-xml encoding="MathML-Content"><apply><plus/><ci>a</ci><ci>b</ci></apply>'
+      '</annotation-xml><annotation encoding="application/x-tex">a+%\n\\beta</annotation></semantics></math> and'
+      ' <math xmlns="http://www.w3.org/1998/Math/MathML"><semantics><msup><mi>c</mi><mn>2</mn></msup><annotation-xml'
+      ' encoding="MathML-Content"><apply><power/><ci>c</ci><cn>2</cn></apply></annotation-xml></semantics></math>.</p>'
     + '<table style="width: 1800px"><tr>' + "".join(f"<td>cell{i} words</td>" for i in range(14)) + "</tr></table>"
     + '<p style="white-space: nowrap">' + " ".join(f"nowrap{i}" for i in range(120)) + "</p>"
     + '<div style="width: 1500px; height: 1500px; background: #ccc">a box taller and wider than a page</div>'
@@ -100,6 +106,8 @@ def test_every_line_lies_wholly_inside_its_page(runner, tmp_path, template):
     assert stats["scaled_to_fit"] >= 2  # the wide formula and the table
     assert all(f"nowrap{i}" in text.split() for i in range(120)) and all(f"cell{i}" in text for i in range(14))
     assert "\\(x + x + " in text and "a box taller and wider than a page" in text
+    assert "Annotated \\[a+\\beta\\] and \\(c^{2}\\)." in text  # the TeX without its comment; the presentation
+    assert stats["math_tex"] == 1 and stats["math_converted"] == 3
 
 
 @pytest.mark.slow

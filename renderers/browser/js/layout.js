@@ -217,7 +217,8 @@
       if (inside(r, b)) counts.math_cut++;  // partly shown: neither its LaTeX nor part of it would be what the page shows
       return true;
     }
-    const tex = f.tex.replace(/\s+/g, " ").trim();
+    // TeX comments go first (LaTeXML wraps long annotations with `%` + newline): on one line they would hide the rest
+    const tex = f.tex.replace(/(?<!\\)%[^\n]*(\n|$)/g, "").replace(/\s+/g, " ").trim();
     const inner = el.parentElement || el;
     items.push({ t: f.display ? "\\[" + tex + "\\]" : "\\(" + tex + "\\)", x: r.left, y: r.top, w: r.width, h: r.height,
                  blk: id(f.display ? el : block(inner)), cell: id(el.closest("td,th")), pre: false, pfx: prefix(inner) });
