@@ -1,9 +1,9 @@
 // Collects what a reader sees on a laid-out page, in DOM (reading) order: one item per visual-line fragment of a
 // text node, one per visible image and one per formula. Text hidden by CSS (display:none, visibility, opacity 0,
 // transparent colour, clip, zero size, outside an overflow-clipping ancestor, outside the page area) is left out, word
-// by word where a line is only partly clipped: a word counts only when it is wholly visible, and with `strip` (the
-// page width of the template layout, whose pages are strips of that width side by side) only when it lies within one
-// strip. Coordinates are document coordinates (the page is measured at scroll 0,0).
+// by word where a line is only partly clipped: a word counts only when no part of it is cut off at the sides, and
+// with `strip` (the page width of the template layout, whose pages are strips of that width side by side) only when it
+// lies within one strip. Coordinates are document coordinates (the page is measured at scroll 0,0).
 // A formula (MathML, KaTeX, MathJax 2 and 3 output) is one item holding its LaTeX between the arXiv route's
 // delimiters, \( \) inline and \[ \] display: the TeX the document carries (an x-tex annotation, MathJax 2's
 // script), else its presentation MathML converted by `toLatex` (mathml-to-latex, bundled beside this file).
@@ -57,6 +57,9 @@
   const oneStrip = (r) => !strip || Math.floor((r.left + 0.5) / strip) === Math.floor((r.right - 0.5) / strip);
   const fullyInside = (r, b) => r.width >= 1 && r.height >= 1 && r.left >= b.l - 0.5 && r.right <= b.r + 0.5
     && r.top >= b.t - 0.5 && r.bottom <= b.b + 0.5 && oneStrip(r);
+  // A word or formula counts as shown when no part of it is cut off at the sides (nor split between two page strips)
+  // and its middle is inside: glyph boxes stand a pixel or two above and below a tight line box.
+  const shown = (r, b) => inside(r, b) && r.left >= b.l - 0.5 && r.right <= b.r + 0.5 && oneStrip(r);
   const nonEmpty = (rects) => Array.from(rects).filter((r) => r.width >= 1 && r.height >= 1);
   const rectsOf = (node, a, e) => { range.setStart(node, a); range.setEnd(node, e); return nonEmpty(range.getClientRects()); };
   const union = (rs) => {
@@ -133,8 +136,8 @@
     toks.forEach((t, i) => { t.i = i; });
     let line = [];
     const flush = () => {
-      const kept = line.filter((t) => fullyInside(t.r, b));
-      counts.words_cut += line.filter((t) => inside(t.r, b) && !fullyInside(t.r, b)).length;  // partly shown
+      const kept = line.filter((t) => shown(t.r, b));
+      counts.words_cut += line.filter((t) => inside(t.r, b) && !shown(t.r, b)).length;  // partly shown
       if (kept.length) {
         // The text between kept tokens is the node's own (whitespace or nothing); a dropped token becomes a space.
         // The node's leading/trailing whitespace stays, so an inline element that follows keeps its separation.
@@ -213,7 +216,7 @@
     const rs = nonEmpty(el.getClientRects());
     if (!rs.length) return true;
     const r = union(rs.filter((x) => sameLine(x, rs[0])));
-    if (!fullyInside(r, b)) {
+    if (!shown(r, b)) {
       if (inside(r, b)) counts.math_cut++;  // partly shown: neither its LaTeX nor part of it would be what the page shows
       return true;
     }
