@@ -24,6 +24,7 @@ NOT_DROPS = frozenset({
     "chapters_parsed_as_html", "code_elements_dropped", "code_css_rules_dropped", "code_inline_data_dropped",
     "text_from_pdf", "pages_from_text_layer", "pdf_compiled", "bbl_present", "bbl_bibtex", "biblatex",
     "labels_unresolved", "citations_unresolved", "citations_as_text", "math_unparsed", "latexml_errors",
+    "math_tex", "math_converted", "math_unconverted", "scaled_to_fit",
 })
 NOT_DROP_PREFIXES = ("derived_",)  # the SFT build's count of conversations derived per taxonomy task
 
