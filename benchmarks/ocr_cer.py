@@ -24,12 +24,20 @@ import sys
 import unicodedata
 
 import webdataset as wds
+from pylatexenc.latex2text import LatexNodes2Text
 
+MATH_SPAN = re.compile(r"\\\((.*?)\\\)|\\\[(.*?)\\\]", re.DOTALL)  # a formula in the corpus's delimiters
 IGNORED = re.compile(r"[\s#*_`>|\[\]()\-\\$^{}~]")
 
 
 def normalise(text: str) -> str:
     return IGNORED.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+def as_symbols(text: str) -> str:
+    """The text with each formula (`\\(...\\)`, `\\[...\\]`) as the symbols it draws (pylatexenc: `\\frac{\\pi}{a}` ->
+    `π/a`): tesseract reads glyphs, so LaTeX's command names would count as errors on a page that shows the formula."""
+    return MATH_SPAN.sub(lambda m: LatexNodes2Text().latex_to_text(m.group(1) or m.group(2)), text)
 
 
 def cer(reference: str, reading: str) -> float:
@@ -72,14 +80,22 @@ def main() -> int:
     keys = [key for key, *_ in page_pairs(args.corpus, args.category)]
     chosen = set(keys[:: max(1, len(keys) // args.limit)])
     rates: dict[str, list[float]] = {}
+    maths: list[tuple[float, float]] = []  # pages whose text holds a formula as LaTeX: CER as written, as symbols
     for key, text, image, _ in page_pairs(args.corpus, args.category):
         if key in chosen and len(text.strip()) >= 40:
             languages = tesseract_languages(text)
-            rates.setdefault(languages, []).append(cer(normalise(text), normalise(read_back(image, languages))))
+            reading = normalise(read_back(image, languages))
+            rates.setdefault(languages, []).append(cer(normalise(text), reading))
+            if MATH_SPAN.search(text):
+                maths.append((rates[languages][-1], cer(normalise(as_symbols(text)), reading)))
     for languages, r in sorted(rates.items()):
         r.sort()
         print(f"{args.category} [{languages}]: median CER {statistics.median(r):.3f}, p90 {r[int(0.9 * len(r))]:.3f} "
               f"over {len(r)} pages")
+    if maths:
+        for name, r in (("as written", sorted(m[0] for m in maths)), ("formulas as their symbols", sorted(m[1] for m in maths))):
+            print(f"{args.category} [pages with LaTeX formulas, {name}]: median CER {statistics.median(r):.3f}, "
+                  f"p90 {r[int(0.9 * len(r))]:.3f} over {len(r)} pages")
     latin = rates.get("eng")
     if not latin:
         print("no Latin-script pages to hold to the bar")

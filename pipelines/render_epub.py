@@ -23,7 +23,7 @@ COMMAND = ("render", "epub")
 HELP = "EPUB books -> doc_ocr page images with exactly the text on each page (Chromium, templates)"
 CATEGORIES = ("doc_ocr",)  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="epub", render=epub.render, batch_size=1, bounds=Bounds(timeout_s=900, memory_gb=3),
-              make_runner=BrowserRunner)
+              make_runner=BrowserRunner, merge_shards=True)  # a batch gives one small shard: merged by bytes
 PROGRESS_EVERY = 10_000
 
 log = logging.getLogger("vlcorpus.pipelines")

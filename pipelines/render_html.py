@@ -20,7 +20,7 @@ COMMAND = ("render", "html")
 HELP = "HTML pages -> doc_ocr page images with their text, and web_code screenshot/code pairs (Chromium)"
 CATEGORIES = ("doc_ocr", "web_code")  # what it can write: `vlcorpus run` checks mixtures against it
 STAGE = Stage(source="html", render=html.render, batch_size=4, bounds=Bounds(timeout_s=120, memory_gb=3),
-              make_runner=BrowserRunner)
+              make_runner=BrowserRunner, merge_shards=True)  # a batch gives one small shard: merged by bytes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

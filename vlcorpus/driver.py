@@ -17,6 +17,11 @@ On an object store (`--out s3://...`) the child writes the batch's shards into a
 the task uploads them when the batch is whole (each shard before its sidecar), and the ledger append stays the
 commit: what no ledger line names is removed by `reconcile`, with the multipart uploads a killed task left.
 
+A stage whose documents give a few samples each (a browser's pages, where a batch is one book part) asks for
+`merge_shards`: once its batches are committed, the run's shards smaller than half the shard size are merged into
+shards of up to the shard size across documents (`merge_small_shards`), as an importer's are (on local disk; on a
+store the batches' shards stay as written).
+
 A stage may ask for job-wide exact deduplication (`Stage.unique`): each sample claims a value (an image's hash) in
 one registry actor; the first sample key to claim a value owns it, the others are dropped and counted. A retried
 batch claims with the same deterministic keys and keeps what it owned; a resumed job first registers what its
@@ -33,7 +38,7 @@ import pickle
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ from vlcorpus.sample import Sample
 from vlcorpus.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_SAMPLES,
+    ShardWriter,
     clean_partial,
     iter_members,
     read_sidecar,
@@ -300,6 +306,8 @@ def run_pipeline(stage: Stage, inputs: Iterable[DocInput], opts: Options) -> dic
             claims = _claims(stage, opts.out) if stage.unique is not None and todo else None
             committed = _run_batches(stage, todo, opts, ledger, claims)
             reconcile(opts.out, stage.source, ledger)
+            if stage.merge_shards and not storage.is_remote(opts.out):
+                merge_small_shards(opts, stage.source, ledger)
             _write_indexes(opts.out)
         except OSError as e:
             if _is_full(e):
@@ -308,6 +316,48 @@ def run_pipeline(stage: Stage, inputs: Iterable[DocInput], opts: Options) -> dic
     counts = summarize(committed)
     log.info("%s: %s (ledger %s)", stage.source, counts, ledger.path)
     return counts
+
+
+def merge_small_shards(opts: Options, source: str, ledger: Ledger) -> int:
+    """Merge this run's shards of under half `max_shard_bytes` (one per batch) into shards of up to the size limits,
+    in batch order; return how many small shards went. A merged shard is new, so the commit is the ledger's: the merged
+    shards are finished, then one append gives each document whose samples moved an `ok` line naming them, then the
+    small shards are removed. A crash before the append leaves merged shards no line commits (the next `reconcile`
+    removes them); after it, small shards no line commits (removed the same way)."""
+    latest = ledger.latest()
+    moved: dict[str, dict[str, set[str]]] = {}  # doc -> old shard ref -> new shard refs
+    gone: list[Path] = []
+    for folder in sorted(p for p in opts.out.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        small = [t for t in sorted(folder.glob(f"{source}-{opts.run_id}-*.tar"))
+                 if sidecar_path(t).exists() and read_sidecar(t).bytes < opts.max_shard_bytes // 2]
+        if len(small) < 2:
+            continue
+        writer = ShardWriter(folder, f"{source}-{opts.run_id}-merged", opts.max_shard_bytes, opts.max_shard_samples)
+        try:
+            for tar in small:
+                old = f"{folder.name}/{tar.name}"
+                for members in iter_members(tar):
+                    members.pop("__url__", None)
+                    sample = Sample.from_wds(members)
+                    new = f"{folder.name}/{writer.write(sample, members)}"
+                    moved.setdefault(sample.doc, {}).setdefault(old, set()).add(new)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        gone += small
+    updates = []
+    for doc, refs in moved.items():
+        e = latest[doc]
+        shards = [s for s in e.shards if s not in refs] + sorted(set().union(*refs.values()))
+        updates.append(replace(e, shards=shards, time=0.0))
+    ledger.append(updates)
+    for tar in gone:
+        tar.unlink()
+        sidecar_path(tar).unlink(missing_ok=True)
+    if gone:
+        log.info("%s: merged %d small shard(s) of this run into larger ones", source, len(gone))
+    return len(gone)
 
 
 def _claims(stage: Stage, out: Path) -> Any:

@@ -37,6 +37,7 @@ class Stage:
     # documents render in the Ray worker's bounded child process
     unique: Unique | None = None
     input_root: str = ""  # the input folder: provenance paths are relative to it, licence files are looked up to it
+    merge_shards: bool = False  # merge the run's small shards once its batches are committed (merge_small_shards)
 
 
 class Runner(Protocol):

@@ -1,12 +1,14 @@
 """Paginate a page loaded in Chromium into page images, each with exactly the text laid out on it.
 
-`js/layout.js` reads the DOM layout: every visible line fragment of text (and every visible image, as
-markdown `![alt]()`) with its box, in DOM order. Python groups fragments into visual lines, gives each whole line to
-one page and screenshots the pages, so no line is split between two pages or counted twice. Two layouts:
+`js/layout.js` reads the DOM layout: every visible line fragment of text (every visible image, as markdown `![alt]()`,
+and every formula, as LaTeX) with its box, in DOM order. Python groups fragments into visual lines, gives each whole
+line to one page and screenshots the pages, so no line is split between two pages or counted twice, and a text line
+that does not lie wholly inside its page is left out of the text and counted (`lines_outside_page`). Two layouts:
 
 - `template` (e-books, plain HTML): a template stylesheet plus `templates/paged.css` turn the root element into a
   multi-column box one page high; page i is the horizontal strip [i*W, (i+1)*W) and Chromium's fragmentation
-  never splits a line box across columns.
+  never splits a line box across columns. What would overflow a column (a formula or table wider than it, a
+  monolithic box taller than a page) is first scaled down to fit (`js/fit.js`, counted `scaled_to_fit`).
 - `native` (HTML pages with their own CSS): the page keeps its design at viewport width W and is cut into slices at
   most H high, each cut moved up to the top of any text line it would cross.
 """
@@ -65,6 +67,14 @@ def available_templates() -> list[str]:
 def asset(rel: str) -> str:
     """A file shipped with the renderers (a script in js/, a stylesheet in templates/)."""
     return (HERE / rel).read_text("utf-8")
+
+
+@cache
+def layout_script() -> str:
+    """`js/layout.js` given the MathML converter: the bundle (UMD) runs with an `exports` of its own, so it sets no
+    global a page's script could see or replace."""
+    return ("(opts) => { const exports = {}, module = { exports };\n" + asset("js/mathml-to-latex.min.js")
+            + "\nreturn (" + asset("js/layout.js").strip().rstrip(";") + ")(opts, exports.MathMLToLaTeX.convert); }")
 
 
 def pick_template(doc: str, templates: list[str]) -> str:
@@ -182,12 +192,18 @@ def slice_breaks(lines: list[Line], height: float, page_h: float) -> list[tuple[
     return slices
 
 
+def inside_page(ln: Line, region: tuple[float, float, float, float]) -> bool:
+    x0, y0, x1, y1 = region
+    return ln.left >= x0 - 0.5 and ln.right <= x1 + 0.5 and ln.top >= y0 - 0.5 and ln.bottom <= y1 + 0.5
+
+
 @dataclass
 class RenderedPage:
     index: int
     text: str
     image: bytes
     lines: int
+    boxes: list[tuple[float, float, float, float]]  # each text line's box (left, top, right, bottom) on the page
 
 
 def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages: int | None = None) -> list[RenderedPage]:
@@ -202,7 +218,11 @@ def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages:
             if (p === 'fixed') el.style.setProperty('position', 'absolute', 'important');
             else if (p === 'sticky') el.style.setProperty('position', 'relative', 'important'); } }""")
     area = {"l": 0, "t": 0, "r": INF, "b": h} if layout == "template" else {"l": 0, "t": 0, "r": w, "b": INF}
-    measured = page.evaluate(asset("js/layout.js"), {"area": area, "minImage": cfg.min_image_px})
+    if layout == "template":
+        stats["scaled_to_fit"] += page.evaluate(asset("js/fit.js"))
+    measured = page.evaluate(layout_script(), {"area": area, "minImage": cfg.min_image_px,
+                                               "strip": w if layout == "template" else 0})
+    stats.update({k: v for k, v in measured["counts"].items() if v})
     if layout == "template":
         lines = group_lines(measured["items"], w)
         count = max((int((ln.left + 1) // w) for ln in lines), default=-1) + 1
@@ -224,7 +244,10 @@ def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages:
             document.documentElement.appendChild(d); }}""")
     by_page: dict[int, list[Line]] = {}
     for ln, i in zip(lines, owner):
-        by_page.setdefault(i, []).append(ln)
+        if ln.items[0].get("image") or inside_page(ln, regions[i]):  # a picture taller than a slice is still a picture
+            by_page.setdefault(i, []).append(ln)
+        else:
+            stats["lines_outside_page"] += 1
     limit = min(cfg.max_pages, max_pages if max_pages is not None else cfg.max_pages)
     out: list[RenderedPage] = []
     for i, (x0, y0, _, y1) in enumerate(regions):
@@ -234,7 +257,9 @@ def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages:
         if len(out) >= limit:
             stats["pages_over_limit"] += 1
             continue
-        out.append(RenderedPage(len(out), page_text(by_page[i]), _shoot(page, cfg, x0, y0, y1 - y0, measured["background"]), len(by_page[i])))
+        boxes = [(ln.left - x0, ln.top - y0, ln.right - x0, ln.bottom - y0) for ln in by_page[i]]
+        out.append(RenderedPage(len(out), page_text(by_page[i]), _shoot(page, cfg, x0, y0, y1 - y0, measured["background"]),
+                                len(by_page[i]), boxes))
     return out
 
 

@@ -1,12 +1,19 @@
 // Collects what a reader sees on a laid-out page, in DOM (reading) order: one item per visual-line fragment of a
-// text node and one per visible image. Text hidden by CSS (display:none, visibility, opacity 0, transparent colour,
-// clip, zero size, outside an overflow-clipping ancestor, outside the page area) is left out, word by word where a
-// line is only partly clipped. Coordinates are document coordinates (the page is measured at scroll 0,0).
-// opts: {area: {l, t, r, b}, minImage}
-(opts) => {
+// text node, one per visible image and one per formula. Text hidden by CSS (display:none, visibility, opacity 0,
+// transparent colour, clip, zero size, outside an overflow-clipping ancestor, outside the page area) is left out, word
+// by word where a line is only partly clipped: a word counts only when no part of it is cut off at the sides, and
+// with `strip` (the page width of the template layout, whose pages are strips of that width side by side) only when it
+// lies within one strip. Coordinates are document coordinates (the page is measured at scroll 0,0).
+// A formula (MathML, KaTeX, MathJax 2 and 3 output) is one item holding its LaTeX between the arXiv route's
+// delimiters, \( \) inline and \[ \] display: the TeX the document carries (an x-tex annotation, MathJax 2's
+// script), else its presentation MathML converted by `toLatex` (mathml-to-latex, bundled beside this file).
+// opts: {area: {l, t, r, b}, minImage, strip}
+(opts, toLatex) => {
   const INF = 1e12;
   const area = opts.area;
+  const strip = opts.strip || 0;
   const items = [];
+  const counts = { math_tex: 0, math_converted: 0, math_unconverted: 0, math_cut: 0, words_cut: 0 };
   const boxes = new Map();
   const ids = new Map();
   const styles = new Map();
@@ -47,7 +54,12 @@
     const cx = r.left + r.width / 2, cy = r.top + r.height / 2;
     return r.width >= 1 && r.height >= 1 && cx >= b.l && cx <= b.r && cy >= b.t && cy <= b.b;
   };
-  const fullyInside = (r, b) => r.left >= b.l - 0.5 && r.right <= b.r + 0.5 && r.top >= b.t - 0.5 && r.bottom <= b.b + 0.5;
+  const oneStrip = (r) => !strip || Math.floor((r.left + 0.5) / strip) === Math.floor((r.right - 0.5) / strip);
+  const fullyInside = (r, b) => r.width >= 1 && r.height >= 1 && r.left >= b.l - 0.5 && r.right <= b.r + 0.5
+    && r.top >= b.t - 0.5 && r.bottom <= b.b + 0.5 && oneStrip(r);
+  // A word or formula counts as shown when no part of it is cut off at the sides (nor split between two page strips)
+  // and its middle is inside: glyph boxes stand a pixel or two above and below a tight line box.
+  const shown = (r, b) => inside(r, b) && r.left >= b.l - 0.5 && r.right <= b.r + 0.5 && oneStrip(r);
   const nonEmpty = (rects) => Array.from(rects).filter((r) => r.width >= 1 && r.height >= 1);
   const rectsOf = (node, a, e) => { range.setStart(node, a); range.setEnd(node, e); return nonEmpty(range.getClientRects()); };
   const union = (rs) => {
@@ -124,7 +136,8 @@
     toks.forEach((t, i) => { t.i = i; });
     let line = [];
     const flush = () => {
-      const kept = line.filter((t) => inside(t.r, b));
+      const kept = line.filter((t) => shown(t.r, b));
+      counts.words_cut += line.filter((t) => inside(t.r, b) && !shown(t.r, b)).length;  // partly shown
       if (kept.length) {
         // The text between kept tokens is the node's own (whitespace or nothing); a dropped token becomes a space.
         // The node's leading/trailing whitespace stays, so an inline element that follows keeps its separation.
@@ -157,6 +170,63 @@
     items.push({ t: "![" + alt + "]()", x: r.left, y: r.top, w: r.width, h: r.height,
                  blk: id(el), cell: 0, pre: false, pfx: "", image: true });
   };
+  const TEX = 'annotation[encoding="application/x-tex"], annotation[encoding="TeX"], annotation[encoding="text/x-tex"]';
+  // The LaTeX of a <math> element: its TeX annotation, else its presentation MathML converted; null if neither.
+  const mathmlTex = (m) => {
+    const a = m.querySelector(TEX);
+    if (a && a.textContent.trim()) { counts.math_tex++; return a.textContent; }
+    let tex = "";
+    try { tex = toLatex(new XMLSerializer().serializeToString(m)); } catch (e) { tex = ""; }
+    if (tex.trim()) { counts.math_converted++; return tex; }
+    return null;
+  };
+  const MATHJAX2 = /^MathJax(_SVG|_CHTML|_HTML)?$/;
+  // If `el` is the outermost element of a rendered formula: {tex, display, blk} (tex null when none could be had).
+  const formula = (el) => {
+    const tag = el.localName, cls = el.classList;
+    if (tag === "math") {
+      return { tex: mathmlTex(el), display: el.getAttribute("display") === "block" || style(el).display === "block" };
+    }
+    if (cls && cls.contains("katex")) {
+      const a = el.querySelector(TEX), m = el.querySelector("math");
+      if (a && a.textContent.trim()) counts.math_tex++;
+      return { tex: a && a.textContent.trim() ? a.textContent : m ? mathmlTex(m) : null, display: !!el.closest(".katex-display") };
+    }
+    if (tag === "mjx-container") {
+      const m = el.querySelector("math");
+      return { tex: m ? mathmlTex(m) : null, display: el.getAttribute("display") === "true" };
+    }
+    if (cls && Array.from(cls).some((c) => MATHJAX2.test(c))) {
+      const holder = el.parentElement && /_Display$/.test(el.parentElement.className) ? el.parentElement : el;
+      const script = holder.nextElementSibling;
+      if (script && script.localName === "script" && /^math\/tex/.test(script.type)) {
+        counts.math_tex++;
+        return { tex: script.textContent, display: /mode=display/.test(script.type) };
+      }
+      const m = el.querySelector("math");
+      return { tex: m ? mathmlTex(m) : null, display: holder !== el };
+    }
+    return null;
+  };
+  // One item for a visible formula, on the line of its first fragment; a formula without TeX is read as text.
+  const math = (el, f) => {
+    const b = box(el);
+    if (b === null || style(el).visibility !== "visible") return true;
+    if (f.tex === null) { counts.math_unconverted++; return false; }
+    const rs = nonEmpty(el.getClientRects());
+    if (!rs.length) return true;
+    const r = union(rs.filter((x) => sameLine(x, rs[0])));
+    if (!shown(r, b)) {
+      if (inside(r, b)) counts.math_cut++;  // partly shown: neither its LaTeX nor part of it would be what the page shows
+      return true;
+    }
+    // TeX comments go first (LaTeXML wraps long annotations with `%` + newline): on one line they would hide the rest
+    const tex = f.tex.replace(/(?<!\\)%[^\n]*(\n|$)/g, "").replace(/\s+/g, " ").trim();
+    const inner = el.parentElement || el;
+    items.push({ t: f.display ? "\\[" + tex + "\\]" : "\\(" + tex + "\\)", x: r.left, y: r.top, w: r.width, h: r.height,
+                 blk: id(f.display ? el : block(inner)), cell: id(el.closest("td,th")), pre: false, pfx: prefix(inner) });
+    return true;
+  };
   const IMAGES = new Set(["img", "svg", "video", "canvas", "object", "embed", "iframe"]);
   const SKIP = new Set(["script", "style", "template", "head", "title", "noembed"]);
   // Pre-order walk by hand: a TreeWalker filter callback cannot run while the page's JavaScript is off.
@@ -166,7 +236,9 @@
     if (n.nodeType === Node.TEXT_NODE) textNode(n);
     else if (n.nodeType === Node.ELEMENT_NODE) {
       const tag = n.localName;
+      let f;
       if (IMAGES.has(tag)) image(n);  // an image's own content (SVG text, fallback) is part of the image
+      else if ((f = formula(n)) !== null) descend = !math(n, f);
       else descend = !SKIP.has(tag);
     }
     if (descend && n.firstChild) { n = n.firstChild; continue; }
@@ -176,6 +248,7 @@
   const bg = (el) => el && !transparent(style(el).backgroundColor) ? style(el).backgroundColor : null;
   return {
     items,
+    counts,
     width: document.documentElement.scrollWidth,
     height: document.documentElement.scrollHeight,
     background: bg(document.body) || bg(document.documentElement) || "rgb(255, 255, 255)",

@@ -1,0 +1,126 @@
+"""Mathematics on the browser route: formulas as LaTeX in the arXiv route's delimiters, and no text line that its page
+does not show whole. Real documents under tests/data/maths (README there): a Project Gutenberg history of mathematics
+set as EPUB 3 with MathML by tex4ebook, and a page of KaTeX's own output."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from browser_fixtures import (
+    chapter,
+    doc_for,
+    epub_stage,
+    html_stage,
+    make_epub,
+    new_runner,
+    page_text,
+    render_with,
+)
+
+from renderers.browser.epub import Book, BookSite, EpubConfig
+from renderers.browser.pages import PageConfig, apply_template, paginate
+from renderers.browser.session import Session
+
+DATA = Path(__file__).parent / "data" / "maths"
+BOOK = DATA / "hsmmt10t.epub"
+FORMULAS = 127  # <math> elements in the book's chapters
+
+
+@pytest.fixture(scope="module")
+def runner():
+    r = new_runner(epub_stage())
+    yield r
+    r.close()
+
+
+def test_book_formulas_are_latex_in_the_text(runner):
+    runner.stage = epub_stage(templates=["serif-light"])
+    samples, counts = runner.render(doc_for(BOOK))
+    assert counts["math_converted"] == FORMULAS and "math_unconverted" not in counts
+    text = "\n".join(page_text(s) for s in samples)
+    for formula in (r"\(x^{n} + y^{n} = z^{n}\)", r"\(x^{5} + y^{5} \neq a z^{5}\)", r"\(r = \sqrt{a^{2} + b^{2}}\)",
+                    r"\(\sum_{0}^{n - 1} x^{m} = 0\)"):
+        assert formula in text
+    assert len(re.findall(r"\\\(", text)) == len(re.findall(r"\\\)", text)) == FORMULAS  # each formula once, whole
+    # the formula sits in its sentence, not in fragments on lines of their own (the MathML's glyphs read as text)
+    assert "Fermat’s theorem on \\(x^{n} + y^{n} = z^{n}\\)," in " ".join(text.split())
+    assert not re.search(r"^\s*[−=+]\s*$", text, re.MULTILINE)
+
+
+def _pages(runner, book: Path, template: str, cfg: PageConfig) -> tuple[list, Counter]:
+    """Every chapter of `book` paginated on the runner's browser, as the EPUB renderer sets it."""
+    stats: Counter = Counter()
+    b = Book(book, EpubConfig(page=cfg), stats)
+    site = BookSite(b, stats)
+    pages = []
+    try:
+        with Session(runner.browser, runner.server, 120).page(site, cfg.width, cfg.height, 1, False, stats) as page:
+            for name in b.spine:
+                site.check_chapter(name)
+                page.goto("/" + name)
+                apply_template(page, template, cfg)
+                pages += paginate(page, cfg, "template", stats)
+    finally:
+        b.close()
+    return pages, stats
+
+
+WIDE = "<mi>x</mi><mo>+</mo>" * 40 + "<mi>y</mi>"
+TALL = "<mfrac><mn>1</mn><mrow>" * 8 + "<mn>2</mn>" + "</mrow></mfrac>" * 8
+CROWDED = chapter("Crowded", (
+    "<h1>Crowded</h1>"
+    + "".join(f"<p>Prose line {i} before the wide things, long enough to wrap on the page.</p>" for i in range(12))
+    + f'<p>An inline formula wider than a column <math xmlns="http://www.w3.org/1998/Math/MathML">{WIDE}</math> ends here.</p>'
+    + f'<p>A tall one <math xmlns="http://www.w3.org/1998/Math/MathML">{TALL}</math> in a line.</p>'
+    # LaTeXML's shape: presentation, content MathML and the source TeX, wrapped with a comment at the line's end
+    + '<p>Annotated <math xmlns="http://www.w3.org/1998/Math/MathML" display="block"><semantics><mrow><mi>a</mi>'
+      '<mo>+</mo><mi>b</mi></mrow><annotation-xml encoding="MathML-Content"><apply><plus/><ci>a</ci><ci>b</ci></apply>'
+      '</annotation-xml><annotation encoding="application/x-tex">a+%\n\\beta</annotation></semantics></math> and'
+      ' <math xmlns="http://www.w3.org/1998/Math/MathML"><semantics><msup><mi>c</mi><mn>2</mn></msup><annotation-xml'
+      ' encoding="MathML-Content"><apply><power/><ci>c</ci><cn>2</cn></apply></annotation-xml></semantics></math>.</p>'
+    + '<table style="width: 1800px"><tr>' + "".join(f"<td>cell{i} words</td>" for i in range(14)) + "</tr></table>"
+    + '<p style="white-space: nowrap">' + " ".join(f"nowrap{i}" for i in range(120)) + "</p>"
+    + '<div style="width: 1500px; height: 1500px; background: #ccc">a box taller and wider than a page</div>'
+    + "".join(f"<p>Prose line {i} after them.</p>" for i in range(40))))
+
+
+def _assert_inside(pages: list, stats: Counter, cfg: PageConfig) -> None:
+    assert pages and not {"lines_outside_page", "words_cut", "math_cut"} & set(stats)
+    for p in pages:
+        assert all(-0.5 <= x0 and x1 <= cfg.width + 0.5 and -0.5 <= y0 and y1 <= cfg.height + 0.5
+                   for x0, y0, x1, y1 in p.boxes), p.text
+
+
+@pytest.mark.parametrize("template", ["serif-sepia-two-column"])
+def test_every_line_lies_wholly_inside_its_page(runner, tmp_path, template):
+    """A chapter of things that cannot wrap (a formula and a table wider than a column, a tall inline fraction, a
+    nowrap paragraph, a box larger than a page): each is scaled or wrapped into its column, so no text line had to be
+    left out for lying partly off its page, every line's box is inside the page, and every word is on some page."""
+    cfg = PageConfig(templates=[template])
+    pages, stats = _pages(runner, make_epub(tmp_path / "crowded.epub", {"c.xhtml": CROWDED}), template, cfg)
+    _assert_inside(pages, stats, cfg)
+    text = " ".join(" ".join(p.text for p in pages).split())
+    assert stats["scaled_to_fit"] >= 2  # the wide formula and the table
+    assert all(f"nowrap{i}" in text.split() for i in range(120)) and all(f"cell{i}" in text for i in range(14))
+    assert "\\(x + x + " in text and "a box taller and wider than a page" in text
+    assert "Annotated \\[a+\\beta\\] and \\(c^{2}\\)." in text  # the TeX without its comment; the presentation
+    assert stats["math_tex"] == 1 and stats["math_converted"] == 3
+
+
+@pytest.mark.slow
+def test_every_line_of_the_real_book_lies_wholly_inside_its_page(runner):
+    cfg = PageConfig(templates=["serif-sepia-two-column"])
+    _assert_inside(*_pages(runner, BOOK, "serif-sepia-two-column", cfg), cfg)
+
+
+def test_katex_page_gives_its_tex(runner):
+    """KaTeX's own output (HTML glyphs beside hidden MathML carrying the TeX): each formula once, as its TeX."""
+    samples, counts = render_with(runner, html_stage(web_code=False), DATA / "katex" / "gaussian.html")
+    text = " ".join(" ".join(page_text(s) for s in samples).split())
+    assert counts["math_tex"] == 7 and "math_unconverted" not in counts
+    assert r"\(\int_{-\infty}^{\infty} e^{-x^2}\,dx = \sqrt{\pi}\) is the area under the bell curve" in text
+    assert r"\[\int_{-\infty}^{\infty} e^{-a x^2}\,dx = \sqrt{\frac{\pi}{a}}.\]" in text
+    assert "∞" not in text  # none of the glyphs KaTeX draws with
