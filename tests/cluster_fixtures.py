@@ -120,8 +120,11 @@ class LoopbackCluster:
     def kill_node(self, index: int) -> list[str]:
         """SIGKILL a node: its `ray start` process and everything under it (raylet, agents, workers); return the
         names of the processes killed."""
-        root = psutil.Process(self.nodes[index].pid)
-        procs = [root, *root.children(recursive=True)]
+        try:
+            root = psutil.Process(self.nodes[index].pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:  # the node already exited (e.g. it gave up joining)
+            procs = []
         names = []
         for p in procs:
             try:

@@ -11,6 +11,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from tests.helpers import sample_view
 from vlcorpus.driver import Options, merge_small_shards, reconcile
 from vlcorpus.ledger import Entry, Ledger
 from vlcorpus.sample import Sample
@@ -44,7 +45,7 @@ def _job(out, docs: int = 6, pages: int = 3) -> None:
 
 def _texts(out) -> list[str]:
     tars = sorted(str(p) for p in (out / "doc_ocr").glob("*.tar"))
-    return sorted(r["json"]["segments"][1]["text"] for r in wds.WebDataset(tars, shardshuffle=False).decode())
+    return sorted(sample_view(r)["json"]["segments"][1]["text"] for r in wds.WebDataset(tars, shardshuffle=False))
 
 
 EXPECTED = sorted(f"book {d} page {p}" for d in range(6) for p in range(3))

@@ -27,7 +27,8 @@ DEMO = Path(__file__).parents[1] / "demo"
 def sources(tmp: Path) -> dict[str, str]:
     """Every source kind on a small real input: the demo's folders, one paper, one book and one notebook."""
     picks = {"arxiv": DEMO / "arxiv" / "rl-mapping", "epub": DEMO / "epub" / "scarlet-letter.epub",
-             "notebooks": DEMO / "notebooks" / "06_decision_trees.ipynb", "pdf": DEMO / "arxiv" / "re-gorder" / "re-gorder.pdf"}
+             "notebooks": DEMO / "notebooks" / "06_decision_trees.ipynb", "pdf": DEMO / "arxiv" / "re-gorder" / "re-gorder.pdf",
+             "interleaved_docs": DEMO / "html"}
     out = {}
     for kind in source_commands():
         if kind in picks:

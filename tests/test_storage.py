@@ -30,8 +30,14 @@ from importers import make_parquet  # noqa: E402
 
 @pytest.fixture(scope="module")
 def s3_env():
+    """The server, and no Ray left running from earlier tests: an embedded Ray's workers keep the environment it was
+    started with, so the jobs here must start theirs after the AWS_* variables are set."""
+    import ray
+
+    ray.shutdown()
     with s3_server() as env:
         yield env
+        ray.shutdown()
 
 
 @pytest.fixture

@@ -42,8 +42,11 @@ def pull_stage(out: str, stage: str) -> None:
         return  # this host wrote it
     shutil.rmtree(local / "ckpt", ignore_errors=True)
     target.mkdir(parents=True)
-    for url in storage.find(f"{out}/{stage}/ckpt/{step}"):
-        storage.get_file(url, target / storage.name(url))
+    prefix = f"{out}/{stage}/ckpt/{step}/"
+    for url in storage.find(prefix):
+        dest = target / url[len(prefix):]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        storage.get_file(url, dest)
     metrics = f"{out}/{stage}/metrics.jsonl"
     if storage.exists(metrics):
         (local / "metrics.jsonl").write_bytes(storage.read_bytes(metrics))
@@ -54,14 +57,15 @@ def push_checkpoint(out: str, stage: str, step_dir: Path, keep: int) -> None:
     if not storage.is_remote(out):
         return
     base, local = f"{out}/{stage}", step_dir.parent.parent
-    files = sorted(step_dir.iterdir())
-    storage.put_files(files, [f"{base}/ckpt/{step_dir.name}/{f.name}" for f in files])
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file())  # a checkpoint holds folders (trainer.checkpoint)
+    storage.put_files(files, [f"{base}/ckpt/{step_dir.name}/{f.relative_to(step_dir).as_posix()}" for f in files])
     if (local / "metrics.jsonl").exists():
         storage.put_file(local / "metrics.jsonl", f"{base}/metrics.jsonl")
     storage.write_json(f"{base}/ckpt/{POINTER}", {"checkpoint": step_dir.name})
     kept = {p.name for p in step_dir.parent.glob("step-*")}
-    storage.remove([u for u in storage.find(f"{base}/ckpt") if u.rsplit("/", 2)[-2].startswith("step-")
-                    and u.rsplit("/", 2)[-2] not in kept])
+    ckpt = f"{base}/ckpt/"
+    steps = {u: u[len(ckpt):].split("/", 1)[0] for u in storage.find(ckpt)}
+    storage.remove([u for u, step in steps.items() if step.startswith("step-") and step not in kept])
 
 
 def push_final(out: str, stage: str) -> None:

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from vlcorpus import storage
 from vlcorpus.document import DocInput
 from vlcorpus.ledger import Entry, Ledger
 
@@ -68,9 +69,13 @@ def refused(doc: str, origin: str, path: Path, reason: str) -> DocInput:
     return DocInput(doc=doc, origin=origin, path=str(path), related={REFUSED: reason})
 
 
-def discover(root: Path, suffixes: tuple[str, ...]) -> list[DocInput]:
+def discover(root: storage.Location, suffixes: tuple[str, ...]) -> list[DocInput]:
     """Every file under `root` with one of `suffixes`, its path relative to `root` as both id and origin; the ones
-    that must not be read come back `refused`."""
+    that must not be read come back `refused`. Under a store prefix: every object, its URL as the path (a worker
+    stages it, `driver.staged`)."""
+    if storage.is_remote(root):
+        return [DocInput(doc=u[len(root) + 1:], origin=u[len(root) + 1:], path=u)
+                for u in storage.find(root) if storage.name(u).lower().endswith(suffixes)]
     root = root.resolve()
     docs = []
     for p, problem in walk_inputs(root, lambda p: p.name.lower().endswith(suffixes)):
@@ -98,6 +103,9 @@ def gate(inputs: Iterable[DocInput], roots: Sequence[Path], run: str) -> tuple[l
     whose path leaves `roots`)."""
     safe, entries = [], []
     for d in inputs:
+        if storage.is_remote(d.path) and REFUSED not in d.related:
+            safe.append(d)  # an object is read by its key: no link to follow out of the prefix
+            continue
         reason = d.related.get(REFUSED) or input_problem(Path(d.path), roots)
         if reason is None:
             safe.append(d)
@@ -107,7 +115,7 @@ def gate(inputs: Iterable[DocInput], roots: Sequence[Path], run: str) -> tuple[l
     return safe, entries
 
 
-def record_refusals(out: Path, source: str, entries: list[Entry]) -> None:
+def record_refusals(out: storage.Location, source: str, entries: list[Entry]) -> None:
     """Append the refusals the ledger does not already say (a re-run writes nothing twice)."""
     with Ledger(out, source) as ledger:
         latest = ledger.latest()

@@ -16,6 +16,9 @@ def _token_auth_default_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Token authentication is enabled")
 
 
+SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's "no cluster" switch: read once, when `ray` is imported
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or `RAY_ADDRESS`, which `ray job submit` sets); else start an embedded local Ray.
 
@@ -25,8 +28,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     and metrics listen there only, where they would listen on every interface.
     """
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    switch = not address and SWITCH not in os.environ
+    if switch:
+        os.environ[SWITCH] = "0"
+    try:
+        _init(address, num_cpus)
+    finally:  # the switch must not reach processes started later (a `ray start` worker node would refuse to join)
+        if switch:
+            os.environ.pop(SWITCH)
+
+
+def _init(address: str | None, num_cpus: int | None) -> None:
     import ray
 
     if ray.is_initialized():
