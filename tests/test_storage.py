@@ -315,10 +315,10 @@ def test_a_cluster_worker_node_killed_mid_job_on_s3_loses_and_duplicates_nothing
 
 @pytest.mark.slow
 def test_extract_notebooks_from_s3_to_s3_stages_each_document_and_cleans_up(bucket, tmp_path, monkeypatch):
-    """Real notebooks (tests' shared samples) read from a prefix: each is staged in a worker's scratch folder, rendered,
-    and the folder removed; the same samples as from local disk."""
-    samples = Path("/work/shared/samples/notebooks/handson-ml2")
-    names = ["01_the_machine_learning_landscape.ipynb", "03_classification.ipynb"]
+    """Real notebooks (the demo's) read from a prefix: each is staged in a worker's scratch folder, rendered, and the
+    folder removed; the same samples as from local disk."""
+    samples = ROOT / "demo" / "notebooks"
+    names = ["01_the_machine_learning_landscape.ipynb", "06_decision_trees.ipynb"]
     local_in = tmp_path / "nb"
     local_in.mkdir()
     for name in names:
@@ -347,7 +347,7 @@ def test_arxiv_discovery_on_s3_pairs_archives_and_pdfs_by_stem(bucket, tmp_path)
     from pipelines.render_arxiv import discover_store_papers
     from vlcorpus.driver import staged
 
-    paper = Path("/work/shared/samples/arxiv/rl-mapping")
+    paper = ROOT / "demo" / "arxiv" / "rl-mapping"
     archive = tmp_path / "2401.00001v2.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(paper, arcname=".")
