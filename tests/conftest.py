@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from tests.helpers import start_test_ray
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray workers and spawned renderer processes inherit the environment, so test-only renderers import there too.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +22,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False, logging_level="WARNING")
+        start_test_ray()
     yield ray
     ray.shutdown()
 

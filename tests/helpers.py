@@ -46,3 +46,11 @@ def sample_view(row: dict, pil: bool = False) -> dict:
         d["taxonomy"] = s.taxonomy
     return {"__key__": row["__key__"], "json": d,
             **{n: Image.open(io.BytesIO(b)) if pil else b for n, b in s.images.items()}}
+
+
+def start_test_ray() -> None:
+    """The suite's local Ray: 2 CPUs (CI has 2 cores) and a small object store."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False,
+             logging_level="WARNING")

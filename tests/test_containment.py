@@ -119,7 +119,8 @@ def test_a_killed_papers_private_copy_is_removed_by_the_parent(tmp_path, monkeyp
     the scratch of a parent that died."""
     from vlcorpus.document import Bounds
     from vlcorpus.driver import Stage
-    from vlcorpus.worker import SCRATCH_PREFIX, BoundedWorker
+    from vlcorpus.storage import SCRATCH_PREFIX
+    from vlcorpus.worker import BoundedWorker
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()

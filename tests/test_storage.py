@@ -16,7 +16,7 @@ import pytest
 import s3fs
 import webdataset as wds
 
-from tests.helpers import sample_view
+from tests.helpers import sample_view, start_test_ray
 from tests.s3server import s3_server
 from vlcorpus import storage
 from vlcorpus.cli import main as cli
@@ -31,13 +31,16 @@ from importers import make_parquet  # noqa: E402
 @pytest.fixture(scope="module")
 def s3_env():
     """The server, and no Ray left running from earlier tests: an embedded Ray's workers keep the environment it was
-    started with, so the jobs here must start theirs after the AWS_* variables are set."""
+    started with, so the jobs here start theirs after the AWS_* variables are set; the suite's Ray is back after."""
     import ray
 
+    running = ray.is_initialized()
     ray.shutdown()
     with s3_server() as env:
         yield env
-        ray.shutdown()
+    ray.shutdown()
+    if running:
+        start_test_ray()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 import fsspec
+import psutil
 
 SCHEMES = ("s3", "gs", "gcs")
 SCRATCH_PREFIX = "vlcorpus-scratch-"
@@ -288,17 +289,35 @@ def scratch_root() -> Path:
     return Path(os.environ.get("VLCORPUS_SCRATCH") or tempfile.gettempdir())
 
 
+def new_scratch(tag: str, root: Path | None = None) -> Path:
+    """A fresh local folder under `root` (default `scratch_root()`) for files a tool needs on disk; its name carries
+    this process's pid and start time, so that once the process is gone (killed: no exit path runs on SIGKILL) the
+    next scratch made there removes it (`remove_dead_scratch`). The caller removes it on every exit path it has."""
+    root = root or scratch_root()
+    root.mkdir(parents=True, exist_ok=True)
+    remove_dead_scratch(root)
+    me = psutil.Process()
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{me.pid}-{int(me.create_time())}-{tag}-", dir=root))
+
+
+def remove_dead_scratch(root: Path) -> None:
+    """Remove the scratch folders under `root` whose process is gone (a reused pid has another start time)."""
+    for folder in root.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid, started, _ = folder.name[len(SCRATCH_PREFIX):].split("-", 2)
+            alive = int(psutil.Process(int(pid)).create_time()) == int(started)
+        except psutil.NoSuchProcess:
+            alive = False
+        except (ValueError, psutil.Error):
+            alive = True  # not a name we gave, or a process we may not inspect
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def scratch(tag: str) -> Iterator[Path]:
-    """A fresh local folder for files a tool needs on disk, removed on every exit path. Folders of processes that
-    were killed (no exit path runs on SIGKILL) are removed by the next scratch opened on the host."""
-    root = scratch_root()
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob(f"{SCRATCH_PREFIX}*"):
-        pid = old.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{tag}-", dir=root))
+    """`new_scratch(tag)`, removed when the block exits."""
+    folder = new_scratch(tag)
     try:
         yield folder
     finally:

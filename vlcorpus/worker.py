@@ -38,8 +38,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from vlcorpus import storage
 from vlcorpus.curate.annotate import annotate
 from vlcorpus.curate.language import identifier
 from vlcorpus.document import DocInput, Filtered
@@ -48,7 +47,6 @@ from vlcorpus.shards import ShardWriter, remove_shards
 from vlcorpus.stage import Runner, Stage
 
 RECYCLE_AFTER = 2000  # documents per child; bounds what slow leaks in a renderer or its libraries can accumulate
-SCRATCH_PREFIX = "vlcorpus-scratch-"  # + <parent pid>-<parent start time>-: a child's TMPDIR
 Claim = Callable[[list[tuple[str, str]]], list[str]]  # (value, sample key) pairs -> the key owning each value
 
 
@@ -192,9 +190,7 @@ class BoundedWorker:
     def _start(self) -> bool:
         """Start a child and wait until it has imported the renderer (not part of any document's time bound) and
         resumed the open batch; False if it died doing so."""
-        remove_dead_scratch()
-        me = psutil.Process()
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{me.pid}-{int(me.create_time())}-"))
+        self.scratch = storage.new_scratch("child", Path(tempfile.gettempdir()))  # the system's, as the child's TMPDIR
         mine, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from vlcorpus.worker import child_main; child_main()", str(theirs.fileno()),
@@ -314,21 +310,6 @@ class BoundedWorker:
             except subprocess.TimeoutExpired:
                 pass
         self._stop()
-
-
-def remove_dead_scratch() -> None:
-    """Remove the children's scratch folders whose parent process is gone (its pid and start time in the name, so a
-    reused pid does not count)."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
-        try:
-            pid, started, _ = folder.name[len(SCRATCH_PREFIX):].split("-")
-            alive = int(psutil.Process(int(pid)).create_time()) == int(started)
-        except psutil.NoSuchProcess:
-            alive = False
-        except (ValueError, psutil.Error):
-            alive = True  # not a name we gave, or a process we may not inspect
-        if not alive:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 class ChildDied(RuntimeError):
