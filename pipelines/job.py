@@ -88,7 +88,6 @@ def staging_folder(args: argparse.Namespace, name: str) -> Path:
     """Where a record importer stages its pieces: `<out>/_staging/<name>`, or for an `--out` on a store a local
     folder of this host named for that URL (a re-run finds its pieces again; workers on other hosts do not see it, so
     record importers to a store run their Ray workers on this host)."""
-    check_paths(args)
     if not storage.is_remote(args.out):
         return args.out / "_staging" / name
     return storage.scratch_root() / f"vlcorpus-staging-{hashlib.sha1(args.out.encode()).hexdigest()[:12]}" / name
@@ -195,6 +194,7 @@ class Importer:
 
     def main(self, args: argparse.Namespace) -> int:
         stage = replace(self.stage, config=renderer_config(self.config, args))
+        check_paths(args)  # before anything is staged
         src = local_input(args)
         files = discover(src, self.files) if self.files and src.is_dir() else []
         records = record_inputs(src, staging_folder(args, stage.source), self.suffixes, args.lines_per_doc,
