@@ -13,7 +13,7 @@ from pipelines.job import add_job_arguments, local_input, renderer_config, run_j
 from renderers.browser import html
 from renderers.browser.runner import BrowserRunner
 from vlcorpus.document import Bounds
-from vlcorpus.inputs import discover
+from vlcorpus.inputs import discover, input_root
 from vlcorpus.stage import Stage
 
 COMMAND = ("render", "html")
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = renderer_config(html.HtmlConfig, args)
-    root = str(local_input(args).resolve())
+    root = str(input_root(local_input(args)))
     docs = [replace(d, related={"root": root}) for d in discover(args.input, (".html", ".htm", ".xhtml"))]
     run_job(replace(STAGE, config=cfg), docs, args)
     return 0

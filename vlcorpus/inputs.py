@@ -47,7 +47,12 @@ def input_problem(path: Path, roots: Sequence[Path]) -> str | None:
 def walk_inputs(root: Path, wanted: Callable[[Path], bool]) -> Iterator[tuple[Path, str | None]]:
     """Every file under `root` that `wanted` accepts, with why it must not be read (`input_problem`) or None, in
     sorted order. Symlinked folders are not descended (what they hold inside the root is found where it really
-    is); one that leads outside the root is reported, so nothing is left out silently."""
+    is); one that leads outside the root is reported, so nothing is left out silently. A file given as the root is
+    the one input, bounded by its folder."""
+    if root.is_file():
+        if wanted(root):
+            yield root.resolve(), None  # the file the user named, symlinks resolved like its root (`input_root`)
+        return
     root = root.resolve()
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -70,16 +75,15 @@ def refused(doc: str, origin: str, path: Path, reason: str) -> DocInput:
 
 
 def discover(root: storage.Location, suffixes: tuple[str, ...]) -> list[DocInput]:
-    """Every file under `root` with one of `suffixes`, its path relative to `root` as both id and origin; the ones
-    that must not be read come back `refused`. Under a store prefix: every object, its URL as the path (a worker
-    stages it, `driver.staged`)."""
+    """Every file under `root` (or `root` itself, a file) with one of `suffixes`, its path relative to the input
+    folder as both id and origin; the ones that must not be read come back `refused`. Under a store prefix: every
+    object, its URL as the path (a worker stages it, `driver.staged`)."""
     if storage.is_remote(root):
         return [DocInput(doc=u[len(root) + 1:], origin=u[len(root) + 1:], path=u)
                 for u in storage.find(root) if storage.name(u).lower().endswith(suffixes)]
-    root = root.resolve()
     docs = []
     for p, problem in walk_inputs(root, lambda p: p.name.lower().endswith(suffixes)):
-        rel = str(p.relative_to(root))
+        rel = str(p.relative_to(input_root(root)))
         docs.append(refused(rel, rel, p, problem) if problem else DocInput(doc=rel, origin=rel, path=str(p)))
     return docs
 
