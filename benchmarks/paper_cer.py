@@ -28,12 +28,12 @@ def main() -> None:
     p.add_argument("--maths-heavy", type=float, default=0.1, help="share of the text's characters inside maths")
     args = p.parse_args()
     groups: dict[str, list[float]] = defaultdict(list)
-    for _, text, image, sample in page_pairs(str(args.corpus), "doc_ocr"):
+    for _, text, image, meta in page_pairs(str(args.corpus), "doc_ocr"):
         if len(text.strip()) < 40:
             continue
         rate = cer(normalise(text), normalise(read_back(image, "eng")))
         kind = "maths-heavy" if maths_share(text) > args.maths_heavy else "prose"
-        origin = sample["meta"]["text_from"]
+        origin = meta["text_from"]
         for group in ("all", f"from {origin}", kind, f"from {origin}, {kind}"):
             groups[group].append(rate)
     print("| pages | count | median CER | p90 CER |")
