@@ -87,6 +87,7 @@ def test_hidden_text_is_left_out_and_structure_keeps_a_markdown_form(runner, tmp
       <script>document.write("HIDDEN script")</script>
       <ul><li>item one</li><li>item two</li></ul>
       <ol start="3"><li>third</li><li>fourth</li></ol>
+      <ol type="i" start="3"><li>roman</li></ol><ol type="A"><li>alpha</li></ol><ol style="list-style:none"><li>bare</li></ol>
       <table><tr><th>name</th><th>value</th></tr><tr><td>a</td><td>1</td></tr></table>
       <img alt="a red square" width="60" height="60" src="data:image/gif;base64,R0lGODlhAQABAIAAAP8AAAAAACH5BAAAAAAALAAAAAABAAEAAAICRAEAOw==">
       <p>visible <b>bold</b><i>italic</i> <span style="text-transform:uppercase">shout</span></p>"""
@@ -95,7 +96,7 @@ def test_hidden_text_is_left_out_and_structure_keeps_a_markdown_form(runner, tmp
     assert "HIDDEN" not in text
     assert text_lines(samples[0]) == [
         "## Heading two", "visible one", "visible two", "visible three", "- item one", "- item two", "3. third",
-        "4. fourth", "| name | value |", "| a | 1 |", "![a red square]()", "visible bolditalic SHOUT"]
+        "4. fourth", "iii. roman", "A. alpha", "bare", "| name | value |", "| a | 1 |", "![a red square]()", "visible bolditalic SHOUT"]
 
 
 def test_cjk_renders_real_glyphs(runner, tmp_path):

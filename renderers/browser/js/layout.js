@@ -6,8 +6,9 @@
 // lies within one strip. Coordinates are document coordinates (the page is measured at scroll 0,0).
 // A formula (MathML, KaTeX, MathJax 2 and 3 output) is one item holding its LaTeX between the arXiv route's
 // delimiters, \( \) inline and \[ \] display: the TeX the document carries (an x-tex annotation, MathJax 2's
-// script), else its presentation MathML converted by `toLatex` (mathml-to-latex, bundled beside this file).
-// opts: {area: {l, t, r, b}, minImage, strip}
+// script, the page's TeX that `typeset.js` typeset, kept in the attribute `texAttr`), else its presentation MathML
+// converted by `toLatex` (mathml-to-latex, bundled beside this file).
+// opts: {area: {l, t, r, b}, minImage, strip, texAttr}
 (opts, toLatex) => {
   const INF = 1e12;
   const area = opts.area;
@@ -78,14 +79,27 @@
     if (li && !prefixed.has(li)) {
       prefixed.add(li);
       const list = li.parentElement;
+      const type = style(li).listStyleType;
+      if (type === "none" || style(li).display !== "list-item") return "";
       if (list && list.localName === "ol") {
         let n = list.hasAttribute("start") ? parseInt(list.getAttribute("start"), 10) || 1 : 1;
         for (let sib = li.previousElementSibling; sib; sib = sib.previousElementSibling) if (sib.localName === "li") n++;
-        return n + ". ";
+        if (li.hasAttribute("value")) n = parseInt(li.getAttribute("value"), 10) || n;
+        return marker(n, type) + ". ";
       }
       return "- ";
     }
     return "";
+  };
+  // The number of an ordered list item as its list-style-type draws it (type="i" is lower-roman, "A" upper-alpha).
+  const ROMAN = [[1000, "m"], [900, "cm"], [500, "d"], [400, "cd"], [100, "c"], [90, "xc"], [50, "l"], [40, "xl"],
+                 [10, "x"], [9, "ix"], [5, "v"], [4, "iv"], [1, "i"]];
+  const roman = (n) => { let s = ""; for (const [v, r] of ROMAN) while (n >= v) { s += r; n -= v; } return s; };
+  const alpha = (n) => { let s = ""; for (; n > 0; n = Math.floor((n - 1) / 26)) s = String.fromCharCode(97 + (n - 1) % 26) + s; return s; };
+  const marker = (n, type) => {
+    if (n > 0 && n < 4000 && /roman$/.test(type)) return type.startsWith("upper") ? roman(n).toUpperCase() : roman(n);
+    if (n > 0 && /(alpha|latin)$/.test(type)) return type.startsWith("upper") ? alpha(n).toUpperCase() : alpha(n);
+    return String(n);
   };
   const block = (el) => {
     for (let e = el; e; e = e.parentElement) {
@@ -193,6 +207,8 @@
       return { tex: a && a.textContent.trim() ? a.textContent : m ? mathmlTex(m) : null, display: !!el.closest(".katex-display") };
     }
     if (tag === "mjx-container") {
+      const tex = el.getAttribute(opts.texAttr);  // typeset here from the page's TeX (`typeset.js`)
+      if (tex !== null) { counts.math_tex++; return { tex, display: el.getAttribute("display") === "true" }; }
       const m = el.querySelector("math");
       return { tex: m ? mathmlTex(m) : null, display: el.getAttribute("display") === "true" };
     }
