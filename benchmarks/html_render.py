@@ -3,8 +3,9 @@ Playwright screenshots of the same documents, one viewport per page, on the same
 
     python benchmarks/html_render.py [HTML_DIR] [--repeat N]
 
-Bare: for each document a new context, `goto` (file://, JavaScript off), then for each of the page-high viewports
-of the document `scrollTo` + `page.screenshot()`. Renderer: `renderers.browser.html.render` on the same documents with
+Bare: for each document a new context, `goto` (file://, JavaScript off), MathJax's own typesetting of the page's TeX
+where the page loads MathJax or KaTeX (the bundle the renderer ships, default settings, `MathJax.typesetPromise()`),
+then for each of the page-high viewports of the document `scrollTo` + `page.screenshot()`. Renderer: `renderers.browser.html.render` on the same documents with
 web_code off (doc_ocr pages only), then with web_code on (one more screenshot and the code cleaning per document).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from pipelines import render_html as html_job
 from renderers.browser import html
+from renderers.browser.pages import asset
 from renderers.browser.runner import BrowserRunner
 from vlcorpus.document import Bounds, DocInput
 
@@ -30,6 +32,9 @@ def bare(runner: BrowserRunner, files: list[Path], cfg: html.PageConfig) -> int:
                                              device_scale_factor=cfg.scale, java_script_enabled=False)
         page = context.new_page()
         page.goto(f.resolve().as_uri(), wait_until="load")
+        if page.evaluate(asset("js/tex_in_dom.js")) is not None:
+            page.evaluate("async () => { window.MathJax = {startup: {typeset: false}};\n"
+                          + asset("js/mathjax-tex-svg-full.js") + "\nawait MathJax.startup.promise; await MathJax.typesetPromise(); }")
         n = math.ceil(page.evaluate("() => document.documentElement.scrollHeight") / cfg.height)
         for i in range(n):
             page.evaluate(f"() => window.scrollTo(0, {i * cfg.height})")

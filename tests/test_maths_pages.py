@@ -5,15 +5,18 @@ set as EPUB 3 with MathML by tex4ebook, and a page of KaTeX's own output."""
 from __future__ import annotations
 
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browser_fixtures import (
     chapter,
     doc_for,
     epub_stage,
     html_stage,
+    image,
     make_epub,
     new_runner,
     page_text,
@@ -124,3 +127,80 @@ def test_katex_page_gives_its_tex(runner):
     assert r"\(\int_{-\infty}^{\infty} e^{-x^2}\,dx = \sqrt{\pi}\) is the area under the bell curve" in text
     assert r"\[\int_{-\infty}^{\infty} e^{-a x^2}\,dx = \sqrt{\frac{\pi}{a}}.\]" in text
     assert "∞" not in text  # none of the glyphs KaTeX draws with
+
+
+MATHJAX_PAGE = DATA / "mathjax" / "orthogonal-complements.html"
+MATHJAX_FORMULAS = 211  # `math inline` and `math display` spans in the page
+
+
+def _read_back(samples) -> str:
+    return " ".join(subprocess.run(["tesseract", "-", "-", "--psm", "3"], input=next(iter(s.images.values())),
+                                   capture_output=True, check=True).stdout.decode() for s in samples)
+
+
+def test_mathjax_page_is_typeset_and_keeps_its_tex(runner, tmp_path):
+    """A real page that loads MathJax from a CDN, its TeX in the DOM: the page images show the formulas typeset (the
+    bundled MathJax, as the page's own script would have) while the text keeps each one's TeX. The same page without
+    its MathJax script is left as it stands: its `\\(` is what a reader sees."""
+    samples, counts = render_with(runner, html_stage(web_code=False), MATHJAX_PAGE)
+    assert counts["math_typeset"] == counts["math_tex"] == MATHJAX_FORMULAS and "math_tex_errors" not in counts
+    text = " ".join(" ".join(page_text(s) for s in samples).split())
+    assert r"Let \(V\) be the subspace spanned by a single vector \(\overrightarrow{v}\) in \(\mathbb{R}^{2}\)" in text
+    assert len(re.findall(r"\\\(|\\\[", text)) == MATHJAX_FORMULAS
+    assert r"\[\overrightarrow{v}= \begin{pmatrix} 1\\ 2 \end{pmatrix}" in text
+    assert not re.search(r"pmatrix|overrightarrow|mathbb", _read_back(samples))  # drawn, not shown as TeX
+
+    plain = tmp_path / "no-mathjax.html"
+    plain.write_text(re.sub(r"<script\s[^>]*>\s*</script>", "", MATHJAX_PAGE.read_text("utf-8")), "utf-8")
+    raw, counts = render_with(runner, html_stage(web_code=False), plain)
+    assert "math_typeset" not in counts and "math_tex" not in counts
+    assert re.search(r"pmatrix|overrightarrow|mathbb", _read_back(raw))
+
+
+MATHJAX2_PAGE = r"""<!DOCTYPE html><html><head><title>MathJax 2</title>
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({
+  AuthorInit: function () { if (window.x) { MathJax.Hub.Queue(["Typeset", MathJax.Hub]); } },  // run by no one
+  tex2jax: {inlineMath: [['$','$'], ['\\(','\\)']], processEscapes: true},
+  TeX: {Macros: {RR: "{\\bf R}", norm: ["\\left\\Vert #1 \\right\\Vert", 1]}, equationNumbers: {autoNumber: "none"}}
+});</script>
+<script src="https://cdn.example.org/mathjax/2.7.7/MathJax.js?config=TeX-AMS_HTML"></script></head>
+<body><p>Euler wrote $e^{i\pi} + 1 = 0$ on a page that cost \$5 to print.</p>
+<p>A kramdown formula <span class="MathJax_Preview">PREVIEW</span><script type="math/tex">x^{2}</script> inline,</p>
+<script type="math/tex; mode=display">\int_0^1 x\,dx = \frac{1}{2}</script>
+<p>the page's macros $\norm{v} \in \RR$, an unknown one $\vecteur{v}$,</p>
+<p>and a broken one \(\frac{1}\) shown as its source.</p>
+<pre><code>price = $3 and $4</code></pre></body></html>"""
+
+
+def test_mathjax2_scripts_config_and_dollar_delimiters(runner, tmp_path):
+    """MathJax 2's shapes: `<script type="math/tex">` formulas (previews dropped), and the page's configuration read
+    as data (a function in it skipped, never run): `$...$` delimiters, `\\$` an escaped dollar, its macros. Code is
+    left alone; a TeX error typesets as its source and an undefined macro as its name, each counted."""
+    page = tmp_path / "mathjax2.html"
+    page.write_text(MATHJAX2_PAGE, "utf-8")
+    samples, counts = render_with(runner, html_stage(web_code=False), page)
+    text = " ".join(" ".join(page_text(s) for s in samples).split())
+    assert counts["math_typeset"] == counts["math_tex"] == 6
+    assert counts["math_tex_errors"] == 1 and counts["math_undefined_macros"] == 1  # the page's own macros are defined
+    assert r"Euler wrote \(e^{i\pi} + 1 = 0\) on a page that cost $5 to print." in text
+    assert r"A kramdown formula \(x^{2}\) inline," in text and "PREVIEW" not in text
+    assert r"\[\int_0^1 x\,dx = \frac{1}{2}\]" in text
+    assert r"the page's macros \(\norm{v} \in \RR\), an unknown one \(\vecteur{v}\)," in text
+    assert r"\(\frac{1}\)" in text and "price = $3 and $4" in text
+
+
+def test_katex_output_without_its_stylesheet_shows_each_formula_once(runner, tmp_path):
+    """The same KaTeX page with its stylesheet on a CDN no render reaches: without katex.css each formula showed twice
+    (its MathML, and KaTeX's HTML glyphs laid out wrong, square-root rules across the whole page) while the text held
+    it once. Each keeps only its MathML, which Chromium draws: the text is the styled page's, and no rule is drawn
+    across the page."""
+    styled, styled_counts = render_with(runner, html_stage(web_code=False), DATA / "katex" / "gaussian.html")
+    page = tmp_path / "gaussian.html"
+    page.write_text((DATA / "katex" / "gaussian.html").read_text("utf-8").replace(
+        'href="katex.min.css"', 'href="https://cdn.jsdelivr.net/npm/katex@0.16.47/dist/katex.min.css"'), "utf-8")
+    samples, counts = render_with(runner, html_stage(web_code=False), page)
+    assert counts["katex_unstyled"] == 7 and "katex_unstyled" not in styled_counts
+    assert [page_text(s) for s in samples] == [page_text(s) for s in styled]
+    ink = np.asarray(image(samples[0]).convert("L")) < 128
+    assert ink.sum(axis=1).max() < 0.6 * ink.shape[1]

@@ -166,7 +166,14 @@ REASONS: tuple[Reason, ...] = (
         ("blocked_requests", "network requests the browser was refused"),
         ("navigations_blocked", "navigations away from the document the browser was refused"),
         ("popups_blocked", "popup navigations (window.open) the browser aborted"),
-        ("math_tex", "formulas whose LaTeX is the document's own TeX (x-tex annotation, MathJax 2 script)"),
+        ("math_tex", "formulas whose LaTeX is the document's own TeX (x-tex annotation, MathJax 2 script, TeX typeset "
+                     "from the page)"),
+        ("math_typeset", "formulas a MathJax or KaTeX page kept as TeX in its DOM, typeset by the bundled MathJax"),
+        ("math_tex_errors", "typeset formulas whose TeX has an error (drawn as their source, as MathJax shows them)"),
+        ("math_undefined_macros", "typeset formulas using a macro the page's readable configuration does not define "
+                                  "(drawn as its name, as MathJax shows it)"),
+        ("katex_unstyled", "KaTeX formulas whose stylesheet did not load, shown once as their MathML"),
+        ("math_typeset_failed", "pages whose TeX MathJax failed to typeset as a whole (their TeX left as it stands)"),
         ("math_converted", "formulas converted from presentation MathML to LaTeX (mathml-to-latex)"),
         ("math_unconverted", "formulas with no TeX and nothing convertible, kept as the text the page shows"),
         ("scaled_to_fit", "boxes (formulas, tables, images) scaled down to fit a column or page"),

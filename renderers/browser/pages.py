@@ -16,6 +16,7 @@ that does not lie wholly inside its page is left out of the text and counted (`l
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
@@ -75,6 +76,30 @@ def layout_script() -> str:
     global a page's script could see or replace."""
     return ("(opts) => { const exports = {}, module = { exports };\n" + asset("js/mathml-to-latex.min.js")
             + "\nreturn (" + asset("js/layout.js").strip().rstrip(";") + ")(opts, exports.MathMLToLaTeX.convert); }")
+
+
+@cache
+def typeset_script() -> str:
+    """`js/typeset.js` with the MathJax bundle inlined: no `eval`, which a page's Content-Security-Policy may forbid."""
+    return asset("js/typeset.js").replace("/* MATHJAX */", asset("js/mathjax-tex-svg-full.js"))
+
+
+def typeset_tex(page: Any, stats: Counter) -> str:
+    """Show each formula once, as its reader sees it: KaTeX output whose stylesheet did not load keeps only its MathML
+    (`js/katex_unstyled.js`), and the TeX a MathJax or KaTeX page keeps in its DOM is typeset (`js/tex_in_dom.js`,
+    `js/typeset.js`) while the text keeps its TeX. Returns the attribute that holds each typeset formula's TeX, named
+    afresh for this page. MathJax failing as a whole leaves the TeX as it stands, counted."""
+    if unstyled := page.evaluate(asset("js/katex_unstyled.js")):
+        stats["katex_unstyled"] += unstyled
+    attr = "data-vlcorpus-tex-" + secrets.token_hex(8)
+    found = page.evaluate(asset("js/tex_in_dom.js"))
+    if found is not None:
+        counts = page.evaluate(typeset_script(), {"attr": attr, **found})
+        if "error" in counts:
+            stats["math_typeset_failed"] += 1
+        else:
+            stats.update({k: v for k, v in counts.items() if v})
+    return attr
 
 
 def pick_template(doc: str, templates: list[str]) -> str:
@@ -211,6 +236,7 @@ def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages:
     stylesheet is already applied) or "native". Pages with nothing visible are skipped and counted."""
     w, h = cfg.width, cfg.height
     page.evaluate("() => document.fonts.ready.then(() => true)")
+    tex_attr = typeset_tex(page, stats)
     if layout == "native":
         # Fixed and sticky boxes would show on every slice but belong to one: pin them where they are at scroll 0.
         page.evaluate("""() => { for (const el of document.querySelectorAll('*')) {
@@ -220,7 +246,7 @@ def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages:
     area = {"l": 0, "t": 0, "r": INF, "b": h} if layout == "template" else {"l": 0, "t": 0, "r": w, "b": INF}
     if layout == "template":
         stats["scaled_to_fit"] += page.evaluate(asset("js/fit.js"))
-    measured = page.evaluate(layout_script(), {"area": area, "minImage": cfg.min_image_px,
+    measured = page.evaluate(layout_script(), {"area": area, "minImage": cfg.min_image_px, "texAttr": tex_attr,
                                                "strip": w if layout == "template" else 0})
     stats.update({k: v for k, v in measured["counts"].items() if v})
     if layout == "template":
