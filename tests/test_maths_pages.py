@@ -148,13 +148,13 @@ def test_mathjax_page_is_typeset_and_keeps_its_tex(runner, tmp_path):
     assert r"Let \(V\) be the subspace spanned by a single vector \(\overrightarrow{v}\) in \(\mathbb{R}^{2}\)" in text
     assert len(re.findall(r"\\\(|\\\[", text)) == MATHJAX_FORMULAS
     assert r"\[\overrightarrow{v}= \begin{pmatrix} 1\\ 2 \end{pmatrix}" in text
-    assert not re.search(r"pmatrix|overrightarrow|mathbb", _read_back(samples))  # drawn, not shown as TeX
+    assert not re.search(r"pmatrix|overrightarrow|mathbb", _read_back(samples[:3]))  # drawn, not shown as TeX
 
     plain = tmp_path / "no-mathjax.html"
     plain.write_text(re.sub(r"<script\s[^>]*>\s*</script>", "", MATHJAX_PAGE.read_text("utf-8")), "utf-8")
     raw, counts = render_with(runner, html_stage(web_code=False), plain)
     assert "math_typeset" not in counts and "math_tex" not in counts
-    assert re.search(r"pmatrix|overrightarrow|mathbb", _read_back(raw))
+    assert re.search(r"pmatrix|overrightarrow|mathbb", _read_back(raw[:3]))
 
 
 MATHJAX2_PAGE = r"""<!DOCTYPE html><html><head><title>MathJax 2</title>
