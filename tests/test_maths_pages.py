@@ -200,7 +200,30 @@ def test_katex_output_without_its_stylesheet_shows_each_formula_once(runner, tmp
     page.write_text((DATA / "katex" / "gaussian.html").read_text("utf-8").replace(
         'href="katex.min.css"', 'href="https://cdn.jsdelivr.net/npm/katex@0.16.47/dist/katex.min.css"'), "utf-8")
     samples, counts = render_with(runner, html_stage(web_code=False), page)
-    assert counts["katex_unstyled"] == 7 and "katex_unstyled" not in styled_counts
+    assert counts["math_unstyled"] == 7 and "math_unstyled" not in styled_counts
     assert [page_text(s) for s in samples] == [page_text(s) for s in styled]
     ink = np.asarray(image(samples[0]).convert("L")) < 128
     assert ink.sum(axis=1).max() < 0.6 * ink.shape[1]
+
+
+SAVED_CHTML = """<!DOCTYPE html><html><head><title>Saved MathJax 3 output</title></head><body>
+<p>Each test case gives an amount <mjx-container class="MathJax" jax="CHTML" style="font-size: 99.9%; position: relative;">
+<mjx-math class="MJX-TEX" aria-hidden="true"><mjx-mi class="mjx-i"><mjx-c class="mjx-c1D45A TEX-I"></mjx-c></mjx-mi>
+<mjx-mo class="mjx-n" space="4"><mjx-c class="mjx-c2264"></mjx-c></mjx-mo><mjx-mn class="mjx-n" space="4">
+<mjx-c class="mjx-c35"></mjx-c></mjx-mn></mjx-math><mjx-assistive-mml unselectable="on" display="inline">
+<math xmlns="http://www.w3.org/1998/Math/MathML"><mi>m</mi><mo>&#x2264;</mo><mn>5</mn></math></mjx-assistive-mml>
+<span aria-hidden="true" class="no-mathjax mjx-copytext">COPYTEXT</span></mjx-container> of money in dollars.</p>
+</body></html>"""
+
+
+def test_mathjax_output_saved_without_its_css_shows_its_mathml_once(runner, tmp_path):
+    """MathJax 3's CHTML output saved with a page but without MathJax's stylesheet (as pages saved from a browser
+    are): its glyphs are CSS content, so they draw nothing, while the assistive MathML and the copy-text span, hidden
+    by that stylesheet, show. Only the MathML stays, drawn by Chromium, and the text holds the formula once."""
+    page = tmp_path / "saved.html"
+    page.write_text(SAVED_CHTML, "utf-8")
+    samples, counts = render_with(runner, html_stage(web_code=False), page)
+    text = " ".join(page_text(samples[0]).split())
+    assert counts["math_unstyled"] == 1 and counts["math_converted"] == 1
+    assert text == r"Each test case gives an amount \(m \leq 5\) of money in dollars."
+    assert "COPYTEXT" not in _read_back(samples)

@@ -172,7 +172,7 @@ REASONS: tuple[Reason, ...] = (
         ("math_tex_errors", "typeset formulas whose TeX has an error (drawn as their source, as MathJax shows them)"),
         ("math_undefined_macros", "typeset formulas using a macro the page's readable configuration does not define "
                                   "(drawn as its name, as MathJax shows it)"),
-        ("katex_unstyled", "KaTeX formulas whose stylesheet did not load, shown once as their MathML"),
+        ("math_unstyled", "KaTeX or MathJax output whose stylesheet did not load, shown once as its MathML"),
         ("math_typeset_failed", "pages whose TeX MathJax failed to typeset as a whole (their TeX left as it stands)"),
         ("math_converted", "formulas converted from presentation MathML to LaTeX (mathml-to-latex)"),
         ("math_unconverted", "formulas with no TeX and nothing convertible, kept as the text the page shows"),

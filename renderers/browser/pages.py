@@ -85,12 +85,12 @@ def typeset_script() -> str:
 
 
 def typeset_tex(page: Any, stats: Counter) -> str:
-    """Show each formula once, as its reader sees it: KaTeX output whose stylesheet did not load keeps only its MathML
-    (`js/katex_unstyled.js`), and the TeX a MathJax or KaTeX page keeps in its DOM is typeset (`js/tex_in_dom.js`,
+    """Show each formula once, as its reader sees it: KaTeX or MathJax output whose stylesheet did not load keeps only
+    its MathML (`js/unstyled_maths.js`), and the TeX a MathJax or KaTeX page keeps in its DOM is typeset (`js/tex_in_dom.js`,
     `js/typeset.js`) while the text keeps its TeX. Returns the attribute that holds each typeset formula's TeX, named
     afresh for this page. MathJax failing as a whole leaves the TeX as it stands, counted."""
-    if unstyled := page.evaluate(asset("js/katex_unstyled.js")):
-        stats["katex_unstyled"] += unstyled
+    if unstyled := page.evaluate(asset("js/unstyled_maths.js")):
+        stats["math_unstyled"] += unstyled
     attr = "data-vlcorpus-tex-" + secrets.token_hex(8)
     found = page.evaluate(asset("js/tex_in_dom.js"))
     if found is not None:
