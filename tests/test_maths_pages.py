@@ -227,3 +227,25 @@ def test_mathjax_output_saved_without_its_css_shows_its_mathml_once(runner, tmp_
     assert counts["math_unstyled"] == 1 and counts["math_converted"] == 1
     assert text == r"Each test case gives an amount \(m \leq 5\) of money in dollars."
     assert "COPYTEXT" not in _read_back(samples)
+
+
+PANDOC_KATEX = r"""<!DOCTYPE html><html><head><title>pandoc --katex</title>
+<script defer="" src="https://cdn.jsdelivr.net/npm/katex@0.16.47/dist/katex.min.js"></script>
+<script>document.addEventListener("DOMContentLoaded", function () {
+ var mathElements = document.getElementsByClassName("math");
+ for (var i = 0; i < mathElements.length; i++) {
+  katex.render(mathElements[i].firstChild.data, mathElements[i], {displayMode: mathElements[i].classList.contains('display')});
+}});</script></head>
+<body><p>Let <span class="math inline">V</span> be a subspace of <span class="math inline">\mathbb{R}^n</span>; then</p>
+<p><span class="math display">V^{\bot} = \{\mathbf{u} : \mathbf{u}\cdot\mathbf{v} = 0\}.</span></p></body></html>"""
+
+
+def test_pandoc_katex_page_is_typeset(runner, tmp_path):
+    """pandoc's `--katex` pages keep each formula's bare TeX, without delimiters, in a `span.math` their script
+    renders: each is typeset, inline or display as its class says, and its TeX is the text."""
+    page = tmp_path / "katex.html"
+    page.write_text(PANDOC_KATEX, "utf-8")
+    samples, counts = render_with(runner, html_stage(web_code=False), page)
+    text = " ".join(page_text(samples[0]).split())
+    assert counts["math_typeset"] == counts["math_tex"] == 3
+    assert text == r"Let \(V\) be a subspace of \(\mathbb{R}^n\); then \[V^{\bot} = \{\mathbf{u} : \mathbf{u}\cdot\mathbf{v} = 0\}.\]"
