@@ -249,3 +249,22 @@ def test_pandoc_katex_page_is_typeset(runner, tmp_path):
     text = " ".join(page_text(samples[0]).split())
     assert counts["math_typeset"] == counts["math_tex"] == 3
     assert text == r"Let \(V\) be a subspace of \(\mathbb{R}^n\); then \[V^{\bot} = \{\mathbf{u} : \mathbf{u}\cdot\mathbf{v} = 0\}.\]"
+
+
+JUPYTER_BOOK = r"""<!DOCTYPE html><html><head><title>Jupyter Book</title>
+<script>window.MathJax = {"tex": {"macros": {"bm": ["\\boldsymbol{#1}", 1], "R": "\\mathbb{R}"}},
+ "options": {"processHtmlClass": "tex2jax_process|mathjax_process|math|output_area"}}</script>
+<script defer="defer" src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script></head>
+<body><p>A vector <span class="math notranslate nohighlight">\(\bm{x} \in \R^n\)</span> and its norm</p>
+<div class="math notranslate nohighlight">\[\|\bm{x}\| = \sqrt{\bm{x}^\top \bm{x}}\]</div></body></html>"""
+
+
+def test_sphinx_mathjax3_configuration_gives_its_macros(runner, tmp_path):
+    """The configuration Sphinx and Jupyter Book write (`window.MathJax = {...}` as JSON, macros with an argument
+    count): its macros are defined, so nothing is drawn as an unknown name."""
+    page = tmp_path / "jb.html"
+    page.write_text(JUPYTER_BOOK, "utf-8")
+    samples, counts = render_with(runner, html_stage(web_code=False), page)
+    text = " ".join(page_text(samples[0]).split())
+    assert counts["math_typeset"] == 2 and "math_undefined_macros" not in counts and "math_tex_errors" not in counts
+    assert text == r"A vector \(\bm{x} \in \R^n\) and its norm \[\|\bm{x}\| = \sqrt{\bm{x}^\top \bm{x}}\]"
