@@ -8,18 +8,15 @@ reading and scoring of `benchmarks/ocr_cer.py`.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.ocr_cer import cer, normalise, page_pairs, read_back
-
-_MATH = re.compile(r"\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
+from benchmarks.ocr_cer import MATH_SPAN, cer, normalise, page_pairs, read_back
 
 
 def maths_share(text: str) -> float:
-    return sum(len(m) for m in _MATH.findall(text)) / max(1, len(text))
+    return sum(len(m.group(0)) for m in MATH_SPAN.finditer(text)) / max(1, len(text))
 
 
 def main() -> None:
