@@ -168,6 +168,29 @@ def small_volume(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def test_a_full_disk_at_commit_time_removes_every_uncommitted_batch(tmp_path, monkeypatch):
+    """The disk fills when the driver appends a batch's ledger lines (not in a worker): the batches still in flight
+    were left writing, and their half-written shards stayed. Now no batch commits after that, every uncommitted one
+    is removed once it ends, and a rerun completes."""
+    import errno
+
+    from vlcorpus.driver import OutputFull
+
+    def full(self, entries):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    names = [f"d{i:02d}" for i in range(12)]
+    big = stage(batch_size=2, parts=20)
+    monkeypatch.setattr(Ledger, "append", full)
+    with pytest.raises(OutputFull, match="no space left"):
+        run_pipeline(big, docs(*names), Options(out=tmp_path, max_in_flight=4))
+    monkeypatch.undo()
+    assert not list(tmp_path.rglob(".*.tmp")) and not shard_paths(tmp_path / "text")
+    run_pipeline(big, docs(*names), Options(out=tmp_path))
+    got = keys(tmp_path)
+    assert len(got) == len(set(got)) == 12 * 20
+
+
 def test_disk_full_stops_with_a_clear_error_and_a_rerun_completes(small_volume):
     from vlcorpus.driver import OutputFull
 

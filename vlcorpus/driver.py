@@ -372,8 +372,9 @@ def _claims(stage: Stage, out: Path) -> Any:
 def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledger, claims: Any = None) -> list[Entry]:
     """Submit the batches (a bounded number in flight) and commit each one's entries as it finishes.
 
-    When the output fills up, no new batch starts; those in flight finish (and commit) or fail (and are removed),
-    then the job stops with OutputFull: nothing half-written stays behind."""
+    When the output fills up (a worker's shards or the ledger), no new batch starts; those in flight finish (and
+    commit, if the ledger still can) or fail, every uncommitted one is removed, and the job stops with OutputFull:
+    nothing half-written stays behind."""
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // stage.cpus))
@@ -407,7 +408,14 @@ def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledg
                           error=f"the batch's Ray worker failed after its retries: {str(e)[:500]}", run=opts.run_id)
                     for d in batches[batch]
                 ]
-            ledger.append(entries)
+            try:
+                ledger.append(entries)
+            except OSError as e:  # the ledger itself cannot grow: this batch is not committed, and no other will be
+                if not _is_full(e):
+                    raise
+                _drop_batch(opts.out, batch_prefix(stage.source, opts.run_id, batch))
+                full = True
+                continue
             committed.extend(entries)
             bar.update(len(entries))
             bar.set_postfix(summarize(committed), refresh=False)

@@ -105,7 +105,8 @@ class Ledger:
         return entries
 
     def append(self, entries: Iterable[Entry]) -> None:
-        """Append entries in one write + fsync: a batch of documents commits together or not at all."""
+        """Append entries in one write + fsync: a batch of documents commits together or not at all, even when the
+        disk fills mid-write (what was written of it is cut off again before the error goes on)."""
         now = time.time()
         lines = []
         for e in entries:
@@ -117,10 +118,19 @@ class Ledger:
             self._put_segment("".join(lines).encode("utf-8"))
             return
         self._drop_torn_tail()
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        data = memoryview("".join(lines).encode("utf-8"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
     def _segments(self) -> list[str]:
         return [u for u in storage.glob(f"{self.path}/*.jsonl") if storage.name(u)[:-6].isdigit()]
