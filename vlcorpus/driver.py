@@ -420,7 +420,12 @@ def _run_batches(stage: Stage, todo: list[DocInput], opts: Options, ledger: Ledg
             bar.update(len(entries))
             bar.set_postfix(summarize(committed), refresh=False)
             if time.monotonic() - last_index > 30 and not storage.is_remote(opts.out):  # on a store: at the end only
-                _write_indexes(opts.out)
+                try:
+                    _write_indexes(opts.out)
+                except OSError as e:
+                    if not _is_full(e):
+                        raise
+                    full = True  # the batches in flight end as above; the indexes are rebuilt by the next run
                 last_index = time.monotonic()
     if full:
         raise OutputFull(f"no space left writing shards under {opts.out}: free space and run again "
