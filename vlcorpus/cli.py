@@ -67,8 +67,13 @@ def command_modules() -> list[ModuleType]:
 
 def declaration(module: str) -> tuple[tuple[str, ...], str]:
     """A command module's `COMMAND` and `HELP`, read from its source without importing it."""
+    source = Path(importlib.util.find_spec(module).origin).read_text("utf-8")
+    try:
+        tree = ast.parse(source)
+    except SystemError:  # CPython 3.11's "AST constructor recursion depth mismatch" (gh-106905), when a finalizer
+        tree = ast.parse(source)  # or another thread builds an AST meanwhile: spurious, the same parse then works
     found: dict[str, object] = {}
-    for node in ast.parse(Path(importlib.util.find_spec(module).origin).read_text("utf-8")).body:
+    for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             if node.targets[0].id in ("COMMAND", "HELP"):
                 found[node.targets[0].id] = ast.literal_eval(node.value)
