@@ -84,10 +84,10 @@ def typeset_script() -> str:
     return asset("js/typeset.js").replace("/* MATHJAX */", asset("js/mathjax-tex-svg-full.js"))
 
 
-def typeset_tex(page: Any, stats: Counter) -> str:
-    """Show each formula once, as its reader sees it: KaTeX or MathJax output whose stylesheet did not load keeps only
-    its MathML (`js/unstyled_maths.js`), and the TeX a MathJax or KaTeX page keeps in its DOM is typeset (`js/tex_in_dom.js`,
-    `js/typeset.js`) while the text keeps its TeX. Returns the attribute that holds each typeset formula's TeX, named
+def prepare_maths(page: Any, stats: Counter) -> str:
+    """Show each formula once, as its reader sees it: KaTeX or MathJax output whose stylesheet did not load keeps
+    only its MathML (`js/unstyled_maths.js`), and the TeX a MathJax or KaTeX page keeps in its DOM is typeset
+    (`js/tex_in_dom.js`, `js/typeset.js`) while the text keeps its TeX. Returns the attribute that holds each typeset formula's TeX, named
     afresh for this page. MathJax failing as a whole leaves the TeX as it stands, counted."""
     if unstyled := page.evaluate(asset("js/unstyled_maths.js")):
         stats["math_unstyled"] += unstyled
@@ -236,7 +236,7 @@ def paginate(page: Any, cfg: PageConfig, layout: str, stats: Counter, max_pages:
     stylesheet is already applied) or "native". Pages with nothing visible are skipped and counted."""
     w, h = cfg.width, cfg.height
     page.evaluate("() => document.fonts.ready.then(() => true)")
-    tex_attr = typeset_tex(page, stats)
+    tex_attr = prepare_maths(page, stats)
     if layout == "native":
         # Fixed and sticky boxes would show on every slice but belong to one: pin them where they are at scroll 0.
         page.evaluate("""() => { for (const el of document.querySelectorAll('*')) {
